@@ -1,0 +1,55 @@
+# kpi-sidecar: `make run` and `make test` are the two set-up commands (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+APT_PACKAGES := nats-server prometheus
+# What the tests need from Debian: nats-server (real broker), prometheus (promtool).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps node-deps test lint fmt run bench soak clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+tests/js/node_modules/.installed: tests/js/package.json
+	cd tests/js && npm install --no-audit --no-fund --silent
+	touch $@
+
+node-deps: tests/js/node_modules/.installed
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install system-deps node-deps lint
+	$(VENV)/bin/pytest
+
+run: install system-deps
+	@$(PY) -m proxy.devrun
+
+bench: install system-deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,299 @@
+"""An application connection on the NATS port: speaks the server side of the client protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import TYPE_CHECKING, Any
+
+from proxy.nats_protocol import (
+    OK_FRAME,
+    PING,
+    PING_FRAME,
+    PONG,
+    PONG_FRAME,
+    ClientParser,
+    Connect,
+    Err,
+    Pub,
+    Sub,
+    Unsub,
+    encode_err,
+    encode_info,
+    encode_msg,
+    is_valid_publish_subject,
+    is_valid_subject,
+    status_message_headers,
+)
+
+if TYPE_CHECKING:
+    from proxy.sidecar import Sidecar
+
+log = logging.getLogger(__name__)
+
+AUTH_TIMEOUT_S = 2.0
+
+
+class ClientSub:
+    """An application subscription and the upstream subscription id (`usid`) it maps to."""
+
+    __slots__ = ("client", "delivered", "max_msgs", "queue", "sid", "sid_bytes", "subject", "usid")
+
+    def __init__(self, client: ClientConnection, sid: str, subject: str, queue: str | None, usid: int) -> None:
+        self.client = client
+        self.sid = sid
+        self.sid_bytes = sid.encode()
+        self.subject = subject
+        self.queue = queue
+        self.usid = usid
+        self.max_msgs = 0
+        self.delivered = 0
+
+
+class ClientConnection(asyncio.Protocol):
+    """One application connection; moves bytes and calls the sidecar, never blocks."""
+
+    def __init__(self, sidecar: Sidecar, client_id: int) -> None:
+        self.sidecar = sidecar
+        self.client_id = client_id
+        self.parser = ClientParser(max_payload=sidecar.max_payload)
+        self.transport: asyncio.Transport | None = None
+        self.subs: dict[str, ClientSub] = {}
+        self.name = ""
+        self.lang = ""
+        self.remote = ""
+        self.verbose = False
+        self.pedantic = False
+        self.headers = False
+        self.no_responders = False
+        self.echo = True
+        self.connect_received = False
+        self.subs_dirty = False
+        self.pongs_waiting = 0
+        self.pongs_ready = 0
+        self.pings_out = 0
+        self.closed = False
+        self.held: list[Any] = []
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._auth_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sidecar = self.sidecar
+        if not sidecar.register_client(self):
+            transport.write(encode_err("maximum connections exceeded"))
+            transport.close()
+            self.closed = True
+            return
+        transport.write(encode_info(sidecar.client_info(self)))
+        if sidecar.client_auth_required:
+            self._auth_timer = sidecar.loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        ops = self.parser.feed_data(data)
+        if self.held:
+            self.held.extend(ops)
+            return
+        self.process(ops, self.sidecar.loop.time())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        self.sidecar.unregister_client(self)
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- protocol ------------------------------------------------------------------------------------
+    def process(self, ops: list[Any], now: float) -> None:
+        """Handle parsed ops in order; stops (holding the rest) when the sidecar applies backpressure."""
+        sidecar = self.sidecar
+        for i, op in enumerate(ops):
+            kind = type(op)
+            if kind is Pub:
+                if not self.connect_received and sidecar.client_auth_required:
+                    self.fatal("Authorization Violation")
+                    return
+                if self.pedantic and not is_valid_publish_subject(op.subject):
+                    self.send(encode_err("Invalid Publish Subject"))
+                    continue
+                if not sidecar.publish(self, op, now):
+                    # Backpressure: keep this and the following ops, stop reading until there is room.
+                    self.held = list(ops[i:])
+                    if self.transport is not None:
+                        self.transport.pause_reading()
+                    sidecar.hold_client(self)
+                    break
+                if self.verbose:
+                    self.send(OK_FRAME)
+            elif op is PING:
+                self.on_ping()
+            elif op is PONG:
+                self.pings_out = 0
+            elif kind is Sub:
+                if not self._check_auth():
+                    return
+                if not is_valid_subject(op.subject) or (op.queue is not None and not op.queue.strip()):
+                    self.send(encode_err("Invalid Subject"))
+                    continue
+                sidecar.subscribe(self, op)
+                self.subs_dirty = True
+                if self.verbose:
+                    self.send(OK_FRAME)
+            elif kind is Unsub:
+                if not self._check_auth():
+                    return
+                sidecar.unsubscribe(self, op.sid, op.max_msgs)
+                self.subs_dirty = True
+                if self.verbose:
+                    self.send(OK_FRAME)
+            elif kind is Connect:
+                if not self.on_connect(op.options):
+                    return
+            elif kind is Err:
+                if op.fatal:
+                    self.fatal(op.text)
+                    return
+                self.send(encode_err(op.text))
+        sidecar.after_ingest()
+
+    def resume(self) -> bool:
+        """Retry held ops after the sidecar made room; True when nothing is held any more."""
+        ops, self.held = self.held, []
+        self.process(ops, self.sidecar.loop.time())
+        if self.held:
+            return False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        return True
+
+    def on_connect(self, options: dict[str, Any]) -> bool:
+        sidecar = self.sidecar
+        if sidecar.client_auth_required and not sidecar.client_authorized(options):
+            self.fatal("Authorization Violation")
+            return False
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self.connect_received = True
+        self.verbose = bool(options.get("verbose", False))
+        self.pedantic = bool(options.get("pedantic", False))
+        self.headers = bool(options.get("headers", False))
+        self.no_responders = bool(options.get("no_responders", False)) and self.headers
+        self.echo = bool(options.get("echo", True))
+        self.name = str(options.get("name", ""))[:256]
+        self.lang = str(options.get("lang", ""))[:64]
+        if options.get("no_responders") and not options.get("headers"):
+            # nats-server refuses this combination the same way.
+            self.fatal("No Responders Requires Headers Support")
+            return False
+        if self.verbose:
+            self.send(OK_FRAME)
+        return True
+
+    def _check_auth(self) -> bool:
+        if not self.connect_received and self.sidecar.client_auth_required:
+            self.fatal("Authorization Violation")
+            return False
+        return True
+
+    def _auth_timeout(self) -> None:
+        self._auth_timer = None
+        if not self.connect_received and not self.closed:
+            self.fatal("Authentication Timeout")
+
+    def on_ping(self) -> None:
+        # A PONG promises that earlier publishes were taken in charge (they were, synchronously) and that
+        # earlier SUB/UNSUBs are registered upstream: for the latter, ask the upstream first.
+        if self.subs_dirty or self.pongs_waiting:
+            self.subs_dirty = False
+            self.pongs_waiting += 1
+            self.sidecar.upstream.confirm(self._upstream_ponged)
+        else:
+            self.send(PONG_FRAME)
+
+    def _upstream_ponged(self, ok: bool) -> None:
+        self.pongs_waiting -= 1
+        if not self.closed:
+            self.send(PONG_FRAME)
+
+    # -- output --------------------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        """Queue bytes for the application; one write per loop iteration."""
+        self._out += data
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.sidecar.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if self.closed or transport is None or not self._out:
+            return
+        data, self._out = self._out, bytearray()
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.sidecar.config.clients.max_pending_bytes:
+            # Like nats-server: a client that does not read its messages is cut off, not buffered forever.
+            log.warning("client %s (%s) is a slow consumer, disconnecting", self.client_id, self.name)
+            self.sidecar.slow_consumers += 1
+            self.closed = True
+            transport.abort()
+
+    def deliver(self, sub: ClientSub, subject: bytes, reply: bytes | None, hdr_size: int, body: bytes) -> None:
+        """Deliver an upstream message on one of this client's subscriptions."""
+        if hdr_size > 0 and not self.headers:
+            if hdr_size == len(body) and body.startswith(b"NATS/1.0 "):
+                return  # a status message (e.g. no responders) the client did not ask for
+            body = body[hdr_size:]
+            hdr_size = -1
+        elif hdr_size == len(body) and not self.no_responders and body.startswith(b"NATS/1.0 503"):
+            return
+        self.send(encode_msg(subject, sub.sid_bytes, reply, hdr_size, body))
+
+    def send_status(self, reply: str, code: int, reason: str) -> None:
+        """Answer a request on its reply subject with a status message (503 when refused by policy)."""
+        if not self.headers or self.closed:
+            return
+        sub = self.sidecar.local_sub_for(self, reply)
+        if sub is None:
+            return
+        headers = status_message_headers(code, "")
+        headers = headers[:-2] + f"KPI-Refused: {reason}\r\n\r\n".encode()
+        self.send(encode_msg(reply.encode(), sub.sid_bytes, None, len(headers), headers))
+
+    def ping(self) -> bool:
+        """Keepalive from the sidecar; False when the client is stale and was closed."""
+        if self.pings_out >= self.sidecar.config.clients.max_pings_out:
+            self.fatal("Stale Connection")
+            return False
+        self.pings_out += 1
+        self.send(PING_FRAME)
+        return True
+
+    def fatal(self, text: str) -> None:
+        """Send `-ERR '<text>'` then close, as nats-server does for fatal errors."""
+        if self.closed:
+            return
+        self.send(encode_err(text))
+        self.flush()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        self.flush()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()

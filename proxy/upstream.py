@@ -1,0 +1,417 @@
+"""The sidecar's one connection to the NATS cluster: handshake, auth, TLS, keepalive, reconnect, writes.
+
+The upstream speaks the client protocol through the project's own sans-I/O codec rather than nats-py:
+nats-py delivers each message through a per-subscription coroutine and a parsed `Msg` (headers turned
+into a dict, so not byte-for-byte), and hides the PING/PONG round trips the sidecar uses to confirm
+critical messages. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from proxy import __version__
+from proxy.config import UpstreamConfig
+from proxy.errors import ProtocolError, UpstreamUnavailable
+from proxy.nats_protocol import (
+    OK,
+    PING,
+    PING_FRAME,
+    PONG,
+    PONG_FRAME,
+    Err,
+    Info,
+    Msg,
+    ServerParser,
+    encode_connect,
+    encode_sub,
+    encode_unsub,
+)
+
+log = logging.getLogger(__name__)
+
+PongCallback = Callable[[bool], None]
+
+
+class UpstreamHandler(Protocol):
+    """What the upstream tells the sidecar."""
+
+    def on_upstream_connected(self, info: dict[str, Any]) -> None: ...
+    def on_upstream_lost(self) -> None: ...
+    def on_upstream_msg(self, msg: Msg) -> None: ...
+    def on_upstream_batch_end(self) -> None: ...
+    def on_upstream_error(self, text: str) -> None: ...
+    def on_upstream_writable(self) -> None: ...
+    def resubscribe_frames(self) -> bytes: ...
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    """Moves bytes between one upstream socket and the `Upstream` object."""
+
+    def __init__(self, owner: Upstream) -> None:
+        self.owner = owner
+        self.parser = ServerParser()
+        self.transport: asyncio.Transport | None = None
+        self.info: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.handshake: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        handler = owner.handler
+        try:
+            for op in self.parser.feed_data(data):
+                if type(op) is Msg:
+                    if owner.connected:
+                        handler.on_upstream_msg(op)
+                elif op is PING:
+                    self.transport.write(PONG_FRAME)  # type: ignore[union-attr]
+                elif op is PONG:
+                    if self.handshake is not None and not self.handshake.done():
+                        self.handshake.set_result(None)
+                    else:
+                        owner.on_pong()
+                elif type(op) is Info:
+                    owner.server_info = op.options
+                    if not self.info.done():
+                        self.info.set_result(op.options)
+                elif type(op) is Err:
+                    self.on_err(op)
+                elif op is OK:
+                    pass
+        finally:
+            if owner.connected:
+                handler.on_upstream_batch_end()
+
+    def on_err(self, op: Err) -> None:
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(ProtocolError(op.text))
+            return
+        if not self.info.done():
+            self.info.set_exception(ProtocolError(op.text))
+            return
+        self.owner.handler.on_upstream_error(op.text)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        err = exc or UpstreamUnavailable("connection closed by the server")
+        for fut in (self.info, self.handshake):
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.owner.connected:
+            self.owner.handler.on_upstream_writable()
+
+
+class Upstream:
+    """One upstream NATS connection, reconnected forever with capped exponential backoff."""
+
+    def __init__(self, config: UpstreamConfig, handler: UpstreamHandler) -> None:
+        self.config = config
+        self.handler = handler
+        self.loop = asyncio.get_running_loop()
+        self.connected = False
+        self.server_info: dict[str, Any] = {}
+        self.connected_url: str | None = None
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.disconnected_at: float | None = self.loop.time()
+        self._proto: _UpstreamProtocol | None = None
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._ping_requested = False
+        self._pending_callbacks: list[PongCallback] = []
+        # One entry per PING in flight: the callbacks its PONG confirms (None for keepalive PINGs).
+        self._pong_waiters: deque[list[PongCallback] | None] = deque()
+        self._pings_out = 0
+        self._closing = False
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def can_send(self) -> bool:
+        """True when publishes may be written now (connected and the socket is not backed up)."""
+        proto = self._proto
+        return self.connected and proto is not None and not proto.paused
+
+    @property
+    def pending_bytes(self) -> int:
+        proto = self._proto
+        buffered = proto.transport.get_write_buffer_size() if proto and proto.transport else 0
+        return len(self._out) + buffered
+
+    # -- writing -------------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the upstream; they go out in one write at the end of this loop iteration."""
+        self._out += data
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def confirm(self, callback: PongCallback) -> None:
+        """Call `callback(True)` once the server has answered a PING sent after everything written so far.
+
+        `callback(False)` when the connection is lost first. Callbacks of one flush share one PING.
+        """
+        if not self.connected:
+            callback(False)
+            return
+        self._pending_callbacks.append(callback)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is buffered, followed by a PING when someone waits for a confirmation."""
+        self._flush_scheduled = False
+        proto = self._proto
+        if not self.connected or proto is None or proto.transport is None:
+            return
+        if self._pending_callbacks:
+            self._out += PING_FRAME
+            self._pong_waiters.append(self._pending_callbacks)
+            self._pending_callbacks = []
+        if self._out:
+            data, self._out = self._out, bytearray()
+            proto.transport.write(data)
+
+    def subscribe(self, usid: int, subject: str, queue: str | None) -> None:
+        if self.connected:
+            self.write(encode_sub(subject, queue, usid))
+
+    def unsubscribe(self, usid: int, max_msgs: int | None = None) -> None:
+        if self.connected:
+            self.write(encode_unsub(usid, max_msgs))
+
+    def on_pong(self) -> None:
+        self._pings_out = 0
+        if self._pong_waiters:
+            callbacks = self._pong_waiters.popleft()
+            if callbacks:
+                for cb in callbacks:
+                    cb(True)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = self.loop.create_task(self._run(), name="upstream")
+
+    async def close(self) -> None:
+        """Flush what is buffered and close; no reconnect after this."""
+        self._closing = True
+        self.flush()
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a connection; True when connected."""
+        deadline = self.loop.time() + timeout
+        while not self.connected and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return self.connected
+
+    async def _run(self) -> None:
+        servers = self.config.servers
+        attempt = 0
+        index = 0
+        while not self._closing:
+            url = servers[index % len(servers)]
+            index += 1
+            try:
+                proto = await self._connect(url)
+            except (OSError, TimeoutError, ProtocolError, UpstreamUnavailable, ssl.SSLError) as err:
+                text = str(err) or type(err).__name__
+                if attempt == 0 or text != self.last_error:
+                    log.warning("upstream %s unavailable: %s", url, text)
+                self.last_error = text
+                attempt += 1
+                delay_ms = min(
+                    self.config.max_reconnect_wait_ms, self.config.reconnect_wait_ms * 2 ** min(attempt, 16)
+                )
+                await asyncio.sleep(delay_ms / 1000 * (0.5 + self._rng.random() / 2))
+                continue
+            attempt = 0
+            self.last_error = None
+            await proto.lost
+            self._on_lost(url)
+
+    async def _connect(self, url: str) -> _UpstreamProtocol:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or 4222
+        timeout = self.config.connect_timeout_ms / 1000
+        transport, proto = await asyncio.wait_for(
+            self.loop.create_connection(lambda: _UpstreamProtocol(self), host, port), timeout
+        )
+        try:
+            info = await asyncio.wait_for(proto.info, timeout)
+            use_tls = parts.scheme == "tls" or self.config.tls is not None or info.get("tls_required")
+            if use_tls:
+                new_transport = await asyncio.wait_for(
+                    self.loop.start_tls(transport, proto, self._ssl_context(), server_hostname=host),
+                    timeout,
+                )
+                assert isinstance(new_transport, asyncio.Transport)
+                proto.transport = new_transport
+            proto.transport.set_write_buffer_limits(high=self.config.max_pending_bytes)
+            proto.handshake = self.loop.create_future()
+            connect = encode_connect(self._connect_options(info, parts, bool(use_tls)))
+            # Subscriptions go before the PING so that they are all registered once its PONG arrives.
+            proto.transport.write(connect + self.handler.resubscribe_frames() + PING_FRAME)
+            await asyncio.wait_for(proto.handshake, timeout)
+        except BaseException:
+            transport.abort()
+            raise
+        self._proto = proto
+        self._out = bytearray()
+        self._pong_waiters.clear()
+        self._pings_out = 0
+        self.connected = True
+        self.connected_url = url
+        self.disconnected_at = None
+        self._schedule_ping()
+        log.info("upstream connected to %s (server %s, version %s)", url, info.get("server_id"), info.get("version"))
+        self.handler.on_upstream_connected(info)
+        return proto
+
+    def _on_lost(self, url: str) -> None:
+        was_connected = self.connected
+        self.connected = False
+        self._proto = None
+        self.disconnected_at = self.loop.time()
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        callbacks = [cb for waiters in self._pong_waiters if waiters for cb in waiters]
+        callbacks += self._pending_callbacks
+        self._pong_waiters.clear()
+        self._pending_callbacks = []
+        self._out = bytearray()
+        if was_connected:
+            self.reconnects += 1
+            if not self._closing:
+                log.warning("upstream connection to %s lost", url)
+            self.handler.on_upstream_lost()
+        for cb in callbacks:
+            cb(False)
+
+    def _schedule_ping(self) -> None:
+        self._ping_timer = self.loop.call_later(self.config.ping_interval_ms / 1000, self._keepalive)
+
+    def _keepalive(self) -> None:
+        proto = self._proto
+        if not self.connected or proto is None or proto.transport is None:
+            return
+        if self._pings_out >= self.config.max_pings_out:
+            log.warning("upstream stale: %d PINGs unanswered, reconnecting", self._pings_out)
+            self.last_error = "stale connection"
+            proto.transport.abort()
+            return
+        self._pings_out += 1
+        self.flush()
+        self._pong_waiters.append(None)
+        proto.transport.write(PING_FRAME)
+        self._schedule_ping()
+
+    def _connect_options(self, info: dict[str, Any], parts: Any, tls: bool) -> dict[str, Any]:
+        cfg = self.config
+        options: dict[str, Any] = {
+            "verbose": False,
+            "pedantic": False,
+            "tls_required": tls,
+            "name": cfg.name,
+            "lang": "python-kpi-sidecar",
+            "version": __version__,
+            "protocol": 1,
+            "headers": True,
+            "no_responders": True,
+            "echo": True,
+        }
+        user = cfg.user or (parts.username if parts.username else None)
+        password = cfg.password or (parts.password if parts.password else None)
+        if cfg.token:
+            options["auth_token"] = cfg.token
+        elif user and password is None:
+            options["auth_token"] = user
+        if user and password is not None:
+            options["user"] = user
+            options["pass"] = password
+        nonce = info.get("nonce")
+        if cfg.creds_file:
+            jwt, seed = read_creds(Path(cfg.creds_file))
+            options["jwt"] = jwt
+            if nonce:
+                options["sig"] = sign_nonce(seed, nonce)
+        elif cfg.nkey_seed_file:
+            seed = Path(cfg.nkey_seed_file).read_bytes().strip()
+            import nkeys
+
+            options["nkey"] = nkeys.from_seed(seed).public_key.decode()
+            if nonce:
+                options["sig"] = sign_nonce(seed, nonce)
+        return options
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        tls = self.config.tls
+        ctx = ssl.create_default_context(cafile=tls.ca_file if tls else None)
+        if tls is not None:
+            if tls.cert_file:
+                ctx.load_cert_chain(tls.cert_file, tls.key_file)
+            if tls.insecure_skip_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+def sign_nonce(seed: bytes, nonce: str) -> str:
+    """Sign the server's nonce with an nkey seed, as NATS clients do."""
+    import nkeys
+
+    return base64.b64encode(nkeys.from_seed(seed).sign(nonce.encode())).decode()
+
+
+def read_creds(path: Path) -> tuple[str, bytes]:
+    """The user JWT and nkey seed of a NATS `.creds` file."""
+    blocks: list[str] = []
+    current: list[str] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("-----BEGIN"):
+            current = []
+        elif line.startswith("------END") or line.startswith("-----END"):
+            if current is not None:
+                blocks.append("".join(current))
+            current = None
+        elif current is not None and line:
+            current.append(line)
+    if len(blocks) < 2:
+        raise UpstreamUnavailable(f"{path}: not a NATS credentials file (need a JWT and a seed)")
+    return blocks[0], blocks[1].encode()

@@ -1,0 +1,235 @@
+"""Shared fixtures: real nats-server processes and real sidecar processes on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class NatsServer:
+    """A real nats-server process on a free port; can be killed, stopped and restarted on the same port."""
+
+    def __init__(self, workdir: Path, *, jetstream: bool = False, extra_conf: str = "") -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.jetstream = jetstream
+        self.conf = workdir / f"nats-{self.port}.conf"
+        lines = [f"listen: 127.0.0.1:{self.port}", "max_payload: 1048576"]
+        if jetstream:
+            lines.append(f'jetstream {{ store_dir: "{workdir / f"js-{self.port}"}" }}')
+        lines.append(extra_conf)
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.workdir / f"nats-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([NATS_SERVER, "-c", str(self.conf)], stdout=log, stderr=log)
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="kpi-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server(workdir: Path) -> Iterator[NatsServer]:
+    server = NatsServer(workdir, jetstream=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_factory(workdir: Path) -> Iterator[Any]:
+    servers: list[NatsServer] = []
+
+    def make(**kwargs: Any) -> NatsServer:
+        server = NatsServer(workdir, **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+class SidecarProcess:
+    """`python -m proxy run` as a real subprocess, with its ports read from its "ready" line."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], *, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / f"sidecar-{id(self)}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"sidecar-{id(self)}.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ports: dict[str, int] = {}
+        self.start()
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=self.env,
+            cwd=str(ROOT),
+        )
+        ready: dict[str, Any] = {}
+
+        def read_ready() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if event.get("event") == "ready":
+                    ready.update(event["ports"])
+                    return
+
+        reader = threading.Thread(target=read_ready, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not ready:
+            self.proc.kill()
+            raise RuntimeError(f"sidecar did not start; log:\n{self.log_path.read_text()[-4000:]}")
+        self.ports = ready
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.ports['nats']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['admin']}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.admin_url + path, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def status(self) -> dict[str, Any]:
+        return self.get("/api/backpressure/status")["data"]
+
+    def terminate(self, timeout: float = 40.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def sidecar_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    """A test configuration: every port free-allocated, the given upstream, spool in the workdir."""
+    config: dict[str, Any] = {
+        "upstream": {"servers": [upstream_url], "pingIntervalMs": 1000, "reconnectWaitMs": 50},
+        "listen": {"nats": "127.0.0.1:0", "http": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+        "backpressure": {"maxPublishRate": 100000, "maxQueueSize": 100000},
+        "shutdown": {"graceMs": 5000},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture
+def sidecar_factory(workdir: Path) -> Iterator[Any]:
+    procs: list[SidecarProcess] = []
+
+    def make(config: dict[str, Any], **kwargs: Any) -> SidecarProcess:
+        config.setdefault("spool", {"path": str(workdir / f"spool-{len(procs)}")})
+        proc = SidecarProcess(workdir, config, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        proc.kill()
+
+
+@pytest.fixture
+def sidecar(nats_server: NatsServer, sidecar_factory: Any) -> SidecarProcess:
+    """A sidecar in front of a fresh JetStream-enabled nats-server, generous limits (level none)."""
+    proc = sidecar_factory(sidecar_config(nats_server.url))
+    proc.upstream = nats_server  # type: ignore[attr-defined]
+    return proc
