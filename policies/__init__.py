@@ -1,0 +1,1 @@
+"""The backpressure decision core: pure, synchronous, deterministic; `engine.Engine` is its facade."""

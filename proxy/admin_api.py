@@ -73,9 +73,7 @@ async def get_ready(request: web.Request) -> web.Response:
 
 def create_admin_app(sidecar: Sidecar) -> web.Application:
     """Build the admin application for one sidecar."""
-    app = web.Application(
-        middlewares=[error_middleware], client_max_size=sidecar.config.admin.max_body_bytes
-    )
+    app = web.Application(middlewares=[error_middleware], client_max_size=sidecar.config.admin.max_body_bytes)
     app[SIDECAR_KEY] = sidecar
     app.router.add_get(f"{PREFIX}/health", get_health)
     app.router.add_get(f"{PREFIX}/ready", get_ready)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
 
 from proxy.nats_protocol import (
     OK_FRAME,
@@ -40,7 +40,9 @@ class ClientSub:
 
     __slots__ = ("client", "delivered", "max_msgs", "queue", "sid", "sid_bytes", "subject", "usid")
 
-    def __init__(self, client: ClientConnection, sid: str, subject: str, queue: str | None, usid: int) -> None:
+    def __init__(
+        self, client: ClientConnection, sid: str, subject: str, queue: str | None, usid: int
+    ) -> None:
         self.client = client
         self.sid = sid
         self.sid_bytes = sid.encode()
@@ -69,9 +71,10 @@ class ClientConnection(asyncio.Protocol):
         self.no_responders = False
         self.echo = True
         self.connect_received = False
-        self.subs_dirty = False
         self.pongs_waiting = 0
-        self.pongs_ready = 0
+        self.sub_generation = 0
+        # Replies that arrived behind each awaited PONG, released with it, in order.
+        self._after_pong: deque[list[bytes]] = deque()
         self.pings_out = 0
         self.closed = False
         self.held: list[Any] = []
@@ -81,7 +84,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -127,8 +130,8 @@ class ClientConnection(asyncio.Protocol):
                     self.fatal("Authorization Violation")
                     return
                 if self.pedantic and not is_valid_publish_subject(op.subject):
-                    self.send(encode_err("Invalid Publish Subject"))
-                    continue
+                    # nats-server reports it and still processes the message.
+                    self.reply(encode_err("Invalid Publish Subject"))
                 if not sidecar.publish(self, op, now):
                     # Backpressure: keep this and the following ops, stop reading until there is room.
                     self.held = list(ops[i:])
@@ -137,7 +140,7 @@ class ClientConnection(asyncio.Protocol):
                     sidecar.hold_client(self)
                     break
                 if self.verbose:
-                    self.send(OK_FRAME)
+                    self.reply(OK_FRAME)
             elif op is PING:
                 self.on_ping()
             elif op is PONG:
@@ -146,19 +149,19 @@ class ClientConnection(asyncio.Protocol):
                 if not self._check_auth():
                     return
                 if not is_valid_subject(op.subject) or (op.queue is not None and not op.queue.strip()):
-                    self.send(encode_err("Invalid Subject"))
+                    self.reply(encode_err("Invalid Subject"))
                     continue
                 sidecar.subscribe(self, op)
-                self.subs_dirty = True
+                self.sub_generation += 1
                 if self.verbose:
-                    self.send(OK_FRAME)
+                    self.reply(OK_FRAME)
             elif kind is Unsub:
                 if not self._check_auth():
                     return
                 sidecar.unsubscribe(self, op.sid, op.max_msgs)
-                self.subs_dirty = True
+                self.sub_generation += 1
                 if self.verbose:
-                    self.send(OK_FRAME)
+                    self.reply(OK_FRAME)
             elif kind is Connect:
                 if not self.on_connect(op.options):
                     return
@@ -166,7 +169,7 @@ class ClientConnection(asyncio.Protocol):
                 if op.fatal:
                     self.fatal(op.text)
                     return
-                self.send(encode_err(op.text))
+                self.reply(encode_err(op.text))
         sidecar.after_ingest()
 
     def resume(self) -> bool:
@@ -188,8 +191,9 @@ class ClientConnection(asyncio.Protocol):
             self._auth_timer.cancel()
             self._auth_timer = None
         self.connect_received = True
-        self.verbose = bool(options.get("verbose", False))
-        self.pedantic = bool(options.get("pedantic", False))
+        # nats-server's defaults when CONNECT omits them (real clients always send both as false).
+        self.verbose = bool(options.get("verbose", True))
+        self.pedantic = bool(options.get("pedantic", True))
         self.headers = bool(options.get("headers", False))
         self.no_responders = bool(options.get("no_responders", False)) and self.headers
         self.echo = bool(options.get("echo", True))
@@ -200,7 +204,7 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("No Responders Requires Headers Support")
             return False
         if self.verbose:
-            self.send(OK_FRAME)
+            self.reply(OK_FRAME)
         return True
 
     def _check_auth(self) -> bool:
@@ -216,20 +220,46 @@ class ClientConnection(asyncio.Protocol):
 
     def on_ping(self) -> None:
         # A PONG promises that earlier publishes were taken in charge (they were, synchronously) and that
-        # earlier SUB/UNSUBs are registered upstream: for the latter, ask the upstream first.
-        if self.subs_dirty or self.pongs_waiting:
-            self.subs_dirty = False
+        # earlier SUB/UNSUBs are registered upstream. Clients (nats-py among them) may write PING ahead of
+        # a SUB still in their own buffer, so every PING waits for an upstream round trip (one upstream
+        # PING per loop iteration for all clients) that followed every SUB/UNSUB received before the PONG
+        # goes out. With the upstream down, answer at once (subscriptions are replayed on reconnect).
+        if self.sidecar.upstream.connected or self.pongs_waiting:
             self.pongs_waiting += 1
-            self.sidecar.upstream.confirm(self._upstream_ponged)
+            self._after_pong.append([])
+            self._await_upstream()
         else:
             self.send(PONG_FRAME)
 
-    def _upstream_ponged(self, ok: bool) -> None:
+    def _await_upstream(self) -> None:
+        generation = self.sub_generation
+        self.sidecar.upstream.confirm(lambda ok: self._upstream_ponged(ok, generation))
+
+    def _upstream_ponged(self, ok: bool, generation: int, polled: bool = False) -> None:
+        if self.closed:
+            return
+        if ok and not polled:
+            # Let the loop poll the sockets once more first: a SUB already sitting in this client's socket
+            # buffer is then read before the PONG is decided.
+            loop = self.sidecar.loop
+            loop.call_soon(loop.call_soon, self._upstream_ponged, ok, generation, True)
+            return
+        if ok and generation != self.sub_generation:
+            self._await_upstream()  # a SUB/UNSUB came in meanwhile: one more round trip covers it
+            return
         self.pongs_waiting -= 1
-        if not self.closed:
-            self.send(PONG_FRAME)
+        self.send(PONG_FRAME)
+        for data in self._after_pong.popleft():
+            self.send(data)
 
     # -- output --------------------------------------------------------------------------------------
+    def reply(self, data: bytes) -> None:
+        """Answer one of the client's own ops (+OK, -ERR): never ahead of a PONG still awaited."""
+        if self._after_pong:
+            self._after_pong[-1].append(data)
+        else:
+            self.send(data)
+
     def send(self, data: bytes) -> None:
         """Queue bytes for the application; one write per loop iteration."""
         self._out += data
@@ -251,7 +281,9 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             transport.abort()
 
-    def deliver(self, sub: ClientSub, subject: bytes, reply: bytes | None, hdr_size: int, body: bytes) -> None:
+    def deliver(
+        self, sub: ClientSub, subject: bytes, reply: bytes | None, hdr_size: int, body: bytes
+    ) -> None:
         """Deliver an upstream message on one of this client's subscriptions."""
         if hdr_size > 0 and not self.headers:
             if hdr_size == len(body) and body.startswith(b"NATS/1.0 "):

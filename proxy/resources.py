@@ -29,7 +29,11 @@ class ResourceMonitor:
         self._process.cpu_percent(None)
         self._cgroup_root = cgroup_root
         self.last = ResourceSample(
-            memory_mb=0, rss_mb=0, cpu_percent=0, cpu_quota_cores=None, cgroup_memory_mb=None,
+            memory_mb=0,
+            rss_mb=0,
+            cpu_percent=0,
+            cpu_quota_cores=None,
+            cgroup_memory_mb=None,
             cgroup_memory_limit_mb=None,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
@@ -45,7 +46,17 @@ TICK_INTERVAL_S = 1.0
 class OutMsg:
     """A message on its way upstream: the engine's queue item."""
 
-    __slots__ = ("client", "frame", "is_request", "priority", "received_at", "reply", "rule", "size", "subject")
+    __slots__ = (
+        "client",
+        "frame",
+        "is_request",
+        "priority",
+        "received_at",
+        "reply",
+        "rule",
+        "size",
+        "subject",
+    )
 
     def __init__(
         self,
@@ -118,9 +129,18 @@ class Sidecar:
     async def start(self) -> None:
         """Start the upstream connection, the NATS listener and the timers."""
         self.upstream.start()
+        # Give the upstream one connect timeout so that applications connecting at startup find interest
+        # registered when their flush returns; past that, start anyway (publishes queue meanwhile).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.upstream.connect_timeout_ms / 1000):
+                await self.upstream.wait_connected()
         host, port = split_host_port(self.config.listen.nats)
         server = await self.loop.create_server(
-            lambda: ClientConnection(self, next(self._client_ids)), host, port, reuse_address=True, backlog=1024
+            lambda: ClientConnection(self, next(self._client_ids)),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
         )
         self._servers.append(server)
         self.nats_port = server.sockets[0].getsockname()[1]
@@ -466,4 +486,3 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-

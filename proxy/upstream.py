@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import random
 import ssl
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from proxy import __version__
@@ -67,7 +68,7 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -148,6 +149,7 @@ class Upstream:
         self._ping_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self._connected_event = asyncio.Event()
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -226,17 +228,12 @@ class Upstream:
             proto.transport.close()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
-    async def wait_connected(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for a connection; True when connected."""
-        deadline = self.loop.time() + timeout
-        while not self.connected and self.loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        return self.connected
+    async def wait_connected(self) -> None:
+        """Return once connected (wrap in asyncio.timeout to bound the wait)."""
+        await self._connected_event.wait()
 
     async def _run(self) -> None:
         servers = self.config.servers
@@ -279,7 +276,7 @@ class Upstream:
                     self.loop.start_tls(transport, proto, self._ssl_context(), server_hostname=host),
                     timeout,
                 )
-                assert isinstance(new_transport, asyncio.Transport)
+
                 proto.transport = new_transport
             proto.transport.set_write_buffer_limits(high=self.config.max_pending_bytes)
             proto.handshake = self.loop.create_future()
@@ -295,16 +292,23 @@ class Upstream:
         self._pong_waiters.clear()
         self._pings_out = 0
         self.connected = True
+        self._connected_event.set()
         self.connected_url = url
         self.disconnected_at = None
         self._schedule_ping()
-        log.info("upstream connected to %s (server %s, version %s)", url, info.get("server_id"), info.get("version"))
+        log.info(
+            "upstream connected to %s (server %s, version %s)",
+            url,
+            info.get("server_id"),
+            info.get("version"),
+        )
         self.handler.on_upstream_connected(info)
         return proto
 
     def _on_lost(self, url: str) -> None:
         was_connected = self.connected
         self.connected = False
+        self._connected_event.clear()
         self._proto = None
         self.disconnected_at = self.loop.time()
         if self._ping_timer is not None:

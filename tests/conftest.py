@@ -46,10 +46,11 @@ class NatsServer:
 
     def __init__(self, workdir: Path, *, jetstream: bool = False, extra_conf: str = "") -> None:
         self.port = free_port()
+        self.monitor_port = free_port()
         self.workdir = workdir
         self.jetstream = jetstream
         self.conf = workdir / f"nats-{self.port}.conf"
-        lines = [f"listen: 127.0.0.1:{self.port}", "max_payload: 1048576"]
+        lines = [f"listen: 127.0.0.1:{self.port}", f"http: 127.0.0.1:{self.monitor_port}"]
         if jetstream:
             lines.append(f'jetstream {{ store_dir: "{workdir / f"js-{self.port}"}" }}')
         lines.append(extra_conf)
@@ -65,6 +66,20 @@ class NatsServer:
         log = open(self.workdir / f"nats-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([NATS_SERVER, "-c", str(self.conf)], stdout=log, stderr=log)
         wait_for_port(self.port)
+
+    def connz(self) -> dict[str, Any]:
+        """The server's /connz monitoring page, with each connection's subscriptions."""
+        url = f"http://127.0.0.1:{self.monitor_port}/connz?subs=1"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def subscriptions_of(self, name: str) -> list[str]:
+        """Subjects subscribed by the connection(s) named `name` (the sidecar's upstream)."""
+        subjects: list[str] = []
+        for conn in self.connz().get("connections", []):
+            if conn.get("name") == name:
+                subjects.extend(conn.get("subscriptions_list") or [])
+        return subjects
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -1,0 +1,79 @@
+"""Micro-benchmark of the NATS client parser: 1M `PUB foo.bar 128` frames fed in 64 KiB chunks.
+
+Run: .venv/bin/python bench/bench_parser.py [--frames N] [--chunk BYTES] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# Runnable as a plain script from anywhere: make the repository root importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.nats_protocol import ClientParser, ServerParser, encode_msg, encode_pub
+
+
+def chunked(stream: bytes, chunk: int) -> list[bytes]:
+    """Split the stream into fixed-size reads, as a socket would deliver them."""
+    return [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+
+
+def bench(name: str, parser_factory: type, stream: bytes, frames: int, chunk: int, repeat: int) -> float:
+    """Feed a stream of `frames` frames; print and return the best ops/s over `repeat` runs."""
+    reads = chunked(stream, chunk)
+    best = 0.0
+    for _ in range(repeat):
+        parser = parser_factory()
+        count = 0
+        start = time.perf_counter()
+        for data in reads:
+            count += len(parser.feed_data(data))
+        elapsed = time.perf_counter() - start
+        assert count == frames, (count, frames)
+        best = max(best, frames / elapsed)
+    print(f"{name:<44} {best:>12,.0f} ops/s")
+    return best
+
+
+def main() -> None:
+    """Parse the command line and run the benchmarks."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--frames", type=int, default=1_000_000)
+    ap.add_argument("--chunk", type=int, default=64 * 1024)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    payload = b"x" * 128
+    n = args.frames
+    bench(
+        "ClientParser PUB foo.bar 128",
+        ClientParser,
+        encode_pub("foo.bar", None, payload) * n,
+        n,
+        args.chunk,
+        args.repeat,
+    )
+    # Requests: every reply subject is a fresh inbox, so no control line repeats.
+    requests = b"".join(encode_pub("svc.echo", f"_INBOX.k9Fq3vT7aX.{i}", payload) for i in range(n // 4))
+    bench(
+        "ClientParser PUB svc.echo _INBOX.<unique> 128",
+        ClientParser,
+        requests,
+        n // 4,
+        args.chunk,
+        args.repeat,
+    )
+    bench(
+        "ServerParser MSG foo.bar 1 128",
+        ServerParser,
+        encode_msg(b"foo.bar", b"1", None, -1, payload) * n,
+        n,
+        args.chunk,
+        args.repeat,
+    )
+
+
+if __name__ == "__main__":
+    main()

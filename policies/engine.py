@@ -1,0 +1,700 @@
+"""The backpressure engine: one synchronous object the shell feeds with messages, signals and time.
+
+CONTRACT (the asyncio shell in proxy/ calls exactly this; keep signatures stable):
+
+    engine = Engine(config, rules, rng=random.Random(), now=loop.time(), max_subjects=500)
+    prio, rule = engine.classify(subject, header_priority)   # header_priority: raw KPI-Priority value or None
+    decision = engine.offer(item, now, can_send)              # item: any object with the Item attributes
+    items = engine.take(now)                                  # what may be written upstream now
+    engine.next_deadline()                                    # float | None: call take() again at that time
+    transition = engine.tick(now, memory_mb=..., cpu_percent=...)   # once a second (and on demand)
+
+Every public call keeps `received == forwarded + dropped + queue_size + spooled`. The semantics of each
+level, switch and counter are written down in docs/backpressure.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+
+import msgspec
+
+from policies.accounting import DEFAULT_MAX_SUBJECTS, Accounting, LatencyHistogram
+from policies.batching import batch_size, release_count
+from policies.circuit_breaker import DEFAULT_MAX_TRACKED as DEFAULT_MAX_BREAKERS
+from policies.circuit_breaker import DROP as GATE_DROP
+from policies.circuit_breaker import BreakerBoard, BreakerChange, BreakerSnapshot, BreakerState
+from policies.config import BackpressureConfig, Level, PolicyRule, Priority
+from policies.levels import HISTORY_SIZE, LevelTracker, Transition
+from policies.queue import PriorityQueue
+from policies.rate import RateMeter, TokenBucket
+from policies.sampling import sampling_rate
+from policies.subjects import DEFAULT_CACHE_SIZE, SubjectClassifier
+from policies.traffic import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRAFFIC_SUBJECTS
+from policies.traffic import SubjectTraffic
+
+if TYPE_CHECKING:
+    import random
+
+LOW: Final = Priority.LOW
+MEDIUM: Final = Priority.MEDIUM
+CRITICAL: Final = Priority.CRITICAL
+
+# Drop reasons set by the engine; the shell adds its own through note_dropped (e.g. "shutdown").
+REASON_SAMPLING = "sampling"
+REASON_LOW_PRIORITY = "low_priority"
+REASON_QUEUE_FULL = "queue_full"
+REASON_CIRCUIT_BREAKER = "circuit_breaker"
+REASON_CLEARED = "cleared"
+REASON_SHUTDOWN = "shutdown"
+
+SIGNALS = ("memory", "cpu", "queue", "publish_rate")
+# KPI-Priority header values, exact spellings first so the common case skips lower().
+_HEADER_PRIORITIES: dict[str, Priority] = {}
+for _p in Priority:
+    for _spelling in (_p.label, _p.label.upper(), _p.label.capitalize()):
+        _HEADER_PRIORITIES[_spelling] = _p
+
+
+class Verdict(enum.IntEnum):
+    """What the shell does with an offered message."""
+
+    FORWARD = 0  # write it upstream now; already counted as forwarded
+    QUEUE = 1  # the engine holds it; take() will hand it back
+    DROP = 2  # counted as dropped with Decision.reason; answer a request with a 503
+    BLOCK = 3  # a critical message with no room: not counted; spool it (note_spooled) or apply backpressure
+
+
+class Item(Protocol):
+    """What the engine needs to know about a message; the shell's message class provides it."""
+
+    subject: str
+    priority: Priority
+    is_request: bool
+    size: int
+
+
+class Decision(NamedTuple):
+    """The engine's answer to offer(); `evicted` were removed from the queue (counted dropped, queue_full)."""
+
+    verdict: Verdict
+    reason: str | None = None
+    evicted: tuple[Any, ...] = ()
+
+
+_FORWARD = Decision(Verdict.FORWARD)
+_QUEUE = Decision(Verdict.QUEUE)
+_BLOCK = Decision(Verdict.BLOCK)
+_DROP_SAMPLING = Decision(Verdict.DROP, REASON_SAMPLING)
+_DROP_LOW_PRIORITY = Decision(Verdict.DROP, REASON_LOW_PRIORITY)
+_DROP_QUEUE_FULL = Decision(Verdict.DROP, REASON_QUEUE_FULL)
+_DROP_CIRCUIT_BREAKER = Decision(Verdict.DROP, REASON_CIRCUIT_BREAKER)
+
+
+class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Everything the admin API and the metrics collector show, at one instant."""
+
+    level: str
+    level_value: int
+    load_percent: float
+    dominant_signal: str
+    memory_ratio: float
+    cpu_ratio: float
+    queue_ratio: float
+    publish_rate_ratio: float
+    memory_mb: float
+    cpu_percent: float
+    cpu_threshold_percent: float
+    publish_rate: float
+    sampling_rate: float
+    batch_size: int
+    queue_size: int
+    queue_by_priority: dict[str, int]
+    queued_bytes: int
+    parked: int
+    handed_off: int
+    oldest_queued_age: float
+    received: int
+    forwarded: int
+    dropped: int
+    sampled: int
+    spooled: int
+    dropped_by_reason: dict[str, int]
+    open_breakers: int
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP: Final = _Keep.KEEP
+
+
+class Engine:
+    """The backpressure decision core: classify, offer, take, tick; pure, synchronous, deterministic."""
+
+    __slots__ = (
+        "_acc",
+        "_batch_delay_s",
+        "_batch_size",
+        "_breaker_records",
+        "_breakers",
+        "_bucket",
+        "_cache_size",
+        "_capacity",
+        "_classifier",
+        "_config",
+        "_cpu_percent",
+        "_cpu_quota",
+        "_dominant",
+        "_handed",
+        "_last_now",
+        "_levels",
+        "_load_percent",
+        "_memory_mb",
+        "_meter",
+        "_parked",
+        "_parked_count",
+        "_prioritize",
+        "_publish_rate",
+        "_queue",
+        "_ratios",
+        "_rng",
+        "_sampling_rate",
+        "_shed_low",
+        "_track_traffic",
+        "_traffic",
+    )
+
+    def __init__(
+        self,
+        config: BackpressureConfig,
+        rules: Sequence[PolicyRule] = (),
+        *,
+        rng: random.Random,
+        now: float,
+        max_subjects: int = DEFAULT_MAX_SUBJECTS,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_breakers: int = DEFAULT_MAX_BREAKERS,
+        max_traffic_subjects: int = DEFAULT_MAX_TRAFFIC_SUBJECTS,
+        history_size: int = HISTORY_SIZE,
+    ) -> None:
+        self._config = config
+        self._rng = rng
+        self._last_now = now
+        self._cache_size = cache_size
+        self._classifier = SubjectClassifier(rules, cache_size)
+        self._acc = Accounting(max_subjects)
+        self._queue = PriorityQueue()
+        self._parked: dict[str, deque[Any]] = {}
+        self._parked_count = 0
+        self._handed: dict[int, Any] = {}
+        self._bucket = TokenBucket(config.max_publish_rate, _burst(config), now)
+        window_s = config.publish_rate_window_ms / 1000.0
+        self._meter = RateMeter(window_s, now)
+        self._traffic = SubjectTraffic(window_s, now, max_traffic_subjects)
+        self._breakers = BreakerBoard(**_breaker_settings(config), max_tracked=max_breakers)
+        # The same dict object for the engine's lifetime: `if self._breaker_records` is the hot-path test.
+        self._breaker_records = self._breakers.records
+        self._levels = LevelTracker(
+            config.recovery_threshold_percent, config.recovery_delay_ms, history_size=history_size
+        )
+        self._memory_mb = 0.0
+        self._cpu_percent = 0.0
+        self._cpu_quota: float | None = None
+        self._publish_rate = 0.0
+        self._ratios = (0.0, 0.0, 0.0, 0.0)
+        self._load_percent = 0.0
+        self._dominant = SIGNALS[0]
+        self._apply_config(config)
+
+    # -- classification --------------------------------------------------------------------------------
+    def classify(self, subject: str, header_priority: str | None) -> tuple[Priority, PolicyRule | None]:
+        """Priority and rule of a message: a valid KPI-Priority header, else the first rule's, else MEDIUM."""
+        entry = self._classifier.entry(subject)
+        if header_priority is None:
+            return entry.default
+        priority = _HEADER_PRIORITIES.get(header_priority)
+        if priority is None:
+            priority = _HEADER_PRIORITIES.get(header_priority.strip().lower())
+            if priority is None:
+                return entry.default
+        return entry.by_priority[priority]  # type: ignore[return-value]
+
+    # -- the publish path ------------------------------------------------------------------------------
+    def offer(self, item: Item, now: float, can_send: bool) -> Decision:
+        """Decide one offered message: breaker, priority shedding, sampling, then forward or queue."""
+        self._meter.add(now)
+        priority = item.priority if self._prioritize else MEDIUM
+        if self._track_traffic and priority < CRITICAL:
+            self._traffic.add(item.subject)
+        if self._breaker_records:
+            gate = self._breakers.gate(item.subject, now, self._rng, priority >= CRITICAL)
+            if gate:
+                if gate == GATE_DROP:
+                    return self._drop(item, _DROP_CIRCUIT_BREAKER)
+                return self._park(item)
+        if self._shed_low and priority <= LOW:
+            return self._drop(item, _DROP_LOW_PRIORITY)
+        rate = self._sampling_rate
+        if rate < 1.0 and priority <= MEDIUM and not item.is_request and self._rng.random() >= rate:
+            self._acc.sampled += 1
+            return self._drop(item, _DROP_SAMPLING)
+        if can_send and self._batch_size == 1 and not self._queue.size and self._bucket.try_take(now):
+            acc = self._acc
+            acc.received += 1
+            acc.forward(item.subject, item.priority)
+            return _FORWARD
+        return self._enqueue(item, priority, now)
+
+    def _drop(self, item: Item, decision: Decision) -> Decision:
+        acc = self._acc
+        acc.received += 1
+        acc.drop(item.subject, decision.reason)  # type: ignore[arg-type]
+        return decision
+
+    def _make_room(self, priority: Priority) -> tuple[bool, tuple[Any, ...]]:
+        """Room for one more message of `priority`: (room, evicted)."""
+        queue = self._queue
+        if queue.size + self._parked_count < self._capacity:
+            return True, ()
+        victim = queue.evict_below(priority)
+        if victim is None:
+            return False, ()
+        self._acc.drop(victim.subject, REASON_QUEUE_FULL)
+        return True, (victim,)
+
+    def _enqueue(self, item: Item, priority: Priority, now: float) -> Decision:
+        room, evicted = self._make_room(priority)
+        if not room:
+            if priority >= CRITICAL:
+                return _BLOCK
+            return self._drop(item, _DROP_QUEUE_FULL)
+        self._queue.push(item, priority, now)
+        self._acc.received += 1
+        return Decision(Verdict.QUEUE, None, evicted) if evicted else _QUEUE
+
+    def _park(self, item: Item) -> Decision:
+        # A critical message for an open breaker waits beside the queue until the breaker is not open.
+        room, evicted = self._make_room(CRITICAL)
+        if not room:
+            return _BLOCK
+        parked = self._parked.get(item.subject)
+        if parked is None:
+            parked = self._parked[item.subject] = deque()
+        parked.append(item)
+        self._parked_count += 1
+        self._acc.received += 1
+        return Decision(Verdict.QUEUE, None, evicted) if evicted else _QUEUE
+
+    def _release_parked(self, now: float) -> None:
+        if not self._parked:
+            return
+        state_of = self._breakers.state_of
+        for subject in [s for s in self._parked if state_of(s) is not BreakerState.OPEN]:
+            items = self._parked.pop(subject)
+            self._parked_count -= len(items)
+            for item in items:
+                self._queue.push(item, CRITICAL, now)
+
+    def take(self, now: float) -> list[Any]:
+        """Queued messages due now, highest priority first, within the rate ceiling; counted forwarded."""
+        queue = self._queue
+        size = queue.size
+        if not size:
+            return []
+        size_target = self._batch_size
+        delay_expired = True
+        if size_target > 1:
+            oldest = queue.oldest_time()
+            # Same expression as next_deadline(), so that take(next_deadline()) releases.
+            delay_expired = oldest is not None and now >= oldest + self._batch_delay_s
+            if size < size_target and not delay_expired:
+                return []
+        # The epsilon absorbs float error in the refill so that a whole token reads as one.
+        tokens = int(self._bucket.refill(now) + 1e-9)
+        count = release_count(size, tokens, size_target, delay_expired)
+        if count <= 0:
+            return []
+        self._bucket.take(count)
+        return self._forward_all([queue.pop() for _ in range(count)])
+
+    def _forward_all(self, items: list[Any]) -> list[Any]:
+        if items:
+            acc = self._acc
+            for item in items:
+                acc.forward(item.subject, item.priority)
+            acc.record_batch([item.subject for item in items], len(items))
+        return items
+
+    def next_deadline(self) -> float | None:
+        """When take() may return more (may be in the past: call it now); None while the queue is empty."""
+        queue = self._queue
+        if not queue.size:
+            return None
+        bucket = self._bucket
+        size_target = self._batch_size
+        if size_target <= 1:
+            return bucket.time_for(1)
+        oldest = queue.oldest_time()
+        assert oldest is not None
+        by_delay = max(oldest + self._batch_delay_s, bucket.time_for(1))
+        if queue.size >= size_target:
+            return min(by_delay, bucket.time_for(size_target))
+        return by_delay
+
+    def drain(self, now: float) -> list[Any]:
+        """Everything held (queue and parked), ignoring batching and the rate ceiling; counted forwarded."""
+        self._last_now = now
+        return self._forward_all(self._pop_everything())
+
+    def clear(self) -> list[Any]:
+        """Remove every queued non-critical message, counted dropped with reason "cleared"."""
+        removed = self._queue.remove_if(lambda item: item.priority < CRITICAL)
+        acc = self._acc
+        for item in removed:
+            acc.drop(item.subject, REASON_CLEARED)
+        return removed
+
+    def drain_all_for_shutdown(self) -> list[Any]:
+        """Everything held, uncounted: the shell settles each with note_forwarded/_spooled/_dropped."""
+        items = self._pop_everything()
+        for item in items:
+            self._handed[id(item)] = item
+        return items
+
+    def _pop_everything(self) -> list[Any]:
+        items = self._queue.pop_all()
+        for parked in self._parked.values():
+            items.extend(parked)
+        self._parked.clear()
+        self._parked_count = 0
+        return items
+
+    # -- outcomes the shell reports ------------------------------------------------------------------------
+    def _settle(self, item: Any) -> None:
+        # An item handed out for shutdown was received already; anything else (e.g. BLOCK) was not.
+        if self._handed.pop(id(item), None) is None:
+            self._acc.received += 1
+
+    def note_forwarded(self, item: Item) -> None:
+        """The shell forwarded a message the engine had not counted (BLOCK, shutdown hand-off)."""
+        self._settle(item)
+        self._acc.forward(item.subject, item.priority)
+
+    def note_dropped(self, item: Item, reason: str) -> None:
+        """The shell dropped a message the engine had not counted (BLOCK, shutdown hand-off)."""
+        self._settle(item)
+        self._acc.drop(item.subject, reason)
+
+    def note_spooled(self, item: Item) -> None:
+        """The shell spooled to disk a message the engine had not counted (BLOCK, shutdown hand-off)."""
+        self._settle(item)
+        self._acc.spooled += 1
+
+    def _unspool(self) -> None:
+        acc = self._acc
+        if acc.spooled > 0:
+            acc.spooled -= 1
+        else:
+            # Spooled by a previous process: received now, for this process's books.
+            acc.received += 1
+
+    def note_unspooled(self, item: Item) -> None:
+        """A spooled message was replayed upstream: it moves from spooled to forwarded."""
+        self._unspool()
+        self._acc.forward(item.subject, item.priority)
+
+    def note_spool_dropped(self, item: Item, reason: str) -> None:
+        """A spooled message was lost (spool full, corrupt, expired): it moves from spooled to dropped."""
+        self._unspool()
+        self._acc.drop(item.subject, reason)
+
+    def observe_latency(self, subject: str, seconds: float) -> None:
+        """Time a message spent in the sidecar before its upstream write, for the latency histogram."""
+        self._acc.observe_latency(subject, seconds)
+
+    # -- signals and levels --------------------------------------------------------------------------------
+    def tick(
+        self,
+        now: float,
+        *,
+        memory_mb: float | None = None,
+        cpu_percent: float | None = None,
+        cpu_quota_cores: float | _Keep | None = KEEP,
+    ) -> Transition | None:
+        """Take new signal samples (None: keep the last), re-evaluate the level, run breaker timers.
+
+        `cpu_quota_cores`: the cgroup quota in cores, None for no quota, omitted to keep the last value.
+        """
+        self._last_now = now
+        if memory_mb is not None:
+            self._memory_mb = memory_mb
+        if cpu_percent is not None:
+            self._cpu_percent = cpu_percent
+        if cpu_quota_cores is not KEEP:
+            self._cpu_quota = cpu_quota_cores
+        self._traffic.rotate(now)
+        self._evaluate(now)
+        transition = self._levels.observe(now, self._load_percent, self._dominant)
+        if transition is not None:
+            self._apply_level()
+        critical = self._levels.level is Level.CRITICAL
+        config = self._config
+        if critical and config.enable_circuit_breaker and config.breaker_critical_top_subjects:
+            top = config.breaker_critical_top_subjects
+            self._breakers.open_busiest(self._traffic.top(top), now, top)
+        if self._breaker_records:
+            self._breakers.advance(now, critical)
+        self._release_parked(now)
+        return transition
+
+    @property
+    def cpu_threshold_percent(self) -> float:
+        """CPU threshold in percent of one core: maxCpuUsagePercent, scaled by a quota below 1 core."""
+        threshold = self._config.max_cpu_usage_percent
+        quota = self._cpu_quota
+        if quota is not None and 0.0 < quota < 1.0:
+            return threshold * quota
+        return threshold
+
+    def _evaluate(self, now: float) -> None:
+        config = self._config
+        self._publish_rate = self._meter.rate(now)
+        # Percent first (value * 100 / max) so that exact boundary loads stay exact in floating point.
+        percents = (
+            self._memory_mb * 100.0 / config.max_memory_usage_mb,
+            self._cpu_percent * 100.0 / self.cpu_threshold_percent,
+            (self._queue.size + self._parked_count) * 100.0 / config.max_queue_size,
+            self._publish_rate * 100.0 / config.max_publish_rate,
+        )
+        load = max(percents)
+        self._ratios = tuple(p / 100.0 for p in percents)  # type: ignore[assignment]
+        self._load_percent = load
+        self._dominant = SIGNALS[percents.index(load)]
+
+    def _apply_level(self) -> None:
+        level = self._levels.level
+        config = self._config
+        self._sampling_rate = sampling_rate(level, config.enable_sampling)
+        self._batch_size = batch_size(level, config.batch_size_multiplier, config.enable_batching)
+        self._shed_low = config.enable_prioritization and level >= Level.HIGH
+
+    # -- circuit breakers --------------------------------------------------------------------------------
+    def breaker_failure(self, subject: str, now: float) -> None:
+        """A forward to `subject` failed (permission violation, JetStream error or timeout, max payload)."""
+        if self._config.enable_circuit_breaker:
+            self._breakers.failure(subject, now)
+
+    def breaker_success(self, subject: str, now: float) -> None:
+        """A forward to `subject` succeeded; a no-op unless the subject has a breaker record."""
+        if self._breaker_records:
+            self._breakers.success(subject, now, self._levels.level is Level.CRITICAL)
+            self._release_parked(now)
+
+    def open_breaker(self, subject: str, now: float) -> bool:
+        """Open by hand until closed or reset by hand; False when the breaker table is full."""
+        return self._breakers.open(subject, now)
+
+    def close_breaker(self, subject: str, now: float) -> bool:
+        """Close by hand (failure count and backoff kept); False when it was not open."""
+        closed = self._breakers.close(subject, now)
+        self._release_parked(now)
+        return closed
+
+    def reset_breaker(self, subject: str, now: float) -> bool:
+        """Forget the subject's breaker: closed, no failures, base backoff; False when there was none."""
+        reset = self._breakers.reset(subject, now)
+        self._release_parked(now)
+        return reset
+
+    def breaker_state(self, subject: str) -> BreakerState:
+        """Current state of the subject's breaker."""
+        return self._breakers.state_of(subject)
+
+    def breakers(self) -> list[BreakerSnapshot]:
+        """Every tracked breaker (open, half-open, or closed with recent failures)."""
+        return self._breakers.snapshots()
+
+    def pop_breaker_changes(self) -> list[BreakerChange]:
+        """Breaker state changes since the last call, for the shell to log once each."""
+        return self._breakers.pop_changes()
+
+    # -- configuration -------------------------------------------------------------------------------------
+    def update_config(
+        self,
+        config: BackpressureConfig,
+        rules: Sequence[PolicyRule] | None = None,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Replace the configuration (already validated) and optionally the rules, all at once."""
+        if now is None:
+            now = self._last_now
+        # Build what can fail first, so that nothing changes if it does.
+        classifier = SubjectClassifier(rules, self._cache_size) if rules is not None else self._classifier
+        old = self._config
+        self._config = config
+        self._classifier = classifier
+        self._bucket.configure(config.max_publish_rate, _burst(config), now)
+        if config.publish_rate_window_ms != old.publish_rate_window_ms:
+            window_s = config.publish_rate_window_ms / 1000.0
+            self._meter = RateMeter(window_s, now)
+            self._traffic.configure(window_s)
+        self._breakers.configure(**_breaker_settings(config))
+        if old.enable_circuit_breaker and not config.enable_circuit_breaker:
+            self._breakers.forget_automatic(now)
+            self._release_parked(now)
+        self._levels.configure(config.recovery_threshold_percent, config.recovery_delay_ms)
+        self._apply_config(config)
+
+    def _apply_config(self, config: BackpressureConfig) -> None:
+        self._prioritize = config.enable_prioritization
+        self._track_traffic = config.enable_circuit_breaker and config.breaker_critical_top_subjects > 0
+        self._capacity = config.max_queue_size
+        self._batch_delay_s = config.max_batch_delay_ms / 1000.0
+        self._apply_level()
+
+    @property
+    def config(self) -> BackpressureConfig:
+        """The configuration in force."""
+        return self._config
+
+    @property
+    def rules(self) -> tuple[PolicyRule, ...]:
+        """The `policies:` rules in force."""
+        return self._classifier.rules
+
+    # -- reading -----------------------------------------------------------------------------------------
+    @property
+    def level(self) -> Level:
+        """Current degradation level."""
+        return self._levels.level
+
+    @property
+    def load_percent(self) -> float:
+        """Load computed at the last tick."""
+        return self._load_percent
+
+    @property
+    def dominant_signal(self) -> str:
+        """Signal that produced the load at the last tick."""
+        return self._dominant
+
+    @property
+    def sampling_rate(self) -> float:
+        """Share of low and medium messages kept at the current level (1.0 when sampling is off)."""
+        return self._sampling_rate
+
+    @property
+    def batch_size(self) -> int:
+        """Messages per batch at the current level (1 when batching is off)."""
+        return self._batch_size
+
+    @property
+    def queue_size(self) -> int:
+        """Messages held: queued, parked behind an open breaker, or handed off for shutdown and unsettled."""
+        return self._queue.size + self._parked_count + len(self._handed)
+
+    @property
+    def received(self) -> int:
+        """Messages counted in."""
+        return self._acc.received
+
+    @property
+    def forwarded(self) -> int:
+        """Messages counted as written upstream (including spool replays)."""
+        return self._acc.forwarded
+
+    @property
+    def dropped(self) -> int:
+        """Messages counted as dropped, for any reason (sampled ones included)."""
+        return self._acc.dropped
+
+    @property
+    def sampled(self) -> int:
+        """Messages dropped by sampling (also counted in `dropped`)."""
+        return self._acc.sampled
+
+    @property
+    def spooled(self) -> int:
+        """Messages currently in the disk spool."""
+        return self._acc.spooled
+
+    def forwarded_by_subject(self) -> dict[tuple[str, str], int]:
+        """Forwards keyed by (subject label, priority label)."""
+        return self._acc.forwarded_by_subject()
+
+    def dropped_by_subject(self) -> dict[tuple[str, str], int]:
+        """Drops keyed by (reason, subject label)."""
+        return self._acc.dropped_by_subject()
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Drops keyed by reason."""
+        return self._acc.dropped_by_reason()
+
+    def batches_by_subject(self) -> dict[tuple[str, str], int]:
+        """Queue releases keyed by (subject label, size class small/medium/large)."""
+        return self._acc.batches_by_subject()
+
+    def latency_by_subject(self) -> dict[str, LatencyHistogram]:
+        """Publish-latency histograms keyed by subject label."""
+        return self._acc.latency_by_subject()
+
+    def history(self) -> list[Transition]:
+        """Level transitions, oldest first (bounded)."""
+        return self._levels.history()
+
+    def snapshot(self, now: float) -> EngineSnapshot:
+        """The engine's state at `now`; load, ratios and level are those of the last tick."""
+        queue = self._queue
+        oldest = queue.oldest_time()
+        acc = self._acc
+        memory_ratio, cpu_ratio, queue_ratio, rate_ratio = self._ratios
+        level = self._levels.level
+        return EngineSnapshot(
+            level=level.label,
+            level_value=int(level),
+            load_percent=self._load_percent,
+            dominant_signal=self._dominant,
+            memory_ratio=memory_ratio,
+            cpu_ratio=cpu_ratio,
+            queue_ratio=queue_ratio,
+            publish_rate_ratio=rate_ratio,
+            memory_mb=self._memory_mb,
+            cpu_percent=self._cpu_percent,
+            cpu_threshold_percent=self.cpu_threshold_percent,
+            publish_rate=self._publish_rate,
+            sampling_rate=self._sampling_rate,
+            batch_size=self._batch_size,
+            queue_size=self.queue_size,
+            queue_by_priority={p.label: queue.size_of(p) for p in Priority},
+            queued_bytes=queue.nbytes,
+            parked=self._parked_count,
+            handed_off=len(self._handed),
+            oldest_queued_age=0.0 if oldest is None else max(0.0, now - oldest),
+            received=acc.received,
+            forwarded=acc.forwarded,
+            dropped=acc.dropped,
+            sampled=acc.sampled,
+            spooled=acc.spooled,
+            dropped_by_reason=acc.dropped_by_reason(),
+            open_breakers=self._breakers.open_count(),
+        )
+
+
+def _burst(config: BackpressureConfig) -> float:
+    return max(1.0, config.max_publish_rate * config.rate_burst_seconds)
+
+
+def _breaker_settings(config: BackpressureConfig) -> dict[str, Any]:
+    return {
+        "failure_threshold": config.breaker_failure_threshold,
+        "half_open_fraction": config.breaker_half_open_fraction,
+        "half_open_successes": config.breaker_half_open_successes,
+        "base_delay_ms": config.recovery_delay_ms,
+        "cap_ms": config.backoff_cap_ms,
+    }

@@ -1,0 +1,163 @@
+"""Alert rules: promtool checks and unit tests, the seed's five alerts, the copy in the k8s PrometheusRule."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.metric_names import ALERT_RULES, DASHBOARDS_DIR, REPO_ROOT, dashboard_queries
+
+ALERTS_TEST = REPO_ROOT / "prometheus" / "alerts_test.yaml"
+PROMETHEUS_RULE = REPO_ROOT / "k8s" / "base" / "prometheusrule.yaml"
+
+# The seed's "Alertes Recommandées": name -> (expr, for, severity). HighMessageDropRate keeps the seed's
+# ratio and threshold but sums each side first (see test_high_drop_rate_keeps_the_seed_ratio).
+SEED_ALERTS: dict[str, tuple[str | None, str, str]] = {
+    "BackpressureCritical": ("kpi_backpressure_degradation_level >= 4", "1m", "critical"),
+    "CircuitBreakerOpen": ("kpi_circuit_breaker_open == 1", "2m", "critical"),
+    "HighMessageDropRate": (None, "5m", "critical"),
+    "BackpressureQueueHigh": ("kpi_backpressure_queue_size > 8000", "3m", "warning"),
+    "BackpressureMemoryHigh": ("kpi_backpressure_memory_usage_mb > 800", "5m", "warning"),
+}
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=cwd, check=False)
+
+
+def alert_rules() -> dict[str, dict[str, Any]]:
+    data = yaml.safe_load(ALERT_RULES.read_text())
+    return {rule["alert"]: rule for group in data["groups"] for rule in group["rules"]}
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    result = run([promtool, "check", "rules", str(ALERT_RULES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+def test_promtool_test_rules(promtool: str) -> None:
+    result = run([promtool, "test", "rules", ALERTS_TEST.name], cwd=ALERTS_TEST.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unit_tests_show_each_alert_firing_and_not_firing() -> None:
+    tests = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in tests:
+        for check in case["alert_rule_test"]:
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert firing == set(SEED_ALERTS)
+    assert quiet == set(SEED_ALERTS)
+
+
+def test_the_seed_alerts_with_their_thresholds_durations_and_severities() -> None:
+    rules = alert_rules()
+    assert list(rules) == list(SEED_ALERTS)
+    for name, (expr, duration, severity) in SEED_ALERTS.items():
+        rule = rules[name]
+        if expr is not None:
+            assert rule["expr"] == expr, name
+        assert rule["for"] == duration, name
+        assert rule["labels"]["severity"] == severity, name
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip() and annotations["description"].strip(), name
+        # English annotations (the seed's are French).
+        assert (annotations["summary"] + annotations["description"]).isascii(), name
+        assert annotations["runbook"] == f"docs/runbook.md#{name.lower()}"
+
+
+def test_high_drop_rate_keeps_the_seed_ratio() -> None:
+    expr = " ".join(alert_rules()["HighMessageDropRate"]["expr"].split())
+    numerator, _, denominator = expr.partition(" / ")
+    assert "rate(kpi_streaming_messages_dropped_total[5m])" in numerator
+    assert "rate(kpi_nats_messages_published_total[5m])" in denominator
+    assert denominator.endswith("> 0.1")
+    # The two counters have different labels: each side is aggregated over its own before dividing.
+    assert "without (reason, subject)" in numerator
+    assert "without (subject, status, priority)" in denominator
+
+
+def test_runbook_has_a_section_per_alert() -> None:
+    runbook = (REPO_ROOT / "docs" / "runbook.md").read_text()
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in runbook.splitlines()
+        if line.startswith("#")
+    }
+    for name in SEED_ALERTS:
+        assert name.lower() in headings, f"docs/runbook.md has no heading for #{name.lower()}"
+
+
+def test_prometheusrule_embeds_the_same_rules() -> None:
+    rule = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERT_RULES.read_text())["groups"]
+
+
+def promql_substituted(query: str) -> str:
+    """A dashboard query with Grafana's variables replaced, so that promtool can parse it."""
+    for variable, value in {
+        "$__rate_interval": "1m",
+        "$__interval": "1m",
+        "$__range": "1h",
+        "$instance": ".*",
+        "$subject": ".*",
+    }.items():
+        query = query.replace(variable, value)
+    return query
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    rules = []
+    for path in sorted(DASHBOARDS_DIR.glob("*.json")):
+        for query in dashboard_queries(json.loads(path.read_text())):
+            if query == "prometheus":  # the datasource variable's plugin type
+                continue
+            expr = promql_substituted(query)
+            # Template variable queries are label_values(metric, label): check the selector.
+            match = re.fullmatch(r"label_values\((.*),\s*\w+\)", expr)
+            rules.append(
+                {
+                    "record": f"dashboard:{path.stem.replace('-', '_')}:{len(rules)}",
+                    "expr": match[1] if match else expr,
+                }
+            )
+    assert len(rules) > 40
+    rule_file = tmp_path / "dashboard-queries.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = run([promtool, "check", "rules", str(rule_file)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_prometheus_config_loads_the_rules(promtool: str, tmp_path: Path) -> None:
+    # compose.yaml mounts both files side by side in /etc/prometheus.
+    shutil.copy(REPO_ROOT / "docker" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(ALERT_RULES, tmp_path / "alerts.yaml")
+    result = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+@pytest.mark.parametrize("alert", list(SEED_ALERTS))
+def test_alert_annotations_render_in_unit_tests(alert: str) -> None:
+    # Each firing expectation pins the rendered summary and description (templates included).
+    tests = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    rendered = [
+        expected["exp_annotations"]
+        for case in tests
+        for check in case["alert_rule_test"]
+        if check["alertname"] == alert
+        for expected in check.get("exp_alerts") or []
+    ]
+    assert rendered and all({"summary", "description"} <= set(a) for a in rendered)
+    assert all("{{" not in a["description"] for a in rendered)

@@ -1,0 +1,103 @@
+"""Raw bytes in, raw bytes out: the sidecar must answer exactly as nats-server does."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from tests.conftest import SidecarProcess, sidecar_config
+
+
+def exchange(port: int, data: bytes, *, settle: float = 0.4) -> tuple[bytes, bool]:
+    """Send `data` after the INFO line; return everything received after INFO and whether it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        buf = b""
+        while b"\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, "closed before INFO"
+            buf += chunk
+        info, _, rest = buf.partition(b"\r\n")
+        assert info.startswith(b"INFO {")
+        sock.sendall(data)
+        sock.settimeout(0.05)
+        out = rest
+        closed = False
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            out += chunk
+        return out, closed
+
+
+CASES = {
+    "verbose_ok_and_pong": b'CONNECT {"verbose":true}\r\nPING\r\n',
+    "lowercase_ops": b"connect {}\r\nping\r\nsub a 1\r\nunsub 1\r\nping\r\n",
+    "unknown_op": b"CONNECT {}\r\nFOO bar\r\n",
+    "payload_too_big": b"CONNECT {}\r\nPUB big 2000000\r\n",
+    "control_line_too_long": b"CONNECT {}\r\nPUB " + b"a" * 5000 + b" 1\r\nx\r\n",
+    "pedantic_wildcard_publish": b'CONNECT {"pedantic":true}\r\nPUB foo.* 1\r\na\r\nPING\r\n',
+    "pedantic_empty_token": b'CONNECT {"pedantic":true,"verbose":true}\r\nPUB foo..bar 1\r\na\r\nPING\r\n',
+    "verbose_sub_pub_echo": b'CONNECT {"verbose":true}\r\nSUB x 1\r\nPUB x 1\r\na\r\nPING\r\n',
+    "verbose_unsub": b'CONNECT {"verbose":true}\r\nSUB x 1\r\nUNSUB 1\r\nUNSUB 1 5\r\nPING\r\n',
+    "hpub_to_self": (
+        b'CONNECT {"headers":true,"verbose":false}\r\nSUB y 9\r\n'
+        b"HPUB y 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n"
+    ),
+    "no_headers_client_gets_plain_msg": (
+        b'CONNECT {"verbose":false}\r\nSUB z 3\r\nHPUB z 16 18\r\nNATS/1.0\r\nA:b\r\n\r\nhi\r\nPING\r\n'
+    ),
+    "unsub_unknown_sid": b"CONNECT {}\r\nUNSUB 99\r\nPING\r\n",
+    "pub_bad_args": b"CONNECT {}\r\nPUB a b c d e\r\n",
+    "pub_bad_size": b"CONNECT {}\r\nPUB a xx\r\n",
+    "sub_bad_args": b"CONNECT {}\r\nSUB\r\n",
+    "payload_without_crlf": b"CONNECT {}\r\nPUB a 3\r\nabcdef\r\n",
+    "hpub_header_bigger_than_total": b'CONNECT {"headers":true}\r\nHPUB a 10 5\r\n12345\r\n',
+    "no_responders_without_headers": b'CONNECT {"no_responders":true}\r\nPING\r\n',
+    "ping_before_connect": b"PING\r\n",
+    "pong_is_silent": b"CONNECT {}\r\nPONG\r\nPING\r\n",
+    "tabs_as_separators": b"CONNECT {}\r\nSUB\tfoo\t 7\r\nPING\r\n",
+    "invalid_connect_json": b"CONNECT {nope\r\nPING\r\n",
+}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> object:
+    from tests.conftest import NatsServer
+
+    workdir = tmp_path_factory.mktemp("conformance")
+    upstream = NatsServer(workdir)
+    proc = SidecarProcess(workdir, {**sidecar_config(upstream.url), "spool": {"path": str(workdir / "sp")}})
+    yield upstream, proc
+    proc.kill()
+    upstream.stop()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_bytes_as_nats_server(servers: tuple, name: str) -> None:
+    upstream, proc = servers
+    want = exchange(upstream.port, CASES[name])
+    got = exchange(proc.ports["nats"], CASES[name])
+    assert got == want
+
+
+def test_garbage_does_not_stop_the_sidecar(servers: tuple) -> None:
+    _upstream, proc = servers
+    rng = __import__("random").Random(7)
+    for _ in range(20):
+        junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000)))
+        exchange(proc.ports["nats"], junk, settle=0.05)
+    exchange(proc.ports["nats"], os.urandom(200_000), settle=0.05)
+    out, closed = exchange(proc.ports["nats"], b'CONNECT {"verbose":false}\r\nPING\r\n')
+    assert (out, closed) == (b"PONG\r\n", False)
