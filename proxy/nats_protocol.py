@@ -19,7 +19,7 @@ Known, deliberate differences from nats-server 2.9 (only reachable by hand-craft
 - nats-server type-checks an `INFO` sent by a client against its Info struct; here only the JSON syntax
   and the top-level type are checked.
 - A stray CR inside arguments is handled as nats-server does when the line arrives in one read.
-- A client's `HMSG <anything>\r\n\r\n` is swallowed without an op; nats-server treats it as an empty
+- A client's `HMSG <anything>\\r\\n\\r\\n` is swallowed without an op; nats-server treats it as an empty
   publish and answers `+OK` in verbose mode.
 """
 
@@ -419,14 +419,14 @@ class _Parser:
         self._last_line = b"\x00\x00"  # the previous hot control line, matched without a scan
         self._last: tuple = ()
 
-    # -- the slow path, filled in by each direction
+    # -- filled in by each direction. An entry is a parsed MSG/PUB control line ending in (size, line_len).
+    def _parse(self, buf: bytes, pos: int, ops: list) -> None:
+        raise NotImplementedError
+
     def _control(self, buf: bytes, pos: int, eol: int, ops: list) -> int:
         raise NotImplementedError
 
-    def _emit(self, entry: tuple, frame: bytes, ops: list) -> None:
-        raise NotImplementedError
-
-    def _parse(self, buf: bytes, pos: int, ops: list) -> None:
+    def _emit(self, entry: tuple, buf: bytes, pos: int, end: int, ops: list) -> None:
         raise NotImplementedError
 
     @property
@@ -547,7 +547,19 @@ class _Parser:
         self._pend = None
         if frame[-2] != _CR or frame[-1] != _LF:
             raise ProtocolError(ERR_UNKNOWN_OP)
-        self._emit(entry, frame, ops)
+        self._emit(entry, frame, 0, len(frame), ops)
+        return end
+
+    def _body(self, buf: bytes, pos: int, entry: tuple, ops: list) -> int:
+        """Emit the frame at pos if its body is in buf, else hold it; return the next pos or -1."""
+        frame_len = entry[-1] + entry[-2] + 2
+        end = pos + frame_len
+        if end > len(buf):
+            self._stash_body(buf, pos, entry, frame_len)
+            return -1
+        if buf[end - 2] != _CR or buf[end - 1] != _LF:
+            raise ProtocolError(ERR_UNKNOWN_OP)
+        self._emit(entry, buf, pos, end, ops)
         return end
 
     # -- helpers for _control
@@ -571,11 +583,11 @@ class _Parser:
         if eol - pos > self.max_control_line + _LINE_SLACK:
             raise ProtocolError(ERR_MAX_CONTROL_LINE)
 
-    def _remember(self, buf: bytes, pos: int, end: int, entry: tuple) -> None:
+    def _remember(self, line: bytes, entry: tuple) -> None:
         cache = self._cache
         if len(cache) >= _CACHE_MAX:
             cache.clear()
-        cache[buf[pos : end + 1]] = entry
+        cache[line] = entry
 
 
 # ---------------------------------------------------------------------------------------- client side
@@ -701,26 +713,14 @@ class ClientParser(_Parser):
         entry = (_str(subject), reply, hdr, size, len(line))
         # Reply subjects are mostly unique inboxes: caching them would only churn the cache.
         if reply is None:
-            cache = self._cache
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[line] = entry
+            self._remember(line, entry)
         return entry
 
-    def _emit(self, entry: tuple, frame: bytes, ops: list) -> None:
-        if entry[0] is not None:
-            ops.append(Pub(entry[0], entry[1], entry[2], frame, entry[4]))
-
-    def _body(self, buf: bytes, pos: int, entry: tuple, ops: list) -> int:
-        line_len, size = entry[4], entry[3]
-        end = pos + line_len + size + 2
-        if end > len(buf):
-            self._stash_body(buf, pos, entry, line_len + size + 2)
-            return -1
-        if buf[end - 2] != _CR or buf[end - 1] != _LF:
-            raise ProtocolError(ERR_UNKNOWN_OP)
-        self._emit(entry, buf[pos:end], ops)
-        return end
+    def _emit(self, entry: tuple, buf: bytes, pos: int, end: int, ops: list) -> None:
+        subject, reply, hdr, _size, line_len = entry
+        if subject is not None:
+            frame = buf if pos == 0 and end == len(buf) else buf[pos:end]
+            ops.append(Pub(subject, reply, hdr, frame, line_len))
 
     def _control(self, buf: bytes, pos: int, eol: int, ops: list) -> int:
         """Parse the complete control line at buf[pos:eol+1] the slow, exact way; return the next pos."""
@@ -788,7 +788,7 @@ class ClientParser(_Parser):
         entry = (_str(subject), None if reply is None else _str(reply), -1, size, end + 1 - pos)
         # Reply subjects are mostly unique inboxes: caching them would only churn the cache.
         if reply is None and end == eol:
-            self._remember(buf, pos, end, entry)
+            self._remember(buf[pos : end + 1], entry)
         return entry
 
     def _hpub(self, buf: bytes, pos: int, end: int, eol: int, arg: bytes) -> tuple:
@@ -807,7 +807,7 @@ class ClientParser(_Parser):
             raise ProtocolError(ERR_MAX_PAYLOAD)
         entry = (_str(subject), None if reply is None else _str(reply), hdr, size, end + 1 - pos)
         if reply is None and end == eol:
-            self._remember(buf, pos, end, entry)
+            self._remember(buf[pos : end + 1], entry)
         return entry
 
     def _connect(self, arg: bytes) -> Connect:
@@ -906,15 +906,12 @@ class ServerParser(_Parser):
         except ProtocolError:
             return None
         if entry[2] is None:
-            cache = self._cache
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[line] = entry
+            self._remember(line, entry)
         return entry
 
-    def _emit(self, entry: tuple, frame: bytes, ops: list) -> None:
+    def _emit(self, entry: tuple, buf: bytes, pos: int, end: int, ops: list) -> None:
         subject, sid, reply, hdr, _size, line_len = entry
-        ops.append(Msg(subject, sid, reply, hdr, frame[line_len:-2]))
+        ops.append(Msg(subject, sid, reply, hdr, buf[pos + line_len : end - 2]))
 
     def _control(self, buf: bytes, pos: int, eol: int, ops: list) -> int:
         """Parse the complete control line at buf[pos:eol+1]; return the next pos."""
@@ -943,16 +940,8 @@ class ServerParser(_Parser):
             return end + 1
         entry = self._msg_args(_split_blanks(arg), kind == _K_HMSG, end + 1 - pos)
         if entry[2] is None and end == eol:
-            self._remember(buf, pos, end, entry)
-        size, line_len = entry[4], entry[5]
-        frame_end = pos + line_len + size + 2
-        if frame_end > len(buf):
-            self._stash_body(buf, pos, entry, line_len + size + 2)
-            return -1
-        if buf[frame_end - 2] != _CR or buf[frame_end - 1] != _LF:
-            raise ProtocolError(ERR_UNKNOWN_OP)
-        ops.append(Msg(entry[0], entry[1], entry[2], entry[3], buf[pos + line_len : frame_end - 2]))
-        return frame_end
+            self._remember(buf[pos : end + 1], entry)
+        return self._body(buf, pos, entry, ops)
 
     @staticmethod
     def _msg_args(toks: list[bytes], has_headers: bool, line_len: int) -> tuple:
@@ -989,7 +978,7 @@ def _server_err_is_fatal(text: str) -> bool:
 
 
 def is_valid_subject(subject: str) -> bool:
-    """Whether nats-server 2.9 accepts this SUB subject: no empty token, `>` only as the last token."""
+    """Whether nats-server 2.9 accepts this SUB subject: no empty token, `>` only last, no space or tab."""
     if not subject or " " in subject or "\t" in subject:
         return False
     tokens = subject.split(".")
@@ -1000,7 +989,7 @@ def is_valid_subject(subject: str) -> bool:
 
 
 def is_valid_publish_subject(subject: str) -> bool:
-    """Whether a pedantic nats-server 2.9 accepts this PUB subject: no empty, `*` or `>` token."""
+    """Whether a pedantic nats-server 2.9 accepts this PUB subject: no empty, `*` or `>` token, no blank."""
     if not subject or " " in subject or "\t" in subject:
         return False
     return all(token and token != "*" and token != ">" for token in subject.split("."))

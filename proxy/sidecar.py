@@ -11,10 +11,11 @@ import random
 import secrets
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from policies.config import Priority
-from policies.engine import Engine, Verdict
+from policies.engine import Decision, Engine, Verdict
 from policies.subjects import subject_matches
 from proxy import __version__
 from proxy.client import ClientConnection, ClientSub
@@ -124,6 +125,8 @@ class Sidecar:
         self._resend: deque[OutMsg] = deque()
         self._confirm_inflight = 0
         self.last_transition: Any = None
+        # Called with `now` after every tick (history ring, load test bookkeeping).
+        self.tick_listeners: list[Callable[[float], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -338,15 +341,33 @@ class Sidecar:
     # -- publish path --------------------------------------------------------------------------------
     def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool:
         """Offer an application's PUB/HPUB to the engine. False: no room, the caller must hold it."""
-        header_priority = header_value(op.headers, "KPI-Priority") if op.hdr_size > 0 else None
+        headers = op.headers if op.hdr_size > 0 else None
+        header_priority = header_value(headers, "KPI-Priority") if headers is not None else None
         priority, rule = self.engine.classify(op.subject, header_priority)
         frame = op.frame
         if priority is CRITICAL:
-            frame = self._with_msg_id(op)
+            frame = self._with_msg_id(op.subject, op.reply, headers, op.payload, frame)
         msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule)
+        return self.offer(msg, now).verdict is not BLOCK
+
+    def publish_message(
+        self, subject: str, reply: str | None, payload: bytes, headers: bytes | None, now: float
+    ) -> Decision:
+        """The same path for messages that do not come from a NATS connection (HTTP ingest, load test).
+
+        `headers` is a NATS header block (`NATS/1.0\r\n...\r\n\r\n`) or None. The caller checks subject
+        validity and size against `max_payload` first. A BLOCK verdict means no room for a critical message.
+        """
+        header_priority = header_value(headers, "KPI-Priority") if headers is not None else None
+        priority, rule = self.engine.classify(subject, header_priority)
+        frame = encode_pub(subject, reply, payload, headers)
+        if priority is CRITICAL:
+            frame = self._with_msg_id(subject, reply, headers, payload, frame)
+        size = len(payload) + (len(headers) if headers is not None else 0)
+        msg = OutMsg(subject, reply, priority, size, frame, None, now, rule)
         return self.offer(msg, now)
 
-    def offer(self, msg: OutMsg, now: float) -> bool:
+    def offer(self, msg: OutMsg, now: float) -> Decision:
         decision = self.engine.offer(msg, now, self.upstream.can_send)
         verdict = decision.verdict
         if verdict is FORWARD:
@@ -355,18 +376,17 @@ class Sidecar:
             self._schedule_pump()
         elif verdict is DROP:
             self._refused(msg, decision.reason or "dropped")
-        else:
-            return False
         for evicted in decision.evicted:
             self._refused(evicted, "queue_full")
-        return True
+        return decision
 
-    def _with_msg_id(self, op: Pub) -> bytes:
-        headers = op.headers
+    def _with_msg_id(
+        self, subject: str, reply: str | None, headers: bytes | None, payload: bytes, frame: bytes
+    ) -> bytes:
         if headers is not None and header_value(headers, "Nats-Msg-Id") is not None:
-            return op.frame
+            return frame
         msg_id = f"{self.server_id}-{next(self._msg_ids)}"
-        return encode_pub(op.subject, op.reply, op.payload, add_header(headers, "Nats-Msg-Id", msg_id))
+        return encode_pub(subject, reply, payload, add_header(headers, "Nats-Msg-Id", msg_id))
 
     def _refused(self, msg: OutMsg, reason: str) -> None:
         client = msg.client
@@ -478,6 +498,8 @@ class Sidecar:
                 transition.load_percent,
                 transition.dominant_signal,
             )
+        for listener in self.tick_listeners:
+            listener(now)
         self._schedule_pump()
 
 
