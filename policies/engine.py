@@ -366,6 +366,25 @@ class Engine:
             self._handed[id(item)] = item
         return items
 
+    def hand_over_critical(self) -> list[Any]:
+        """Queued and parked critical messages, uncounted, for the shell to spool (settle with note_*)."""
+        items = self._queue.remove_if(lambda item: item.priority >= CRITICAL)
+        for subject in list(self._parked):
+            items.extend(self._parked.pop(subject))
+        self._parked_count = 0
+        for item in items:
+            self._handed[id(item)] = item
+        return items
+
+    def requeue_handed(self, item: Any, now: float) -> None:
+        """Put back a message handed over by hand_over_critical() that the shell could not place."""
+        self._handed.pop(id(item), None)
+        self._queue.push(item, CRITICAL, now)
+
+    def critical_queued(self) -> int:
+        """Critical messages held in memory (queue and parked)."""
+        return self._queue.size_of(CRITICAL) + self._parked_count
+
     def _pop_everything(self) -> list[Any]:
         items = self._queue.pop_all()
         for parked in self._parked.values():

@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import hmac
 import itertools
+import json
 import logging
 import random
 import secrets
 import socket
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from policies.config import Priority
+from policies.config import Delivery, Priority
 from policies.engine import Decision, Engine, Verdict
 from policies.subjects import subject_matches
 from proxy import __version__
@@ -32,6 +34,7 @@ from proxy.nats_protocol import (
     header_value,
 )
 from proxy.resources import ResourceMonitor
+from proxy.spool import Spool
 from proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,16 @@ QUEUE = Verdict.QUEUE
 DROP = Verdict.DROP
 BLOCK = Verdict.BLOCK
 TICK_INTERVAL_S = 1.0
+SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
+# The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
+ACK_SID = 0
 
 
 class OutMsg:
     """A message on its way upstream: the engine's queue item."""
 
     __slots__ = (
+        "ack_token",
         "client",
         "frame",
         "is_request",
@@ -79,6 +86,7 @@ class OutMsg:
         self.client = client
         self.received_at = received_at
         self.rule = rule
+        self.ack_token: str | None = None
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -120,17 +128,34 @@ class Sidecar:
         self._pump_deadline: float | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._held_clients: deque[ClientConnection] = deque()
-        # Critical messages written upstream and not yet confirmed by a PONG, and those to resend.
+        # Critical messages written upstream and not yet confirmed by a PONG (one batch per flush, keyed
+        # by an id), and those whose connection died before the PONG, to resend after the reconnect.
         self._unconfirmed_batch: list[OutMsg] = []
+        self._inflight: dict[int, list[OutMsg]] = {}
+        self._batch_ids = itertools.count(1)
         self._resend: deque[OutMsg] = deque()
-        self._confirm_inflight = 0
+        spool_cfg = config.spool
+        self.spool: Spool | None = (
+            Spool(Path(spool_cfg.path), spool_cfg.max_bytes) if spool_cfg.path is not None else None
+        )
+        # `delivery: jetstream` critical messages waiting for their PubAck, by the token in their reply.
+        self._ack_prefix = f"_KPI_ACK.{self.server_id}."
+        self._acks: dict[str, tuple[OutMsg, float]] = {}
+        self._ack_tokens = itertools.count(1)
+        self.ack_failures = 0
+        self._replay_wakeup = asyncio.Event()
+        self._replay_task: asyncio.Task[None] | None = None
+        self.replayed = 0
         self.last_transition: Any = None
         # Called with `now` after every tick (history ring, load test bookkeeping).
         self.tick_listeners: list[Callable[[float], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the upstream connection, the NATS listener and the timers."""
+        """Open the spool, start the upstream connection, the NATS listener and the timers."""
+        if self.spool is not None:
+            await self.spool.open()
+            self._replay_task = self.loop.create_task(self._replay_loop(), name="spool-replay")
         self.upstream.start()
         # Give the upstream one connect timeout so that applications connecting at startup find interest
         # registered when their flush returns; past that, start anyway (publishes queue meanwhile).
@@ -151,7 +176,7 @@ class Sidecar:
         log.info("NATS port listening on %s:%s", host, self.nats_port)
 
     async def shutdown(self) -> None:
-        """Stop accepting, forward what can be forwarded within the grace, then close everything."""
+        """Stop accepting, forward what can be forwarded within the grace, spool the critical rest."""
         if self.shutting_down:
             return
         self.shutting_down = True
@@ -163,36 +188,116 @@ class Sidecar:
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.pause_reading()
-        # Forward everything the upstream can take before the grace ends.
-        while self.loop.time() < deadline - 0.2:
+        # Forward everything the upstream can take, keeping a margin of the grace to write the rest to disk.
+        margin = min(2.0, grace / 4)
+        while self.loop.time() < deadline - margin:
             if self.upstream.can_send:
                 self._resend_unconfirmed()
                 now = self.loop.time()
                 for msg in self.engine.drain(now):
                     self._write(msg, now)
                 self.upstream.flush()
-            if self.engine.queue_size == 0 and not self._resend and not self._unconfirmed_pending():
+            settled = (
+                self.engine.queue_size == 0 and not self._resend and not self._inflight and not self._acks
+            )
+            if settled and (self.spool is None or self.spool.messages == 0 or not self.upstream.can_send):
                 break
-            await asyncio.sleep(0.05)
-        left = self.engine.drain_all_for_shutdown()
-        if left:
-            log.warning("shutdown: %d queued messages could not be forwarded in time", len(left))
-        for msg in left:
-            self.engine.note_dropped(msg, "shutdown")
+            await asyncio.sleep(0.02)
+        if self._replay_task is not None:
+            self._replay_task.cancel()
+        spooled = dropped = 0
+        for msg in self.engine.drain_all_for_shutdown():
+            if msg.priority is CRITICAL and self._spool_one(msg):
+                self.engine.note_spooled(msg)
+                spooled += 1
+            else:
+                self.engine.note_dropped(msg, "shutdown")
+                dropped += 1
+        # Written but never confirmed: on disk too (JetStream's duplicate window removes a resend).
+        unconfirmed = list(self._resend) + [msg for msg, _ in self._acks.values()]
+        for batch in self._inflight.values():
+            unconfirmed.extend(batch)
+        for msg in unconfirmed:
+            if self._spool_one(msg):
+                spooled += 1
+        if spooled or dropped:
+            log.warning("shutdown: %d critical messages spooled, %d messages dropped", spooled, dropped)
         for client in list(self.clients):
             client.close()
         if self._tick_task is not None:
             self._tick_task.cancel()
+        if self.spool is not None:
+            await self.spool.close()
         await self.upstream.close()
         log.info(
-            "shutdown complete: received=%d forwarded=%d dropped=%d",
+            "shutdown complete: received=%d forwarded=%d dropped=%d spooled=%d",
             self.engine.received,
             self.engine.forwarded,
             self.engine.dropped,
+            self.engine.spooled,
         )
 
-    def _unconfirmed_pending(self) -> bool:
-        return self._confirm_inflight > 0
+    # -- spool ---------------------------------------------------------------------------------------
+    def _spool_one(self, msg: OutMsg) -> bool:
+        spool = self.spool
+        if spool is None or not spool.has_room(len(msg.frame)):
+            return False
+        spool.append(msg.subject, msg.frame)
+        return True
+
+    @property
+    def spool_mode(self) -> bool:
+        """Critical messages go to disk: the upstream is down past the threshold, or the spool is not empty
+        (so that critical messages keep their order behind what is already spooled)."""
+        spool = self.spool
+        if spool is None:
+            return False
+        if spool.messages:
+            return True
+        down_since = self.upstream.disconnected_at
+        threshold = self.config.spool.upstream_down_threshold_ms / 1000
+        return down_since is not None and self.loop.time() - down_since >= threshold
+
+    def _spool_queued_critical(self) -> None:
+        now = self.loop.time()
+        for msg in self.engine.hand_over_critical():
+            if self._spool_one(msg):
+                self.engine.note_spooled(msg)
+            else:
+                self.engine.requeue_handed(msg, now)
+        self._replay_wakeup.set()
+
+    async def _replay_loop(self) -> None:
+        """Replay the spool oldest first while the upstream is up; delete rows once a PONG confirms them."""
+        spool = self.spool
+        assert spool is not None
+        batch_size = 500
+        while True:
+            await self._replay_wakeup.wait()
+            self._replay_wakeup.clear()
+            while spool.messages and self.upstream.can_send and not self.shutting_down:
+                rows = await spool.read(0, batch_size)
+                if not rows:
+                    break
+                now = self.loop.time()
+                msgs = [
+                    OutMsg(r.subject, None, CRITICAL, len(r.frame), r.frame, None, now, None) for r in rows
+                ]
+                confirmed: asyncio.Future[bool] = self.loop.create_future()
+                for msg in msgs:
+                    self.upstream.write(msg.frame)
+                self.upstream.confirm(lambda ok, fut=confirmed: fut.done() or fut.set_result(ok))
+                if not await confirmed:
+                    break  # connection lost: the rows stay, replay starts over after the reconnect
+                spool.delete([r.id for r in rows], sum(len(r.frame) for r in rows))
+                for msg in msgs:
+                    self.engine.note_unspooled(msg)
+                self.replayed += len(rows)
+                self._schedule_pump()
+                # Replay takes at most half the publish-rate ceiling; live traffic keeps the other half.
+                await asyncio.sleep(len(rows) / (self.engine.config.max_publish_rate / 2))
+            if spool.messages == 0 and self.replayed:
+                log.info("spool drained (%d messages replayed so far)", self.replayed)
 
     # -- clients -------------------------------------------------------------------------------------
     @property
@@ -279,7 +384,7 @@ class Sidecar:
 
     def resubscribe_frames(self) -> bytes:
         """SUBs (with remaining max counts) for every live subscription, sent on each (re)connect."""
-        frames = bytearray()
+        frames = bytearray(encode_sub(self._ack_prefix + "*", None, ACK_SID))
         for usid, sub in self.subs.items():
             frames += encode_sub(sub.subject, sub.queue, usid)
             if sub.max_msgs:
@@ -301,14 +406,19 @@ class Sidecar:
         for client in self.clients:
             client.parser.max_payload = self.max_payload
         self._resend_unconfirmed()
+        self._replay_wakeup.set()
         self._schedule_pump()
 
     def on_upstream_lost(self) -> None:
-        pass
+        # A PubAck can no longer arrive on this connection: resend after the reconnect.
+        self._resend.extend(msg for msg, _ in self._acks.values())
+        self._acks.clear()
 
     def on_upstream_msg(self, msg: Msg) -> None:
         sub = self.subs.get(msg.sid)
         if sub is None:
+            if msg.sid == ACK_SID:
+                self._on_pub_ack(msg)
             return  # in flight when the application unsubscribed
         client = sub.client
         client.deliver(sub, msg.subject, msg.reply, msg.hdr_size, msg.body)
@@ -316,6 +426,38 @@ class Sidecar:
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
             client.subs.pop(sub.sid, None)
             del self.subs[msg.sid]
+
+    def _on_pub_ack(self, msg: Msg) -> None:
+        token = msg.subject.decode().rpartition(".")[2]
+        entry = self._acks.pop(token, None)
+        if entry is None:
+            return
+        out, _ = entry
+        now = self.loop.time()
+        body = msg.body[msg.hdr_size :] if msg.hdr_size > 0 else msg.body
+        failed = msg.hdr_size > 0 and not body  # a status message: 503 no stream captures the subject
+        if not failed:
+            try:
+                failed = "error" in json.loads(body)
+            except ValueError:
+                failed = True
+        if failed:
+            # Kept, never dropped: resent on the ack-timeout schedule; the breaker records the failure.
+            self.ack_failures += 1
+            self.engine.breaker_failure(out.subject, now)
+            self._acks[token] = (out, now + self.config.spool.ack_timeout_ms / 1000)
+        else:
+            self.engine.breaker_success(out.subject, now)
+
+    def _expire_acks(self, now: float) -> None:
+        expired = [token for token, (_, deadline) in self._acks.items() if deadline <= now]
+        for token in expired:
+            msg, _ = self._acks.pop(token)
+            self.engine.breaker_failure(msg.subject, now)
+            if self.upstream.can_send:
+                self._write(msg, now)
+            else:
+                self._resend.append(msg)
 
     def on_upstream_batch_end(self) -> None:
         pass
@@ -346,9 +488,51 @@ class Sidecar:
         priority, rule = self.engine.classify(op.subject, header_priority)
         frame = op.frame
         if priority is CRITICAL:
-            frame = self._with_msg_id(op.subject, op.reply, headers, op.payload, frame)
+            return self._publish_critical(op.subject, op.reply, op.payload, headers, frame, client, rule, now)
         msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule)
         return self.offer(msg, now).verdict is not BLOCK
+
+    def _publish_critical(
+        self,
+        subject: str,
+        reply: str | None,
+        payload: bytes,
+        headers: bytes | None,
+        frame: bytes,
+        client: ClientConnection | None,
+        rule: Any,
+        now: float,
+    ) -> bool:
+        msg = self._critical_msg(subject, reply, payload, headers, frame, client, rule, now)
+        return self.offer(msg, now).verdict is not BLOCK
+
+    def _critical_msg(
+        self,
+        subject: str,
+        reply: str | None,
+        payload: bytes,
+        headers: bytes | None,
+        frame: bytes,
+        client: ClientConnection | None,
+        rule: Any,
+        now: float,
+    ) -> OutMsg:
+        """A critical message gets a Nats-Msg-Id, and a PubAck reply subject under `delivery: jetstream`."""
+        token = None
+        if headers is None or header_value(headers, "Nats-Msg-Id") is None:
+            headers = add_header(headers, "Nats-Msg-Id", f"{self.server_id}-{next(self._msg_ids)}")
+            frame = b""
+        wire_reply = reply
+        if reply is None and rule is not None and rule.delivery is Delivery.JETSTREAM:
+            token = str(next(self._ack_tokens))
+            wire_reply = self._ack_prefix + token
+            frame = b""
+        if not frame:
+            frame = encode_pub(subject, wire_reply, payload, headers)
+        size = len(payload) + len(headers or b"")
+        msg = OutMsg(subject, reply, CRITICAL, size, frame, client, now, rule)
+        msg.ack_token = token
+        return msg
 
     def publish_message(
         self, subject: str, reply: str | None, payload: bytes, headers: bytes | None, now: float
@@ -362,9 +546,10 @@ class Sidecar:
         priority, rule = self.engine.classify(subject, header_priority)
         frame = encode_pub(subject, reply, payload, headers)
         if priority is CRITICAL:
-            frame = self._with_msg_id(subject, reply, headers, payload, frame)
-        size = len(payload) + (len(headers) if headers is not None else 0)
-        msg = OutMsg(subject, reply, priority, size, frame, None, now, rule)
+            msg = self._critical_msg(subject, reply, payload, headers, frame, None, rule, now)
+        else:
+            size = len(payload) + (len(headers) if headers is not None else 0)
+            msg = OutMsg(subject, reply, priority, size, frame, None, now, rule)
         return self.offer(msg, now)
 
     def offer(self, msg: OutMsg, now: float) -> Decision:
@@ -376,17 +561,14 @@ class Sidecar:
             self._schedule_pump()
         elif verdict is DROP:
             self._refused(msg, decision.reason or "dropped")
+        elif msg.priority is CRITICAL and self._spool_one(msg):
+            # BLOCK: the queue is full of critical messages; disk takes it (else the caller holds it).
+            self.engine.note_spooled(msg)
+            self._replay_wakeup.set()
+            return SPOOLED
         for evicted in decision.evicted:
             self._refused(evicted, "queue_full")
         return decision
-
-    def _with_msg_id(
-        self, subject: str, reply: str | None, headers: bytes | None, payload: bytes, frame: bytes
-    ) -> bytes:
-        if headers is not None and header_value(headers, "Nats-Msg-Id") is not None:
-            return frame
-        msg_id = f"{self.server_id}-{next(self._msg_ids)}"
-        return encode_pub(subject, reply, payload, add_header(headers, "Nats-Msg-Id", msg_id))
 
     def _refused(self, msg: OutMsg, reason: str) -> None:
         client = msg.client
@@ -397,14 +579,17 @@ class Sidecar:
         self.upstream.write(msg.frame)
         self.engine.observe_latency(msg.subject, now - msg.received_at)
         if msg.priority is CRITICAL:
+            if msg.ack_token is not None:
+                self._acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
+                return
             if not self._unconfirmed_batch:
-                self._confirm_inflight += 1
-                batch = self._unconfirmed_batch
-                self.upstream.confirm(lambda ok: self._confirmed(batch, ok))
+                batch_id = next(self._batch_ids)
+                self._inflight[batch_id] = self._unconfirmed_batch
+                self.upstream.confirm(lambda ok: self._confirmed(batch_id, ok))
             self._unconfirmed_batch.append(msg)
 
-    def _confirmed(self, batch: list[OutMsg], ok: bool) -> None:
-        self._confirm_inflight -= 1
+    def _confirmed(self, batch_id: int, ok: bool) -> None:
+        batch = self._inflight.pop(batch_id, [])
         if batch is self._unconfirmed_batch:
             self._unconfirmed_batch = []
         if not ok:
@@ -428,6 +613,8 @@ class Sidecar:
     def after_ingest(self) -> None:
         """Called after each batch of application input: release queued work that is due."""
         if self.engine.queue_size:
+            if self.spool is not None and self.engine.critical_queued() and self.spool_mode:
+                self._spool_queued_critical()
             self._schedule_pump()
 
     def _pump(self) -> None:
@@ -498,6 +685,13 @@ class Sidecar:
                 transition.load_percent,
                 transition.dominant_signal,
             )
+        if self._acks:
+            self._expire_acks(now)
+        if self.spool is not None:
+            if self.engine.critical_queued() and self.spool_mode:
+                self._spool_queued_critical()
+            if self.spool.messages:
+                self._replay_wakeup.set()
         for listener in self.tick_listeners:
             listener(now)
         self._schedule_pump()
