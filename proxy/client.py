@@ -199,10 +199,6 @@ class ClientConnection(asyncio.Protocol):
         self.echo = bool(options.get("echo", True))
         self.name = str(options.get("name", ""))[:256]
         self.lang = str(options.get("lang", ""))[:64]
-        if options.get("no_responders") and not options.get("headers"):
-            # nats-server refuses this combination the same way.
-            self.fatal("No Responders Requires Headers Support")
-            return False
         if self.verbose:
             self.reply(OK_FRAME)
         return True

@@ -1,0 +1,125 @@
+"""Critical traffic survives upstream crashes and sidecar restarts: counted upstream in a JetStream stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import StreamConfig
+
+from tests.conftest import NatsServer, SidecarProcess, sidecar_config
+
+CRITICAL_RULES = [{"subject": "crit.>", "priority": "critical", "delivery": "jetstream"}]
+
+
+async def connect(url: str) -> nats.NATS:
+    return await nats.connect(url, allow_reconnect=False, connect_timeout=3)
+
+
+async def add_stream(url: str, name: str, subjects: list[str]) -> None:
+    nc = await connect(url)
+    await nc.jetstream().add_stream(StreamConfig(name=name, subjects=subjects))
+    await nc.close()
+
+
+async def stored_payloads(url: str, stream: str, want: int, timeout: float) -> list[bytes]:
+    """Wait until `stream` holds `want` messages (or the timeout), then return every payload in order."""
+    nc = await connect(url)
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    while True:
+        count = (await js.stream_info(stream)).state.messages
+        if count >= want or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    payloads = [(await js.get_msg(stream, seq)).data for seq in range(1, count + 1)]
+    await nc.close()
+    return payloads
+
+
+def zero_loss_config(upstream: NatsServer, workdir: Path, **overrides: Any) -> dict[str, Any]:
+    return sidecar_config(
+        upstream.url,
+        policies=CRITICAL_RULES,
+        spool={"path": str(workdir / "spool"), "upstreamDownThresholdMs": 300, "ackTimeoutMs": 1000},
+        upstream={
+            "servers": [upstream.url],
+            "pingIntervalMs": 500,
+            "maxPingsOut": 2,
+            "reconnectWaitMs": 50,
+            "maxReconnectWaitMs": 200,
+        },
+        **overrides,
+    )
+
+
+async def test_upstream_kill9_mid_stream_loses_no_critical_message(
+    nats_factory: Any, sidecar_factory: Any, workdir: Path
+) -> None:
+    upstream: NatsServer = nats_factory(jetstream=True)
+    await add_stream(upstream.url, "CRIT", ["crit.>"])
+    proc: SidecarProcess = sidecar_factory(zero_loss_config(upstream, workdir))
+    app = await connect(proc.nats_url)
+    total = 1500
+    for i in range(total):
+        await app.publish("crit.orders", str(i).encode())
+        if i % 50 == 49:
+            await asyncio.sleep(0.03)
+        if i == 500:
+            upstream.kill()  # SIGKILL: bytes in flight to the server are gone
+        if i == 1000:
+            upstream.start()
+    await app.flush()
+    payloads = await stored_payloads(upstream.url, "CRIT", total, timeout=30)
+    assert sorted(payloads, key=int) == [str(i).encode() for i in range(total)]
+    assert len(payloads) == total  # no duplicates: JetStream removed resends by Nats-Msg-Id
+    await app.close()
+
+
+async def test_sigterm_with_upstream_down_then_restart_delivers_everything(
+    nats_factory: Any, sidecar_factory: Any, workdir: Path
+) -> None:
+    upstream: NatsServer = nats_factory(jetstream=True)
+    await add_stream(upstream.url, "CRIT", ["crit.>"])
+    proc: SidecarProcess = sidecar_factory(zero_loss_config(upstream, workdir))
+    upstream.stop()
+    app = await connect(proc.nats_url)
+    total = 400
+    for i in range(total):
+        await app.publish("crit.payments", f"p{i}".encode())
+        await app.publish("bulk.noise", b"x")  # medium, may be shed at shutdown
+    await app.flush()
+    await app.close()
+    started = time.monotonic()
+    assert proc.terminate(timeout=30) == 0
+    assert time.monotonic() - started < 5.0 + 1.0  # within the 5 s grace of the test config
+    assert "critical messages spooled" in proc.log()
+    upstream.start()
+    proc.start()  # same config, same spool path: replays on start
+    payloads = await stored_payloads(upstream.url, "CRIT", total, timeout=30)
+    assert sorted(payloads) == sorted(f"p{i}".encode() for i in range(total))
+    assert payloads == [f"p{i}".encode() for i in range(total)]  # replayed in order
+
+
+async def test_core_critical_messages_confirmed_by_ping_survive_reconnect(
+    nats_factory: Any, sidecar_factory: Any, workdir: Path
+) -> None:
+    # Without `delivery: jetstream`, a PONG after the write confirms; unconfirmed ones are resent.
+    upstream: NatsServer = nats_factory(jetstream=True)
+    await add_stream(upstream.url, "CORE", ["core.>"])
+    config = zero_loss_config(upstream, workdir)
+    config["policies"] = [{"subject": "core.>", "priority": "critical"}]
+    proc: SidecarProcess = sidecar_factory(config)
+    app = await connect(proc.nats_url)
+    upstream.stop()  # a clean stop: the sidecar sees the close, queues, spools past the threshold
+    for i in range(300):
+        await app.publish("core.events", str(i).encode())
+    await app.flush()
+    await asyncio.sleep(0.5)
+    upstream.start()
+    payloads = await stored_payloads(upstream.url, "CORE", 300, timeout=30)
+    assert sorted(payloads, key=int) == [str(i).encode() for i in range(300)]
+    await app.close()
