@@ -38,7 +38,7 @@ AUTH_TIMEOUT_S = 2.0
 class ClientSub:
     """An application subscription and the upstream subscription id (`usid`) it maps to."""
 
-    __slots__ = ("client", "delivered", "max_msgs", "queue", "sid", "sid_bytes", "subject", "usid")
+    __slots__ = ("client", "delivered", "echoes", "max_msgs", "queue", "sid", "sid_bytes", "subject", "usid")
 
     def __init__(
         self, client: ClientConnection, sid: str, subject: str, queue: str | None, usid: int
@@ -51,6 +51,8 @@ class ClientSub:
         self.usid = usid
         self.max_msgs = 0
         self.delivered = 0
+        # For a client connected with echo=false: its own messages still to come back on this sub, to skip.
+        self.echoes: deque[tuple[bytes, bytes | None, bytes]] | None = None
 
 
 class ClientConnection(asyncio.Protocol):

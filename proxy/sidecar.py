@@ -48,6 +48,8 @@ TICK_INTERVAL_S = 1.0
 SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
 # The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
 ACK_SID = 0
+# Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
+MAX_PENDING_ECHOES = 10_000
 
 
 class OutMsg:
@@ -410,6 +412,10 @@ class Sidecar:
         self._schedule_pump()
 
     def on_upstream_lost(self) -> None:
+        # Echoes of messages written on the lost connection will not come.
+        for sub in self.subs.values():
+            if sub.echoes:
+                sub.echoes.clear()
         # A PubAck can no longer arrive on this connection: resend after the reconnect.
         self._resend.extend(msg for msg, _ in self._acks.values())
         self._acks.clear()
@@ -421,6 +427,10 @@ class Sidecar:
                 self._on_pub_ack(msg)
             return  # in flight when the application unsubscribed
         client = sub.client
+        echoes = sub.echoes
+        if echoes and echoes[0] == (msg.subject, msg.reply, msg.body):
+            echoes.popleft()
+            return
         client.deliver(sub, msg.subject, msg.reply, msg.hdr_size, msg.body)
         sub.delivered += 1
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
@@ -577,6 +587,9 @@ class Sidecar:
 
     def _write(self, msg: OutMsg, now: float) -> None:
         self.upstream.write(msg.frame)
+        client = msg.client
+        if client is not None and not client.echo:
+            self._expect_echo(client, msg)
         self.engine.observe_latency(msg.subject, now - msg.received_at)
         if msg.priority is CRITICAL:
             if msg.ack_token is not None:
@@ -587,6 +600,29 @@ class Sidecar:
                 self._inflight[batch_id] = self._unconfirmed_batch
                 self.upstream.confirm(lambda ok: self._confirmed(batch_id, ok))
             self._unconfirmed_batch.append(msg)
+
+    def _expect_echo(self, client: ClientConnection, msg: OutMsg) -> None:
+        """The upstream will echo this message to the client's matching subs: remember it to skip it there.
+
+        One shared upstream connection cannot ask the server not to echo one application's messages, so
+        the sidecar drops the echo itself. Messages from one connection reach a subscription in order,
+        so the echo is the next identical message on that sub (a byte-identical message from someone else
+        is indistinguishable to the application anyway). Queue subscriptions are not filtered.
+        """
+        subs = [
+            s for s in client.subs.values() if s.queue is None and subject_matches(s.subject, msg.subject)
+        ]
+        if not subs:
+            return
+        frame = msg.frame
+        eol = frame.index(b"\r\n")
+        args = frame[:eol].split()
+        reply = args[2] if len(args) == (5 if args[0][:1] in (b"H", b"h") else 4) else None
+        identity = (args[1], reply, frame[eol + 2 : -2])
+        for sub in subs:
+            if sub.echoes is None:
+                sub.echoes = deque(maxlen=MAX_PENDING_ECHOES)
+            sub.echoes.append(identity)
 
     def _confirmed(self, batch_id: int, ok: bool) -> None:
         batch = self._inflight.pop(batch_id, [])

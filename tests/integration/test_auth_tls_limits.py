@@ -70,7 +70,9 @@ async def test_upstream_token_from_environment(nats_factory: Any, sidecar_factor
     assert await roundtrip(proc.nats_url, upstream.url, "auth.env", token="from-env") == b"hello"
 
 
-async def test_wrong_upstream_credentials_are_reported_not_fatal(nats_factory: Any, sidecar_factory: Any) -> None:
+async def test_wrong_upstream_credentials_are_reported_not_fatal(
+    nats_factory: Any, sidecar_factory: Any
+) -> None:
     upstream: NatsServer = nats_factory(extra_conf="authorization { token: right }")
     proc: SidecarProcess = sidecar_factory(
         sidecar_config(upstream.url), env={"KPI_SIDECAR_UPSTREAM_TOKEN": "wrong"}
@@ -89,8 +91,22 @@ def make_cert(workdir: Path) -> tuple[Path, Path]:
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     subprocess.run(
         [
-            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-            "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
         ],
         check=True,
         capture_output=True,
@@ -114,10 +130,11 @@ async def test_upstream_tls(nats_factory: Any, sidecar_factory: Any, workdir: Pa
 def test_slow_consumer_is_disconnected_and_memory_stays_bounded(
     nats_server: NatsServer, sidecar_factory: Any
 ) -> None:
-    proc: SidecarProcess = sidecar_factory(sidecar_config(nats_server.url, clients={"maxPendingBytes": 1_048_576}))
+    proc: SidecarProcess = sidecar_factory(
+        sidecar_config(nats_server.url, clients={"maxPendingBytes": 1_048_576})
+    )
     assert proc.proc is not None
     slow = socket.create_connection(("127.0.0.1", proc.ports["nats"]))
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.recv(4096)
     slow.sendall(b'CONNECT {"verbose":false}\r\nSUB big 1\r\nPING\r\n')
     time.sleep(0.3)

@@ -214,3 +214,38 @@ async def test_publishes_wait_while_upstream_is_down(nats_factory: object, sidec
     assert bodies == [str(i).encode() for i in range(100)]
     await app.close()
     await direct.close()
+
+
+async def test_no_echo_is_per_application(sidecar: SidecarProcess) -> None:
+    quiet = await nats.connect(sidecar.nats_url, no_echo=True, allow_reconnect=False)
+    chatty = await nats.connect(sidecar.nats_url, allow_reconnect=False)  # same upstream connection
+    direct = await connect(sidecar.upstream.url)
+    got_quiet: list[bytes] = []
+    got_chatty: list[bytes] = []
+
+    async def on_quiet(msg: nats.aio.msg.Msg) -> None:
+        got_quiet.append(msg.data)
+
+    async def on_chatty(msg: nats.aio.msg.Msg) -> None:
+        got_chatty.append(msg.data)
+
+    await quiet.subscribe("echo.test", cb=on_quiet)
+    await chatty.subscribe("echo.test", cb=on_chatty)
+    await quiet.flush()
+    await chatty.flush()
+    await chatty.flush()
+    for i in range(5):
+        await quiet.publish("echo.test", f"quiet{i}".encode())
+        await chatty.publish("echo.test", f"chatty{i}".encode())
+        await direct.publish("echo.test", f"direct{i}".encode())
+    for nc in (quiet, chatty, direct):
+        await nc.flush()
+    await wait_until(lambda: len(got_chatty) == 15 and len(got_quiet) == 10)
+    await asyncio.sleep(0.2)
+    # The no-echo application gets everyone's messages but its own; the other one gets all 15.
+    assert sorted(got_quiet) == sorted(
+        [f"chatty{i}".encode() for i in range(5)] + [f"direct{i}".encode() for i in range(5)]
+    )
+    assert len(got_chatty) == 15
+    for nc in (quiet, chatty, direct):
+        await nc.close()

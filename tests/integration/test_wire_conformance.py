@@ -51,6 +51,8 @@ CASES = {
     "pedantic_empty_token": b'CONNECT {"pedantic":true,"verbose":true}\r\nPUB foo..bar 1\r\na\r\nPING\r\n',
     "verbose_sub_pub_echo": b'CONNECT {"verbose":true}\r\nSUB x 1\r\nPUB x 1\r\na\r\nPING\r\n',
     "verbose_unsub": b'CONNECT {"verbose":true}\r\nSUB x 1\r\nUNSUB 1\r\nUNSUB 1 5\r\nPING\r\n',
+    "no_echo": b'CONNECT {"verbose":false,"echo":false}\r\nSUB e 1\r\nPUB e 1\r\na\r\nPING\r\n',
+    "echo_default": b'CONNECT {"verbose":false}\r\nSUB e 1\r\nPUB e 1\r\na\r\nPING\r\n',
     "hpub_to_self": (
         b'CONNECT {"headers":true,"verbose":false}\r\nSUB y 9\r\n'
         b"HPUB y 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n"
