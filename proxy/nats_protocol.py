@@ -437,6 +437,9 @@ class _Parser:
     def _feed(self, data: bytes) -> list:
         if self._dead or not data:
             return []
+        if type(data) is not bytes:
+            # Slices must be bytes: frames are forwarded and control lines are cache keys.
+            data = bytes(data)
         ops: list = []
         try:
             if self._pend is not None:
@@ -677,12 +680,11 @@ class ClientParser(_Parser):
             self._last = last
 
     def _quick(self, line: bytes) -> tuple | None:
-        """Parse a canonical PUB/HPUB line (upper case, single blanks, CRLF), else None for _control."""
-        head = line[:4]
-        if head == b"PUB ":
+        """Parse a canonical PUB/HPUB line (single blanks, CRLF, UTF-8), else None for _control."""
+        if line[:4] == b"PUB ":
             toks = line[4:-2].split(b" ")
             hdr_tok = None
-        elif head == b"HPUB" and line[4] == 32:
+        elif line[:5] == b"HPUB ":
             toks = line[5:-2].split(b" ")
             if len(toks) < 3:
                 return None
@@ -690,16 +692,9 @@ class ClientParser(_Parser):
         else:
             return None
         # `9 in line` (a tab) is an int membership test: far cheaper than `b"\t" in line`.
-        if line[-2] != _CR or 9 in line or len(line) > self.max_control_line or b"" in toks:
+        if line[-2] != _CR or 9 in line or b"" in toks or len(line) > self.max_control_line:
             return None
-        if len(toks) == 2:
-            subject, size_tok = toks
-            reply = None
-        elif len(toks) == 3:
-            subject, reply, size_tok = toks
-            reply = _str(reply)
-        else:
-            return None
+        size_tok = toks[-1]
         size = _NUMBERS.get(size_tok) if len(size_tok) <= 9 else -1
         if size is None:
             size = _parse_size(size_tok)
@@ -710,11 +705,17 @@ class ClientParser(_Parser):
             hdr = _parse_size(hdr_tok)
             if not 0 <= hdr <= size:
                 return None
-        entry = (_str(subject), reply, hdr, size, len(line))
-        # Reply subjects are mostly unique inboxes: caching them would only churn the cache.
-        if reply is None:
-            self._remember(line, entry)
-        return entry
+        try:
+            if len(toks) == 2:
+                entry = (toks[0].decode(), None, hdr, size, len(line))
+                # Only lines without a reply are cached: replies are mostly unique inboxes.
+                self._remember(line, entry)
+                return entry
+            if len(toks) == 3:
+                return (toks[0].decode(), toks[1].decode(), hdr, size, len(line))
+        except UnicodeDecodeError:
+            pass  # _control decodes with surrogateescape
+        return None
 
     def _emit(self, entry: tuple, buf: bytes, pos: int, end: int, ops: list) -> None:
         subject, reply, hdr, _size, line_len = entry

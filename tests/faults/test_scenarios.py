@@ -60,7 +60,9 @@ s.close()
     return subprocess.Popen([sys.executable, "-c", code])
 
 
-async def test_normal_operation_success_rate_and_latency(nats_server: NatsServer, sidecar: SidecarProcess) -> None:
+async def test_normal_operation_success_rate_and_latency(
+    nats_server: NatsServer, sidecar: SidecarProcess
+) -> None:
     direct = await connect(nats_server.url)
     latencies: list[float] = []
 
@@ -182,7 +184,10 @@ async def test_cpu_saturation_keeps_critical_flowing_and_raises_level_on_cpu(
     config = sidecar_config(
         nats_server.url,
         backpressure={"maxCpuUsagePercent": 25, "maxPublishRate": 10_000_000, "recoveryDelayMs": 1000},
-        policies=[{"subject": "cpu.critical.>", "priority": "critical"}, {"subject": "cpu.flood", "priority": "low"}],
+        policies=[
+            {"subject": "cpu.critical.>", "priority": "critical"},
+            {"subject": "cpu.flood", "priority": "low"},
+        ],
     )
     proc: SidecarProcess = sidecar_factory(config)
     assert proc.proc is not None
@@ -256,7 +261,9 @@ async def test_bad_input_everywhere_leaves_the_process_healthy(
     # Invalid JSON and invalid values on the admin API: 400, nothing changed.
     for body in (b"{not json", b'{"maxQueueSize": -1}', b'{"noSuchKey": 1}', b"[]"):
         req = urllib.request.Request(
-            sidecar.admin_url + "/api/backpressure/config", data=body, method="PUT",
+            sidecar.admin_url + "/api/backpressure/config",
+            data=body,
+            method="PUT",
             headers={"Content-Type": "application/json"},
         )
         try:
@@ -271,7 +278,9 @@ async def test_bad_input_everywhere_leaves_the_process_healthy(
         [sys.executable, "-m", "proxy", "check-config", str(bad)], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 2
-    assert "$.backpressure.maxQueueSize" in out.stderr and "nope" in out.stderr and "$.listen.nats" in out.stderr
+    assert (
+        "$.backpressure.maxQueueSize" in out.stderr and "nope" in out.stderr and "$.listen.nats" in out.stderr
+    )
     # Still healthy, memory bounded, other clients unaffected.
     assert health_ok(sidecar)
     assert rss_mb(sidecar) < before + 30
@@ -289,9 +298,24 @@ async def test_bad_input_everywhere_leaves_the_process_healthy(
 async def test_soak_rss_flat_after_warmup(nats_server: NatsServer, sidecar: SidecarProcess) -> None:
     """The short version of the 24 h soak: a mixed load, RSS sampled every second, flat after warm-up."""
     out = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "loadtest", "--url", sidecar.nats_url, "--rate", "800",
-        "--duration", "16", "--size", "512", "--subjects", "soak.a,soak.b,soak.c", "--json",
-        cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy",
+        "loadtest",
+        "--url",
+        sidecar.nats_url,
+        "--rate",
+        "800",
+        "--duration",
+        "16",
+        "--size",
+        "512",
+        "--subjects",
+        "soak.a,soak.b,soak.c",
+        "--json",
+        cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     samples: list[float] = []
     while out.returncode is None and len(samples) < 30:

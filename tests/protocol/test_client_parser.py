@@ -10,6 +10,7 @@ from proxy.nats_protocol import (
     PING,
     ClientParser,
     Connect,
+    Err,
     encode_pub,
 )
 from tests.protocol.cases import (
@@ -59,6 +60,13 @@ def test_empty_read_is_a_no_op() -> None:
     assert parser.feed_data(b"PUB a 1\r\n") == []
     assert parser.feed_data(b"") == []
     assert parser.feed_data(b"x\r\n") == [pub(b"PUB a 1\r\nx\r\n", "a")]
+
+
+def test_any_bytes_like_read() -> None:
+    frame = b"PUB a 1\r\nx\r\n"
+    parser = ClientParser()
+    assert parser.feed_data(bytearray(frame)) + parser.feed_data(memoryview(frame)) == [pub(frame, "a")] * 2
+    assert type(parser.feed_data(bytearray(frame))[0].frame) is bytes
 
 
 def test_control_line_limit_detected_before_the_line_ends() -> None:
@@ -132,7 +140,7 @@ def test_headers_withdrawn_by_a_later_connect_close_cached_lines_too() -> None:
 def test_effective_client_options(connects: bytes, expected: dict) -> None:
     """The options nats-server applies: defaults before CONNECT, then per-key overrides; null keeps."""
     parser = ClientParser()
-    assert all(not isinstance(op, type(SILENT)) for op in parser.feed_data(connects))
+    assert not any(isinstance(op, Err) for op in parser.feed_data(connects))
     assert {name: getattr(parser, name) for name in expected} == expected
 
 

@@ -38,6 +38,7 @@ from proxy.nats_protocol import (
     Unsub,
     encode_connect,
     encode_err,
+    encode_info,
     encode_pub,
     encode_sub,
     is_valid_publish_subject,
@@ -123,6 +124,17 @@ def test_every_error_text_is_checked() -> None:
         ERR_NO_RESPONDERS_REQUIRES_HEADERS,
         ERR_SILENT_CLOSE,
     }
+
+
+def test_encode_info_writes_what_nats_server_writes(nats_server: int) -> None:
+    """Re-encoding the server's own INFO gives its exact bytes: same JSON style, same trailing blank."""
+    with socket.create_connection(("127.0.0.1", nats_server), timeout=5) as sock:
+        raw = b""
+        while not raw.endswith(b"\r\n"):
+            raw += sock.recv(4096)
+    (info,) = ServerParser().feed_data(raw)
+    assert isinstance(info, Info)
+    assert encode_info(info.options) == raw
 
 
 def read_ops(sock: socket.socket, parser: ServerParser, until_pong: bool) -> list:
