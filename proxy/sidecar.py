@@ -591,10 +591,13 @@ class Sidecar:
         if client is not None and not client.echo:
             self._expect_echo(client, msg)
         self.engine.observe_latency(msg.subject, now - msg.received_at)
+        if msg.ack_token is not None:
+            self._acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
+            return
+        # Core NATS has no ack: a write counts as a success for a half-open breaker (a permissions -ERR
+        # from the upstream counts as a failure). A no-op while no breaker exists.
+        self.engine.breaker_success(msg.subject, now)
         if msg.priority is CRITICAL:
-            if msg.ack_token is not None:
-                self._acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
-                return
             if not self._unconfirmed_batch:
                 batch_id = next(self._batch_ids)
                 self._inflight[batch_id] = self._unconfirmed_batch
