@@ -45,10 +45,12 @@ class FreezableRelay:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        await self.healed.wait()  # during a partition a new connection hangs, as a SYN into the void would
         try:
+            await (
+                self.healed.wait()
+            )  # during a partition a new connection hangs, as a SYN into the void would
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
+        except (OSError, asyncio.CancelledError):
             writer.close()
             return
         for src, dst in ((reader, up_writer), (up_reader, writer)):

@@ -130,7 +130,10 @@ async def test_network_partition_detected_queued_spooled_and_delivered_after_hea
         await asyncio.sleep(0.1)
     assert proc.status()["upstreamConnected"] is False
     await publish(100)
-    await asyncio.sleep(0.6)  # past upstreamDownThresholdMs: critical messages are on disk
+    # Past upstreamDownThresholdMs, queued critical messages go to disk (checked every tick, 1 s).
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and proc.status()["spooledMessages"] == 0:
+        await asyncio.sleep(0.1)
     assert proc.status()["spooledMessages"] > 0
     relay.heal()
     await publish(100)
