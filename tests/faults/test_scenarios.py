@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -17,7 +18,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import nats
 import psutil
 
 from tests.conftest import ROOT, NatsServer, SidecarProcess, sidecar_config
@@ -323,10 +323,8 @@ async def test_soak_rss_flat_after_warmup(nats_server: NatsServer, sidecar: Side
     samples: list[float] = []
     while out.returncode is None and len(samples) < 30:
         samples.append(rss_mb(sidecar))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(out.wait(), 1.0)
-        except TimeoutError:
-            pass
     stdout, stderr = await out.communicate()
     assert out.returncode == 0, stderr.decode()[-2000:]
     summary = json.loads(stdout.decode().strip().splitlines()[-1])
