@@ -46,7 +46,7 @@ def test_local_token_auth_answers_like_nats_server(nats_factory: Any, sidecar_fa
 
 async def test_local_token_auth_with_nats_py(nats_server: NatsServer, sidecar_factory: Any) -> None:
     proc: SidecarProcess = sidecar_factory(sidecar_config(nats_server.url, clients={"token": "s3cret"}))
-    with pytest.raises(Exception, match="(?i)authorization"):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         await nats.connect(proc.nats_url, allow_reconnect=False, connect_timeout=2)
     nc = await nats.connect(proc.nats_url, token="s3cret", allow_reconnect=False)
     await nc.flush()
