@@ -530,6 +530,11 @@ class Engine:
         self._release_parked(now)
         return reset
 
+    @property
+    def has_breakers(self) -> bool:
+        """True while any subject has a breaker record (the shell skips breaker work otherwise)."""
+        return bool(self._breaker_records)
+
     def breaker_state(self, subject: str) -> BreakerState:
         """Current state of the subject's breaker."""
         return self._breakers.state_of(subject)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from policies.circuit_breaker import BreakerState
 from policies.config import Delivery, Priority
 from policies.engine import Decision, Engine, Verdict
 from policies.subjects import subject_matches
@@ -50,6 +51,10 @@ SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
 ACK_SID = 0
 # Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
 MAX_PENDING_ECHOES = 10_000
+# Bound on the subjects whose last upstream failure time is remembered (the breaker table's size).
+MAX_FAILURE_RECORDS = 1000
+HALF_OPEN = BreakerState.HALF_OPEN
+CLOSED = BreakerState.CLOSED
 
 
 class OutMsg:
@@ -143,6 +148,9 @@ class Sidecar:
         # `delivery: jetstream` critical messages waiting for their PubAck, by the token in their reply.
         self._ack_prefix = f"_KPI_ACK.{self.server_id}."
         self._acks: dict[str, tuple[OutMsg, float]] = {}
+        # Breakers: subjects of half-open trials written in this loop iteration, and last failure times.
+        self._trial_subjects: set[str] = set()
+        self._last_failure: dict[str, float] = {}
         self._ack_tokens = itertools.count(1)
         self.ack_failures = 0
         self._replay_wakeup = asyncio.Event()
@@ -469,6 +477,15 @@ class Sidecar:
             else:
                 self._resend.append(msg)
 
+    def _forget_quiet_failures(self, now: float) -> None:
+        # A closed breaker's failure count means "consecutive": a quiet recoveryDelayMs resets it.
+        quiet = self.engine.config.recovery_delay_ms / 1000
+        for subject, last in list(self._last_failure.items()):
+            if now - last >= quiet:
+                del self._last_failure[subject]
+                if self.engine.breaker_state(subject) is CLOSED:
+                    self.engine.breaker_success(subject, now)
+
     def on_upstream_batch_end(self) -> None:
         pass
 
@@ -479,7 +496,11 @@ class Sidecar:
         lowered = text.lower()
         if lowered.startswith("permissions violation for publish to"):
             subject = text.rpartition(" ")[2].strip('"')
-            self.engine.breaker_failure(subject, self.loop.time())
+            now = self.loop.time()
+            self.engine.breaker_failure(subject, now)
+            if len(self._last_failure) >= MAX_FAILURE_RECORDS and subject not in self._last_failure:
+                self._last_failure.pop(next(iter(self._last_failure)))
+            self._last_failure[subject] = now
             log.warning("upstream refused a publish: %s", text)
         elif lowered.startswith("permissions violation for subscription to"):
             subject = text.rpartition(" ")[2].strip('"')
@@ -594,15 +615,37 @@ class Sidecar:
         if msg.ack_token is not None:
             self._acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
             return
-        # Core NATS has no ack: a write counts as a success for a half-open breaker (a permissions -ERR
-        # from the upstream counts as a failure). A no-op while no breaker exists.
-        self.engine.breaker_success(msg.subject, now)
+        if self.engine.has_breakers and self.engine.breaker_state(msg.subject) is HALF_OPEN:
+            self._note_trial(msg.subject)
         if msg.priority is CRITICAL:
             if not self._unconfirmed_batch:
                 batch_id = next(self._batch_ids)
                 self._inflight[batch_id] = self._unconfirmed_batch
                 self.upstream.confirm(lambda ok: self._confirmed(batch_id, ok))
             self._unconfirmed_batch.append(msg)
+
+    def _note_trial(self, subject: str) -> None:
+        """A half-open breaker's trial message: it succeeded if the PONG after it comes back first.
+
+        Core NATS has no ack, but the server answers in order: a permissions -ERR for the trial arrives
+        before the PONG of a PING written after it (and reopens the breaker, so the success is ignored).
+        """
+        if not self._trial_subjects:
+            trials = self._trial_subjects
+
+            def confirmed(ok: bool) -> None:
+                if ok:
+                    now = self.loop.time()
+                    for subject in trials:
+                        self.engine.breaker_success(subject, now)
+
+            self.upstream.confirm(confirmed)
+        self._trial_subjects.add(subject)
+        if len(self._trial_subjects) == 1:
+            self.loop.call_soon(self._new_trial_batch)
+
+    def _new_trial_batch(self) -> None:
+        self._trial_subjects = set()
 
     def _expect_echo(self, client: ClientConnection, msg: OutMsg) -> None:
         """The upstream will echo this message to the client's matching subs: remember it to skip it there.
@@ -726,6 +769,8 @@ class Sidecar:
             )
         if self._acks:
             self._expire_acks(now)
+        if self._last_failure:
+            self._forget_quiet_failures(now)
         if self.spool is not None:
             if self.engine.critical_queued() and self.spool_mode:
                 self._spool_queued_critical()
