@@ -48,7 +48,10 @@ test: install system-deps node-deps lint
 run: install system-deps
 	@$(PY) -m proxy.devrun
 
+# Hub, leaf node and sidecar side by side (~5 min; `$(PY) -m bench.run --quick` for ~1 min); writes
+# docs/benchmarks.md. py-spy profiles the sidecar (skipped with a note if it cannot be installed).
 bench: install system-deps
+	@[ -x $(VENV)/bin/py-spy ] || $(PIP) install -q py-spy || echo "py-spy unavailable: no profile"
 	$(PY) -m bench.run
 
 clean:

@@ -1,11 +1,13 @@
 """Throughput of Engine.classify + Engine.offer at level none (direct forward) and at level high.
 
-Run from the repository root: .venv/bin/python -m bench.bench_engine [--seconds 1.0]
+Run from the repository root: .venv/bin/python -m bench.bench_engine [--seconds 1.0] [--json]
+(`make bench` runs it too, through bench.run.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 
@@ -73,24 +75,39 @@ def run_classify_offer(engine: Engine, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=1.0)
-    args = parser.parse_args()
-
+def run(seconds: float) -> dict[str, float]:
+    """The three engine benchmarks; messages per second keyed by name."""
     messages = [Msg(s, Priority.MEDIUM) for s in SUBJECTS]
     engine = make_engine()
     assert engine.level is Level.NONE
-    rate_none = run_offer(engine, messages, args.seconds, take_every=0)
+    rate_none = run_offer(engine, messages, seconds, take_every=0)
     assert engine.queue_size == 0, "level none with can_send must forward directly"
-    rate_none_classify = run_classify_offer(make_engine(), args.seconds)
+    rate_none_classify = run_classify_offer(make_engine(), seconds)
 
     engine = make_engine()
     engine.tick(1.0, memory_mb=170)  # 170 % of maxMemoryUsageMB -> high
     assert engine.level is Level.HIGH
     mixed = [Msg(s, PRIORITIES[i % len(PRIORITIES)]) for i, s in enumerate(SUBJECTS)]
-    rate_high = run_offer(engine, mixed, args.seconds, take_every=20)
+    rate_high = run_offer(engine, mixed, seconds, take_every=20)
+    return {
+        "Engine.offer level none": rate_none,
+        "Engine.classify+offer level none": rate_none_classify,
+        "Engine.offer level high": rate_high,
+    }
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    args = parser.parse_args()
+    results = run(args.seconds)
+    if args.json:
+        print(json.dumps(results))
+        return
+    rate_none = results["Engine.offer level none"]
+    rate_none_classify = results["Engine.classify+offer level none"]
+    rate_high = results["Engine.offer level high"]
     print(
         f"offer() at level none (forward):           {rate_none:12,.0f} ops/s  ({1e6 / rate_none:.2f} us/op)"
     )

@@ -1,17 +1,20 @@
 """Micro-benchmark of the NATS client parser: 1M `PUB foo.bar 128` frames fed in 64 KiB chunks.
 
-Run: .venv/bin/python bench/bench_parser.py [--frames N] [--chunk BYTES] [--repeat R]
+Run: .venv/bin/python bench/bench_parser.py [--frames N] [--chunk BYTES] [--repeat R] [--json]
+(`make bench` runs it too, through bench.run.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 # Runnable as a plain script from anywhere: make the repository root importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.nats_protocol import ClientParser, ServerParser, encode_msg, encode_pub
 
@@ -21,7 +24,9 @@ def chunked(stream: bytes, chunk: int) -> list[bytes]:
     return [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
 
 
-def bench(name: str, parser_factory: type, stream: bytes, frames: int, chunk: int, repeat: int) -> float:
+def bench(
+    name: str, parser_factory: type, stream: bytes, frames: int, chunk: int, repeat: int, quiet: bool = False
+) -> float:
     """Feed a stream of `frames` frames; print and return the best ops/s over `repeat` runs."""
     reads = chunked(stream, chunk)
     best = 0.0
@@ -34,8 +39,46 @@ def bench(name: str, parser_factory: type, stream: bytes, frames: int, chunk: in
         elapsed = time.perf_counter() - start
         assert count == frames, (count, frames)
         best = max(best, frames / elapsed)
-    print(f"{name:<44} {best:>12,.0f} ops/s")
+    if not quiet:
+        print(f"{name:<44} {best:>12,.0f} ops/s")
     return best
+
+
+def run(frames: int, chunk: int = 64 * 1024, repeat: int = 5, quiet: bool = False) -> dict[str, float]:
+    """Run the three parser benchmarks; ops/s keyed by name."""
+    payload = b"x" * 128
+    n = frames
+    out = {}
+    out["ClientParser PUB 128 B"] = bench(
+        "ClientParser PUB foo.bar 128",
+        ClientParser,
+        encode_pub("foo.bar", None, payload) * n,
+        n,
+        chunk,
+        repeat,
+        quiet,
+    )
+    # Requests: every reply subject is a fresh inbox, so no control line repeats.
+    requests = b"".join(encode_pub("svc.echo", f"_INBOX.k9Fq3vT7aX.{i}", payload) for i in range(n // 4))
+    out["ClientParser PUB with unique reply"] = bench(
+        "ClientParser PUB svc.echo _INBOX.<unique> 128",
+        ClientParser,
+        requests,
+        n // 4,
+        chunk,
+        repeat,
+        quiet,
+    )
+    out["ServerParser MSG 128 B"] = bench(
+        "ServerParser MSG foo.bar 1 128",
+        ServerParser,
+        encode_msg(b"foo.bar", b"1", None, -1, payload) * n,
+        n,
+        chunk,
+        repeat,
+        quiet,
+    )
+    return out
 
 
 def main() -> None:
@@ -44,35 +87,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--chunk", type=int, default=64 * 1024)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = ap.parse_args()
-    payload = b"x" * 128
-    n = args.frames
-    bench(
-        "ClientParser PUB foo.bar 128",
-        ClientParser,
-        encode_pub("foo.bar", None, payload) * n,
-        n,
-        args.chunk,
-        args.repeat,
-    )
-    # Requests: every reply subject is a fresh inbox, so no control line repeats.
-    requests = b"".join(encode_pub("svc.echo", f"_INBOX.k9Fq3vT7aX.{i}", payload) for i in range(n // 4))
-    bench(
-        "ClientParser PUB svc.echo _INBOX.<unique> 128",
-        ClientParser,
-        requests,
-        n // 4,
-        args.chunk,
-        args.repeat,
-    )
-    bench(
-        "ServerParser MSG foo.bar 1 128",
-        ServerParser,
-        encode_msg(b"foo.bar", b"1", None, -1, payload) * n,
-        n,
-        args.chunk,
-        args.repeat,
-    )
+    results = run(args.frames, args.chunk, args.repeat, quiet=args.json)
+    if args.json:
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,22 @@ class Accounting:
         counters.forwarded[priority] += 1
         self.forwarded += 1
 
+    def forward_many(self, groups: list[tuple[str, int, Priority]], n: int) -> None:
+        """Count `n` direct forwards given as (subject, count, priority): no time spent in the sidecar, so
+        they land in the first latency bucket, as `observe_latency(subject, 0.0)` would put them."""
+        subjects = self._subjects
+        for subject, k, priority in groups:
+            counters = subjects.get(subject)
+            if counters is None:
+                counters = self.counters_for(subject)
+            counters.forwarded[priority] += k
+            histogram = counters.latency
+            if histogram is None:
+                histogram = counters.latency = LatencyHistogram()
+            histogram.buckets[0] += k
+            histogram.count += k
+        self.forwarded += n
+
     def drop(self, subject: str, reason: str) -> None:
         """Count one message dropped for `reason`."""
         counters = self._subjects.get(subject)

@@ -250,6 +250,37 @@ class Engine:
             return _FORWARD
         return self._enqueue(item, priority, now)
 
+    def forward_batch(
+        self, groups: list[tuple[str, int, Priority]], n: int, now: float, can_send: bool
+    ) -> bool:
+        """Forward `n` non-critical, non-request messages given as (subject, count, priority) at once.
+
+        Only when offer() could have returned nothing but FORWARD for each of them: the upstream takes
+        writes, no batching, an empty queue, no breaker records, no shedding or sampling, and `n` tokens.
+        False: nothing was counted, offer them one by one.
+        """
+        if (
+            not can_send
+            or self._batch_size != 1
+            or self._queue.size
+            or self._breaker_records
+            or self._shed_low
+            or self._sampling_rate < 1.0
+        ):
+            return False
+        bucket = self._bucket
+        if bucket.refill(now) < n:
+            return False
+        bucket.take(n)
+        self._meter.add_many(now, n)
+        acc = self._acc
+        acc.received += n
+        acc.forward_many(groups, n)
+        if self._track_traffic:
+            for subject, k, _ in groups:
+                self._traffic.add_many(subject, k)
+        return True
+
     def _drop(self, item: Item, decision: Decision) -> Decision:
         acc = self._acc
         acc.received += 1
@@ -300,8 +331,11 @@ class Engine:
             for item in items:
                 self._queue.push(item, CRITICAL, now)
 
-    def take(self, now: float) -> list[Any]:
-        """Queued messages due now, highest priority first, within the rate ceiling; counted forwarded."""
+    def take(self, now: float, limit: int | None = None) -> list[Any]:
+        """Queued messages due now, highest priority first, within the rate ceiling; counted forwarded.
+
+        `limit` caps how many one call releases (the shell writes in slices while the upstream takes them).
+        """
         queue = self._queue
         size = queue.size
         if not size:
@@ -317,6 +351,9 @@ class Engine:
         # The epsilon absorbs float error in the refill so that a whole token reads as one.
         tokens = int(self._bucket.refill(now) + 1e-9)
         count = release_count(size, tokens, size_target, delay_expired)
+        if limit is not None and count > limit:
+            # Whole batches only, unless a single batch is already larger than the limit.
+            count = max(limit - limit % size_target, min(limit, count))
         if count <= 0:
             return []
         self._bucket.take(count)

@@ -91,6 +91,12 @@ class RateMeter:
             self._advance(now)
         self._current += 1
 
+    def add_many(self, now: float, n: int) -> None:
+        """Count `n` events at `now`."""
+        if now >= self._slot_end:
+            self._advance(now)
+        self._current += n
+
     def _advance(self, now: float) -> None:
         # max(): at a float edge `now // width` can disagree with `now >= slot_end`; the latter wins.
         index = max(int(now // self._width), self._index + 1)

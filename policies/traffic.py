@@ -36,6 +36,15 @@ class SubjectTraffic:
         elif len(current) < self._max_tracked:
             current[subject] = 1
 
+    def add_many(self, subject: str, n: int) -> None:
+        """Count `n` offered messages of `subject` at once."""
+        current = self._current
+        count = current.get(subject)
+        if count is not None:
+            current[subject] = count + n
+        elif len(current) < self._max_tracked:
+            current[subject] = n
+
     def rotate(self, now: float) -> None:
         """Start a new window when the current one is over; a long gap forgets both windows."""
         elapsed = now - self._window_start

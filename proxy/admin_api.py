@@ -1,50 +1,364 @@
-"""The admin port: REST API under /api/backpressure and Prometheus metrics at /metrics."""
+"""The admin port: REST API under /api/backpressure and Prometheus metrics at /metrics.
+
+Every JSON answer is an envelope: `{"success": true, "data": ..., "timestamp": ...}` or
+`{"success": false, "error": {"code", "message", "details"}, "timestamp": ...}`. Mutations (POST, PUT)
+need `Authorization: Bearer <admin.token>` when a token is configured, else a loopback client.
+The routes, bodies and answers are described by proxy/openapi.py and docs/api.md.
+"""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import logging
+import math
+import sys
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, Literal
 
+import msgspec
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
+from policies.config import BackpressureConfig, Level, PolicyRule
+from proxy.config import collect_errors
+from proxy.history import FIELDS, TIME_RANGES, MetricHistory, iso_timestamp, sample_to_json
+from proxy.load_test import LoadTest, LoadTestError, LoadTestSpec
+from proxy.metrics import SidecarCollector, new_registry, spool_state
+from proxy.nats_protocol import is_valid_publish_subject
+from proxy.openapi import CONFIG_BOUNDS, build_openapi
+from proxy.recommendations import WINDOW_S, LevelChange, recommend
 from proxy.sidecar import Sidecar
 
-SIDECAR_KEY = web.AppKey("sidecar", Sidecar)
-PREFIX = "/api/backpressure"
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "/api/backpressure"
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+MUTATING_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Health thresholds: a component is "warning" from WARN_RATIO of its limit, "critical" at it.
+WARN_RATIO: Final = 0.8
+UPSTREAM_CRITICAL_AFTER_S: Final = 30.0
+STATUS_CODES: Final = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "TOO_MANY_REQUESTS",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
+REGISTRY_KEY: Final = web.AppKey("registry", CollectorRegistry)
+COLLECTOR_KEY: Final = web.AppKey("collector", SidecarCollector)
+HISTORY_KEY: Final = web.AppKey("history", MetricHistory)
+LOAD_TEST_KEY: Final = web.AppKey("load_test", LoadTest)
+BASELINE_KEY: Final = web.AppKey("baseline", tuple)
+TOKEN_KEY: Final = web.AppKey("admin_token", str)
+MAX_BODY_KEY: Final = web.AppKey("max_body_bytes", int)
+OPENAPI_KEY: Final = web.AppKey("openapi", dict)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def envelope(data: Any, status: int = 200) -> web.Response:
+# -- envelopes -----------------------------------------------------------------------------------------
+class ApiError(Exception):
+    """An error answer: HTTP status, machine code, message, details (e.g. the offending field)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+def _dumps(obj: Any) -> str:
+    return msgspec.json.encode(obj).decode()
+
+
+def envelope(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """The success envelope `{"success": true, "data": ..., "timestamp": ...}`."""
-    return web.json_response({"success": True, "data": data, "timestamp": _timestamp()}, status=status)
+    body = {"success": True, "data": data, "timestamp": _timestamp()}
+    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> web.Response:
     """The error envelope `{"success": false, "error": {"code", "message", "details"}}`."""
-    body = {"success": False, "error": {"code": code, "message": message, "details": details}}
-    return web.json_response({**body, "timestamp": _timestamp()}, status=status)
+    body = {
+        "success": False,
+        "error": {"code": code, "message": message, "details": details},
+        "timestamp": _timestamp(),
+    }
+    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
 def _timestamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+    return iso_timestamp(time.time())
+
+
+def finite(value: float) -> float:
+    """JSON has no infinity: clamp to the largest float (a threshold near zero makes a ratio infinite)."""
+    if math.isnan(value):
+        return 0.0
+    if math.isinf(value):
+        return sys.float_info.max if value > 0 else -sys.float_info.max
+    return value
+
+
+def validation_error(err: msgspec.ValidationError | ValueError, default_field: str | None = None) -> ApiError:
+    """A 400 naming the offending field, from msgspec's "... - at `$.field`" wording."""
+    message = str(err)
+    field = default_field
+    if " - at `$" in message:
+        text, _, where = message.partition(" - at `$")
+        field = where.rstrip("`").lstrip(".") or default_field
+        message = f"{field}: {text}" if field else text
+    return ApiError(400, "VALIDATION_ERROR", message, {"field": field, "errors": [message]})
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error, including aiohttp's own 404/405/413, leaves in the error envelope."""
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error, including aiohttp's own 404/405/413 and unexpected ones, leaves in the error envelope."""
     try:
         return await handler(request)
+    except ApiError as err:
+        return error_response(err.status, err.code, err.message, err.details, err.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = exc.reason.upper().replace(" ", "_")
-        return error_response(exc.status, code, exc.text or exc.reason)
+        code = STATUS_CODES.get(exc.status, (exc.reason or "ERROR").upper().replace(" ", "_"))
+        message = exc.text or exc.reason
+        if exc.status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, code, message, None, headers or None)
+    except Exception:
+        # Nothing a client sends may take the process down: log it and answer 500.
+        log.exception("admin API: unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "INTERNAL_ERROR", "unexpected error; see the sidecar's log")
 
 
-def health_status(sidecar: Sidecar) -> str:
-    level = sidecar.engine.level
-    if level >= 4:
+def is_loopback(remote: str | None) -> bool:
+    """Whether the peer address is a loopback address (127.0.0.0/8, ::1, or IPv4-mapped loopback)."""
+    if not remote:
+        return False
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+@web.middleware
+async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Body size limit for every request; bearer token (or loopback origin) for every mutation."""
+    max_body = request.app[MAX_BODY_KEY]
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise ApiError(
+            413, "PAYLOAD_TOO_LARGE", f"request body of {length} bytes exceeds the limit of {max_body} bytes"
+        )
+    if request.method in MUTATING_METHODS:
+        token = request.app[TOKEN_KEY]
+        if token:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            expected = token.encode("utf-8", "surrogateescape")
+            supplied = given.strip().encode("utf-8", "surrogateescape")
+            # compare_digest first, whatever the scheme, so the timing says nothing about the token.
+            valid = hmac.compare_digest(supplied, expected)
+            if scheme.lower() != "bearer" or not valid:
+                raise ApiError(
+                    401,
+                    "UNAUTHORIZED",
+                    "this endpoint needs the header Authorization: Bearer <admin token>",
+                    headers={"WWW-Authenticate": 'Bearer realm="kpi-sidecar"'},
+                )
+        elif not is_loopback(request.remote):
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                "no admin token is configured: changes are accepted from loopback clients only",
+                {"remote": request.remote},
+            )
+    return await handler(request)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; 400 when it is not one, 413 when it is too large."""
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "INVALID_BODY", "a JSON object body is required", {"field": None})
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        raise ApiError(400, "INVALID_JSON", f"the body is not valid JSON: {err}", {"field": None}) from err
+    if not isinstance(body, dict):
+        raise ApiError(400, "INVALID_BODY", "the body must be a JSON object", {"field": None})
+    return body
+
+
+# -- status and health -----------------------------------------------------------------------------------
+def status_data(sidecar: Sidecar) -> dict[str, Any]:
+    """The seed's BackpressureMetrics fields (same names) plus the sidecar's own."""
+    engine = sidecar.engine
+    now = sidecar.loop.time()
+    snap = engine.snapshot(now)
+    spool = spool_state(sidecar)
+    return {
+        "currentMemoryMB": finite(snap.memory_mb),
+        "currentQueueSize": snap.queue_size,
+        "currentPublishRate": finite(snap.publish_rate),
+        "currentCpuPercent": finite(snap.cpu_percent),
+        "droppedMessages": snap.dropped,
+        "sampledMessages": snap.sampled,
+        "circuitBreakerOpen": snap.open_breakers > 0,
+        "degradationLevel": snap.level,
+        "degradationLevelValue": snap.level_value,
+        "loadPercent": finite(snap.load_percent),
+        "dominantSignal": snap.dominant_signal,
+        "samplingRate": snap.sampling_rate,
+        "batchSize": snap.batch_size,
+        "upstreamConnected": sidecar.upstream.connected,
+        "receivedMessages": snap.received,
+        "forwardedMessages": snap.forwarded,
+        "spooledMessages": snap.spooled,
+        "openCircuitBreakers": snap.open_breakers,
+        "maxQueueSize": engine.config.max_queue_size,
+        "queuedBytes": snap.queued_bytes,
+        "oldestQueuedAgeSeconds": finite(snap.oldest_queued_age),
+        "droppedByReason": snap.dropped_by_reason,
+        "signals": {
+            "memory": finite(snap.memory_ratio * 100),
+            "cpu": finite(snap.cpu_ratio * 100),
+            "queue": finite(snap.queue_ratio * 100),
+            "publishRate": finite(snap.publish_rate_ratio * 100),
+        },
+        "spoolMessages": spool["messages"],
+        "spoolBytes": spool["bytes"],
+        "clients": len(sidecar.clients),
+        "uptimeSeconds": round(now - sidecar.started_at, 3),
+    }
+
+
+def _ratio_status(ratio: float) -> str:
+    if ratio >= 1.0:
         return "critical"
-    if level >= 1 or not sidecar.upstream.connected:
+    if ratio >= WARN_RATIO:
+        return "warning"
+    return "ok"
+
+
+def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
+    """Per-component health of GET /health/detailed; each has a `status` of ok, warning or critical."""
+    engine = sidecar.engine
+    config = engine.config
+    now = sidecar.loop.time()
+    snap = engine.snapshot(now)
+    upstream = sidecar.upstream
+    down_for = (
+        0.0 if upstream.connected or upstream.disconnected_at is None else now - upstream.disconnected_at
+    )
+    if upstream.connected:
+        upstream_status = "ok"
+    else:
+        upstream_status = "critical" if down_for >= UPSTREAM_CRITICAL_AFTER_S else "warning"
+    sample = sidecar.resources.last
+    breakers = engine.breakers()
+    open_count = sum(1 for b in breakers if b.state == "open")
+    half_open = sum(1 for b in breakers if b.state == "half_open")
+    spool = spool_state(sidecar)
+    spool_max = sidecar.config.spool.max_bytes
+    spool_ratio = spool["bytes"] / spool_max if spool_max else 0.0
+    if spool_ratio >= 0.9:
+        spool_status = "critical"
+    elif spool["messages"] > 0:
+        spool_status = "warning"
+    else:
+        spool_status = "ok"
+    info = upstream.server_info
+    return {
+        "upstream": {
+            "status": upstream_status,
+            "connected": upstream.connected,
+            "url": getattr(upstream, "connected_url", None),
+            "serverVersion": info.get("version"),
+            "serverName": info.get("server_name"),
+            "maxPayload": sidecar.max_payload,
+            "reconnects": upstream.reconnects,
+            "lastError": upstream.last_error,
+            "disconnectedSeconds": round(down_for, 3),
+            "pendingBytes": upstream.pending_bytes,
+        },
+        "queue": {
+            "status": _ratio_status(snap.queue_ratio),
+            "size": snap.queue_size,
+            "maxSize": config.max_queue_size,
+            "percent": finite(snap.queue_ratio * 100),
+            "byPriority": snap.queue_by_priority,
+            "bytes": snap.queued_bytes,
+            "parked": snap.parked,
+            "oldestAgeSeconds": finite(snap.oldest_queued_age),
+        },
+        "memory": {
+            "status": _ratio_status(snap.memory_ratio),
+            "currentMB": finite(snap.memory_mb),
+            "rssMB": finite(sample.rss_mb),
+            "maxMB": config.max_memory_usage_mb,
+            "percent": finite(snap.memory_ratio * 100),
+            "cgroupMB": sample.cgroup_memory_mb,
+            "cgroupLimitMB": sample.cgroup_memory_limit_mb,
+        },
+        "cpu": {
+            "status": _ratio_status(snap.cpu_ratio),
+            "percent": finite(snap.cpu_percent),
+            "thresholdPercent": finite(snap.cpu_threshold_percent),
+            "quotaCores": sample.cpu_quota_cores,
+            "loadPercent": finite(snap.cpu_ratio * 100),
+        },
+        "breakers": {
+            "status": "warning" if open_count else "ok",
+            "enabled": config.enable_circuit_breaker,
+            "open": open_count,
+            "halfOpen": half_open,
+            "tracked": len(breakers),
+        },
+        "spool": {"status": spool_status, "maxBytes": spool_max, **spool},
+        "clients": {
+            "status": "ok",
+            "connections": len(sidecar.clients),
+            "maxConnections": sidecar.config.clients.max_connections,
+            "slowConsumers": sidecar.slow_consumers,
+        },
+    }
+
+
+def health_status(sidecar: Sidecar, components: dict[str, dict[str, Any]] | None = None) -> str:
+    """healthy, degraded or critical: the level and the worst component together."""
+    components = components if components is not None else health_components(sidecar)
+    worst = {c["status"] for c in components.values()}
+    level = sidecar.engine.level
+    if level >= Level.CRITICAL or "critical" in worst:
+        return "critical"
+    if level >= Level.LOW or "warning" in worst or not sidecar.upstream.connected:
         return "degraded"
     return "healthy"
 
@@ -57,7 +371,25 @@ async def get_health(request: web.Request) -> web.Response:
             "status": health_status(sidecar),
             "degradationLevel": sidecar.engine.level.label,
             "upstreamConnected": sidecar.upstream.connected,
+            "shuttingDown": sidecar.shutting_down,
             "uptimeSeconds": round(sidecar.loop.time() - sidecar.started_at, 3),
+        }
+    )
+
+
+async def get_health_detailed(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    components = health_components(sidecar)
+    engine = sidecar.engine
+    return envelope(
+        {
+            "status": health_status(sidecar, components),
+            "degradationLevel": engine.level.label,
+            "loadPercent": finite(engine.load_percent),
+            "dominantSignal": engine.dominant_signal,
+            "shuttingDown": sidecar.shutting_down,
+            "uptimeSeconds": round(sidecar.loop.time() - sidecar.started_at, 3),
+            "components": components,
         }
     )
 
@@ -71,11 +403,387 @@ async def get_ready(request: web.Request) -> web.Response:
     return envelope(data)
 
 
-def create_admin_app(sidecar: Sidecar) -> web.Application:
-    """Build the admin application for one sidecar."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=sidecar.config.admin.max_body_bytes)
+async def get_status(request: web.Request) -> web.Response:
+    return envelope(status_data(request.app[SIDECAR_KEY]))
+
+
+async def get_metrics_history(request: web.Request) -> web.Response:
+    time_range = request.query.get("timeRange", "5m")
+    if time_range not in TIME_RANGES:
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"timeRange must be one of {', '.join(TIME_RANGES)}",
+            {"field": "timeRange", "errors": [f"timeRange: unknown value {time_range!r}"]},
+        )
+    history = request.app[HISTORY_KEY]
+    _span, step = TIME_RANGES[time_range]
+    points = [sample_to_json(s) for s in history.points(time_range)]
+    return envelope(
+        {
+            "timeRange": time_range,
+            "stepSeconds": step,
+            "fields": list(FIELDS),
+            "current": status_data(request.app[SIDECAR_KEY]),
+            "history": points,
+        }
+    )
+
+
+async def get_prometheus(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI_KEY], dumps=_dumps)
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+def config_data(sidecar: Sidecar) -> dict[str, Any]:
+    """The run-time configuration: the `backpressure` section's keys plus `policies`."""
+    engine = sidecar.engine
+    data: dict[str, Any] = msgspec.to_builtins(engine.config)
+    data["policies"] = msgspec.to_builtins(list(engine.rules))
+    return data
+
+
+def _bounds_errors(merged: dict[str, Any]) -> list[str]:
+    errors = []
+    for name, (low, high) in CONFIG_BOUNDS.items():
+        value = merged.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+            errors.append(f"$.{name}: must be between {low:g} and {high:g} when set through the API")
+    return errors
+
+
+def parse_config_update(
+    current: BackpressureConfig, body: dict[str, Any]
+) -> tuple[BackpressureConfig, list[PolicyRule] | None, list[str]]:
+    """Validate a partial update as a whole: (new config, new rules or None, changed keys); ApiError 400."""
+    known = {f.encode_name for f in msgspec.structs.fields(BackpressureConfig)}
+    unknown = [key for key in body if key not in known and key != "policies"]
+    if unknown:
+        message = f"unknown configuration key {unknown[0]!r}"
+        raise ApiError(
+            400,
+            "UNKNOWN_KEY",
+            message,
+            {"field": unknown[0], "errors": [f"$.{key}: unknown field {key!r}" for key in unknown]},
+        )
+    updates = {k: v for k, v in body.items() if k != "policies"}
+    merged = {**msgspec.to_builtins(current), **updates}
+    errors = collect_errors(merged, BackpressureConfig)
+    if not errors:
+        errors = _bounds_errors(merged)
+    policies = body.get("policies")
+    if "policies" in body:
+        errors.extend(collect_errors(policies, list[PolicyRule], "$.policies"))
+    if errors:
+        first = errors[0]
+        field = first.split(":", 1)[0].removeprefix("$").lstrip(".") or None
+        raise ApiError(400, "VALIDATION_ERROR", first, {"field": field, "errors": errors})
+    try:
+        config = msgspec.convert(merged, BackpressureConfig)
+        rules = msgspec.convert(policies, list[PolicyRule]) if "policies" in body else None
+    except msgspec.ValidationError as err:
+        raise validation_error(err) from err
+    changed = [k for k in updates if msgspec.to_builtins(current).get(k) != merged[k]]
+    if rules is not None:
+        changed.append("policies")
+    return config, rules, changed
+
+
+def apply_config(sidecar: Sidecar, config: BackpressureConfig, rules: list[PolicyRule] | None) -> None:
+    """Hand a validated configuration to the engine, all at once, and keep sidecar.config in step."""
+    sidecar.engine.update_config(config, rules, now=sidecar.loop.time())
+    policies = rules if rules is not None else sidecar.config.policies
+    sidecar.config = msgspec.structs.replace(sidecar.config, backpressure=config, policies=list(policies))
+    log.warning("configuration changed through the admin API: %s", msgspec.to_builtins(config))
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return envelope(config_data(request.app[SIDECAR_KEY]))
+
+
+async def put_config(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    body = await read_json_object(request)
+    config, rules, changed = parse_config_update(sidecar.engine.config, body)
+    apply_config(sidecar, config, rules)
+    return envelope({"changed": changed, "config": config_data(sidecar)})
+
+
+async def post_config_reset(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    config, rules = request.app[BASELINE_KEY]
+    apply_config(sidecar, config, list(rules))
+    return envelope({"changed": ["all"], "config": config_data(sidecar)})
+
+
+# -- circuit breakers ------------------------------------------------------------------------------------
+class BreakerAction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Body of POST /circuit-breaker."""
+
+    subject: str
+    action: Literal["open", "close", "reset"]
+
+
+def _wall(sidecar: Sidecar, monotonic: float | None) -> str | None:
+    if monotonic is None:
+        return None
+    return iso_timestamp(time.time() - (sidecar.loop.time() - monotonic))
+
+
+def breaker_json(sidecar: Sidecar, snap: Any) -> dict[str, Any]:
+    """One breaker with wall-clock times."""
+    return {
+        "subject": snap.subject,
+        "state": snap.state,
+        "reason": snap.reason,
+        "openedAt": _wall(sidecar, snap.opened_at),
+        "failures": snap.failures,
+        "nextAttemptAt": _wall(sidecar, snap.next_attempt_at),
+        "backoffMs": snap.backoff_ms,
+    }
+
+
+async def get_breakers(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    engine = sidecar.engine
+    breakers = [breaker_json(sidecar, b) for b in engine.breakers()]
+    return envelope(
+        {
+            "enabled": engine.config.enable_circuit_breaker,
+            "open": sum(1 for b in breakers if b["state"] == "open"),
+            "halfOpen": sum(1 for b in breakers if b["state"] == "half_open"),
+            "breakers": breakers,
+        }
+    )
+
+
+async def post_breaker(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    body = await read_json_object(request)
+    try:
+        action = msgspec.convert(body, BreakerAction)
+    except msgspec.ValidationError as err:
+        raise validation_error(err) from err
+    subject = action.subject
+    if not is_valid_publish_subject(subject) or any(ord(c) < 32 or ord(c) == 127 for c in subject):
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"subject: {subject!r} is not a valid subject (no wildcard, blank or control character)",
+            {"field": "subject", "errors": [f"$.subject: invalid subject {subject!r}"]},
+        )
+    engine = sidecar.engine
+    now = sidecar.loop.time()
+    if action.action == "open":
+        changed = engine.open_breaker(subject, now)
+        if not changed and engine.breaker_state(subject).label != "open":
+            raise ApiError(409, "BREAKER_TABLE_FULL", "every tracked breaker is open; none can be added")
+    elif action.action == "close":
+        changed = engine.close_breaker(subject, now)
+    else:
+        changed = engine.reset_breaker(subject, now)
+    snap = next((b for b in engine.breakers() if b.subject == subject), None)
+    return envelope(
+        {
+            "subject": subject,
+            "action": action.action,
+            "changed": bool(changed),
+            "state": engine.breaker_state(subject).label,
+            "breaker": breaker_json(sidecar, snap) if snap is not None else None,
+        }
+    )
+
+
+# -- load test -------------------------------------------------------------------------------------------
+async def post_load_test(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    try:
+        spec = msgspec.convert(body, LoadTestSpec)
+    except msgspec.ValidationError as err:
+        raise validation_error(err) from err
+    runner = request.app[LOAD_TEST_KEY]
+    try:
+        status = await runner.start(spec)
+    except LoadTestError as err:
+        code = {409: "LOAD_TEST_RUNNING", 503: "SHUTTING_DOWN"}.get(err.status, "VALIDATION_ERROR")
+        details = {"field": err.field, "errors": [str(err)]} if err.status == 400 else runner.status()
+        raise ApiError(err.status, code, str(err), details) from err
+    return envelope(status, status=202)
+
+
+async def get_load_test_status(request: web.Request) -> web.Response:
+    return envelope(request.app[LOAD_TEST_KEY].status())
+
+
+async def post_load_test_stop(request: web.Request) -> web.Response:
+    return envelope(await request.app[LOAD_TEST_KEY].stop())
+
+
+# -- actions ---------------------------------------------------------------------------------------------
+async def post_drain_queue(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    if not sidecar.upstream.can_send:
+        raise ApiError(
+            503,
+            "UPSTREAM_UNAVAILABLE",
+            "the upstream connection cannot take messages now; nothing was drained",
+            {"queueSize": sidecar.engine.queue_size, "upstreamConnected": sidecar.upstream.connected},
+        )
+    forwarded = sidecar.drain_now()
+    return envelope({"forwarded": forwarded, "queueSize": sidecar.engine.queue_size})
+
+
+async def post_clear_queue(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    cleared = sidecar.clear_queue()
+    return envelope({"cleared": cleared, "queueSize": sidecar.engine.queue_size})
+
+
+# -- analytics -------------------------------------------------------------------------------------------
+async def get_degradation_history(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    engine = sidecar.engine
+    transitions = [
+        {
+            "timestamp": _wall(sidecar, t.timestamp_monotonic),
+            "from": t.from_level.label,
+            "to": t.to_level.label,
+            "fromValue": int(t.from_level),
+            "toValue": int(t.to_level),
+            "loadPercent": finite(t.load_percent),
+            "dominantSignal": t.dominant_signal,
+        }
+        for t in engine.history()
+    ]
+    return envelope(
+        {
+            "currentLevel": engine.level.label,
+            "count": len(transitions),
+            "transitions": transitions,
+        }
+    )
+
+
+async def get_recommendations(request: web.Request) -> web.Response:
+    sidecar = request.app[SIDECAR_KEY]
+    engine = sidecar.engine
+    now_wall = time.time()
+    offset = now_wall - sidecar.loop.time()
+    changes = [
+        LevelChange(t.timestamp_monotonic + offset, int(t.from_level), int(t.to_level))
+        for t in engine.history()
+    ]
+    samples = request.app[HISTORY_KEY].recent(WINDOW_S, now_wall)
+    found = recommend(
+        samples, changes, engine.config, spool_messages=spool_state(sidecar)["messages"], window_s=WINDOW_S
+    )
+    return envelope(
+        {
+            "windowSeconds": WINDOW_S,
+            "samples": len(samples),
+            "recommendations": msgspec.to_builtins(found),
+        }
+    )
+
+
+# -- wiring ----------------------------------------------------------------------------------------------
+def record_sample(sidecar: Sidecar, history: MetricHistory, now: float) -> None:
+    """Add one per-second sample of the sidecar's state to the history ring."""
+    snap = sidecar.engine.snapshot(now)
+    spool = spool_state(sidecar)
+    history.record(
+        time.time(),
+        (
+            finite(snap.memory_mb),
+            finite(snap.cpu_percent),
+            snap.queue_size,
+            finite(snap.publish_rate),
+            finite(snap.load_percent),
+            snap.level_value,
+            snap.sampling_rate,
+            snap.batch_size,
+            1.0 if sidecar.upstream.connected else 0.0,
+            snap.received,
+            snap.forwarded,
+            snap.dropped,
+            snap.sampled,
+            snap.spooled,
+            spool["bytes"],
+        ),
+    )
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: metrics collector, history recording and the load-test runner live with the app."""
+    sidecar = app[SIDECAR_KEY]
+    registry = app[REGISTRY_KEY]
+    collector = SidecarCollector(sidecar)
+    history = MetricHistory(sidecar.config.metrics.history_seconds)
+    load_test = LoadTest(sidecar)
+    app[COLLECTOR_KEY] = collector
+    app[HISTORY_KEY] = history
+    app[LOAD_TEST_KEY] = load_test
+    registry.register(collector)
+
+    def on_tick(now: float) -> None:
+        # A listener that raised would stop the sidecar's tick loop: never let it.
+        try:
+            collector.observe_tick(now)
+            record_sample(sidecar, history, now)
+        except Exception:
+            log.exception("admin API: tick bookkeeping failed")
+
+    sidecar.tick_listeners.append(on_tick)
+    try:
+        yield
+    finally:
+        if on_tick in sidecar.tick_listeners:
+            sidecar.tick_listeners.remove(on_tick)
+        registry.unregister(collector)
+        await load_test.close()
+
+
+ROUTES: Final[tuple[tuple[str, str, Handler], ...]] = (
+    ("GET", f"{PREFIX}/status", get_status),
+    ("GET", f"{PREFIX}/metrics", get_metrics_history),
+    ("GET", f"{PREFIX}/health", get_health),
+    ("GET", f"{PREFIX}/health/detailed", get_health_detailed),
+    ("GET", f"{PREFIX}/ready", get_ready),
+    ("GET", "/ready", get_ready),
+    ("GET", f"{PREFIX}/config", get_config),
+    ("PUT", f"{PREFIX}/config", put_config),
+    ("POST", f"{PREFIX}/config/reset", post_config_reset),
+    ("GET", f"{PREFIX}/circuit-breaker/status", get_breakers),
+    ("POST", f"{PREFIX}/circuit-breaker", post_breaker),
+    ("POST", f"{PREFIX}/load-test", post_load_test),
+    ("GET", f"{PREFIX}/load-test/status", get_load_test_status),
+    ("POST", f"{PREFIX}/load-test/stop", post_load_test_stop),
+    ("POST", f"{PREFIX}/actions/drain-queue", post_drain_queue),
+    ("POST", f"{PREFIX}/actions/clear-queue", post_clear_queue),
+    ("GET", f"{PREFIX}/analytics/degradation-history", get_degradation_history),
+    ("GET", f"{PREFIX}/analytics/recommendations", get_recommendations),
+    ("GET", f"{PREFIX}/openapi.json", get_openapi),
+    ("GET", "/metrics", get_prometheus),
+)
+
+
+def create_admin_app(sidecar: Sidecar, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the admin application for one sidecar; `registry` is the process's (tests pass their own)."""
+    max_body = sidecar.config.admin.max_body_bytes
+    app = web.Application(middlewares=[error_middleware, security_middleware], client_max_size=max_body)
     app[SIDECAR_KEY] = sidecar
-    app.router.add_get(f"{PREFIX}/health", get_health)
-    app.router.add_get(f"{PREFIX}/ready", get_ready)
-    app.router.add_get("/ready", get_ready)
+    app[REGISTRY_KEY] = registry if registry is not None else new_registry()
+    app[TOKEN_KEY] = sidecar.config.admin.token or ""
+    app[MAX_BODY_KEY] = max_body
+    # POST /config/reset goes back to these: the values loaded from the file at startup.
+    app[BASELINE_KEY] = (sidecar.config.backpressure, tuple(sidecar.config.policies))
+    app[OPENAPI_KEY] = build_openapi()
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_background)
     return app

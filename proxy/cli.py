@@ -16,11 +16,14 @@ from proxy.config import PRESET_NAMES, load_config, redacted
 from proxy.errors import ConfigError
 
 log = logging.getLogger("proxy")
+# aiohttp waits this long for open HTTP connections at cleanup: idle keep-alive ones must not hold SIGTERM.
+RUNNER_SHUTDOWN_TIMEOUT_S = 2.0
 
 
 async def serve(config_path: str | None, preset: str | None) -> int:
     """Run the sidecar until SIGTERM/SIGINT, then drain and return the exit code."""
     from proxy.admin_api import create_admin_app
+    from proxy.metrics import new_registry
     from proxy.sidecar import Sidecar, split_host_port
 
     config = load_config(config_path, preset=preset)
@@ -32,7 +35,14 @@ async def serve(config_path: str | None, preset: str | None) -> int:
     await sidecar.start()
     runners: list[web.AppRunner] = []
     admin_host, admin_port = split_host_port(config.listen.admin)
-    runner = web.AppRunner(create_admin_app(sidecar), access_log=None, handle_signals=False)
+    # One registry per process (the process collector included), handed to the admin app.
+    registry = new_registry()
+    runner = web.AppRunner(
+        create_admin_app(sidecar, registry),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, admin_host, admin_port, reuse_address=True)
     await site.start()
@@ -42,7 +52,12 @@ async def serve(config_path: str | None, preset: str | None) -> int:
         from proxy.http_ingest import create_ingest_app
 
         http_host, http_port = split_host_port(config.listen.http)
-        ingest = web.AppRunner(create_ingest_app(sidecar), access_log=None, handle_signals=False)
+        ingest = web.AppRunner(
+            create_ingest_app(sidecar),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT_S,
+        )
         await ingest.setup()
         await web.TCPSite(ingest, http_host, http_port, reuse_address=True).start()
         runners.append(ingest)
@@ -110,12 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("loadtest", help="drive load through a NATS port like an application")
     load.add_argument("--url", default="nats://127.0.0.1:4222")
     load.add_argument("--rate", type=float, default=1000, help="messages per second")
-    load.add_argument("--duration", type=float, default=10, help="seconds")
+    load.add_argument("--duration", type=float, default=10, help="seconds (0 with --soak: until Ctrl-C)")
     load.add_argument("--size", type=int, default=128, help="payload bytes")
     load.add_argument("--subjects", default="test.load.a,test.load.b", help="comma-separated subjects")
     load.add_argument("--priority", choices=["low", "medium", "high", "critical"], default=None)
     load.add_argument("--report-every", type=float, default=1.0, help="seconds between progress lines")
     load.add_argument("--json", action="store_true", help="print the summary as JSON")
+    load.add_argument("--admin", help="sidecar admin base URL: report its memory (currentMemoryMB)")
+    load.add_argument(
+        "--soak", action="store_true", help="long run: per-interval latency and memory, and their trend"
+    )
+    load.add_argument(
+        "--min-success-rate", type=float, default=0.0, help="exit 1 when fewer messages (percent) come back"
+    )
     load.set_defaults(func=cmd_loadtest)
     return parser
 

@@ -17,6 +17,7 @@ from proxy.nats_protocol import (
     Connect,
     Err,
     Pub,
+    PubRun,
     Sub,
     Unsub,
     encode_err,
@@ -62,6 +63,7 @@ class ClientConnection(asyncio.Protocol):
         self.sidecar = sidecar
         self.client_id = client_id
         self.parser = ClientParser(max_payload=sidecar.max_payload)
+        self.parser.batch = True
         self.transport: asyncio.Transport | None = None
         self.subs: dict[str, ClientSub] = {}
         self.name = ""
@@ -127,6 +129,20 @@ class ClientConnection(asyncio.Protocol):
         sidecar = self.sidecar
         for i, op in enumerate(ops):
             kind = type(op)
+            if kind is PubRun:
+                # The fast path for a run of plain PUBs; anything that needs per-message work (verbose
+                # +OKs, pedantic checks, auth, echo suppression, shedding) re-parses it into single PUBs.
+                if (
+                    self.verbose
+                    or self.pedantic
+                    or not self.echo
+                    or (not self.connect_received and sidecar.client_auth_required)
+                    or not sidecar.publish_run(op, now)
+                ):
+                    split = ClientParser(max_payload=-1)
+                    self.process(split.feed_data(op.frames) + list(ops[i + 1 :]), now)
+                    return
+                continue
             if kind is Pub:
                 if not self.connect_received and sidecar.client_auth_required:
                     self.fatal("Authorization Violation")

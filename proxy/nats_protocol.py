@@ -61,6 +61,7 @@ __all__ = [
     "Ping",
     "Pong",
     "Pub",
+    "PubRun",
     "ServerOp",
     "ServerParser",
     "Sub",
@@ -170,6 +171,15 @@ class Pub(msgspec.Struct, frozen=True, gc=False):
         return len(self.frame) - self.body_start - 2
 
 
+class PubRun(msgspec.Struct, frozen=True, gc=False):
+    """Consecutive plain PUBs (no reply, no headers) from a parser with `batch` on: their frames as one
+    bytes object, the count per subject, and the total."""
+
+    frames: bytes
+    counts: dict[str, int]
+    n: int
+
+
 class Sub(msgspec.Struct, frozen=True, gc=False):
     """SUB from an application."""
 
@@ -218,7 +228,7 @@ class Msg(msgspec.Struct, frozen=True, gc=False):
         return self.body[self.hdr_size :] if self.hdr_size > 0 else self.body
 
 
-ClientOp = Connect | Ping | Pong | Pub | Sub | Unsub | Err
+ClientOp = Connect | Ping | Pong | Pub | PubRun | Sub | Unsub | Err
 ServerOp = Info | Msg | Ping | Pong | Ok | Err
 
 
@@ -600,7 +610,10 @@ class ClientParser(_Parser):
     """Parses what an application sends, judging it as nats-server 2.9 would; `feed_data` never raises."""
 
     __slots__ = (
+        "_run_counts",
+        "_run_start",
         "_want_headers",
+        "batch",
         "echo",
         "headers",
         "max_payload",
@@ -628,6 +641,9 @@ class ClientParser(_Parser):
         self.no_responders = False
         self.protocol = 0
         self._want_headers = False
+        self.batch = False
+        self._run_start = -1
+        self._run_counts = {}
 
     def feed_data(self, data: bytes) -> list[ClientOp]:
         """Parse more bytes; return every op they complete, in order, ending with an Err if one is met."""
@@ -649,6 +665,7 @@ class ClientParser(_Parser):
                 if not startswith(last_line, pos):
                     eol = find(b"\n", pos)
                     if eol < 0:
+                        self._flush_run(buf, pos, ops)
                         self._stash_line(buf, pos)
                         return
                     line = buf[pos : eol + 1]
@@ -656,6 +673,7 @@ class ClientParser(_Parser):
                     if entry is None:
                         entry = self._quick(line)
                         if entry is None:
+                            self._flush_run(buf, pos, ops)
                             pos = self._control(buf, pos, eol, ops)
                             if pos < 0:
                                 return
@@ -665,19 +683,42 @@ class ClientParser(_Parser):
                 subject, reply, hdr, size, line_len = last
                 if size > limit or (hdr >= 0 and not self.headers):
                     # Let the slow path produce the exact error.
+                    pos = self._flush_run(buf, pos, ops)
                     pos = self._control(buf, pos, pos + line_len - 1, ops)
                     continue
                 end = pos + line_len + size + 2
                 if end > n:
+                    self._flush_run(buf, pos, ops)
                     self._stash_body(buf, pos, last, line_len + size + 2)
                     return
                 if buf[end - 2] != _CR or buf[end - 1] != _LF:
                     raise ProtocolError(ERR_UNKNOWN_OP)
-                append(Pub(subject, reply, hdr, buf[pos:end], line_len))
+                if reply is None and hdr < 0 and self.batch:
+                    if self._run_start < 0:
+                        self._run_start = pos
+                        self._run_counts = {}
+
+                    counts = self._run_counts
+                    counts[subject] = counts.get(subject, 0) + 1
+                else:
+                    self._flush_run(buf, pos, ops)
+                    append(Pub(subject, reply, hdr, buf[pos:end], line_len))
                 pos = end
+            self._flush_run(buf, pos, ops)
+        except ProtocolError:
+            self._flush_run(buf, pos, ops)
+            raise
         finally:
             self._last_line = last_line
             self._last = last
+
+    def _flush_run(self, buf: bytes, pos: int, ops: list) -> int:
+        start = self._run_start
+        if start >= 0:
+            self._run_start = -1
+            counts = self._run_counts
+            ops.append(PubRun(buf[start:pos], counts, sum(counts.values())))
+        return pos
 
     def _quick(self, line: bytes) -> tuple | None:
         """Parse a canonical PUB/HPUB line (single blanks, CRLF, UTF-8), else None for _control."""

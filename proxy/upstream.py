@@ -41,6 +41,7 @@ from proxy.nats_protocol import (
 log = logging.getLogger(__name__)
 
 PongCallback = Callable[[bool], None]
+FLUSH_BYTES = 256 * 1024
 
 
 class UpstreamHandler(Protocol):
@@ -167,7 +168,13 @@ class Upstream:
     # -- writing -------------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         """Queue bytes for the upstream; they go out in one write at the end of this loop iteration."""
-        self._out += data
+        out = self._out
+        out += data
+        if len(out) >= FLUSH_BYTES:
+            # A big read can release megabytes in one loop iteration: write as we go so that the
+            # transport's pause_writing() tells the engine to hold back in time.
+            self.flush()
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)

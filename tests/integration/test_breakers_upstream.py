@@ -20,9 +20,13 @@ authorization {
 """
 
 
-async def test_permission_violations_open_the_subjects_breaker(nats_factory: Any, sidecar_factory: Any) -> None:
+async def test_permission_violations_open_the_subjects_breaker(
+    nats_factory: Any, sidecar_factory: Any
+) -> None:
     upstream: NatsServer = nats_factory(extra_conf=PERMISSIONS)
-    config = sidecar_config(upstream.url, backpressure={"breakerFailureThreshold": 3, "recoveryDelayMs": 60000})
+    config = sidecar_config(
+        upstream.url, backpressure={"breakerFailureThreshold": 3, "recoveryDelayMs": 60000}
+    )
     config["upstream"].update({"user": "side", "password": "car"})
     proc: SidecarProcess = sidecar_factory(config)
     app = await nats.connect(proc.nats_url, allow_reconnect=False)
@@ -45,7 +49,9 @@ async def test_permission_violations_open_the_subjects_breaker(nats_factory: Any
         if any(b["subject"] == "forbidden.x" and b["state"] == "open" for b in breakers):
             break
         await asyncio.sleep(0.1)
-    assert [(b["subject"], b["state"], b["reason"]) for b in breakers] == [("forbidden.x", "open", "failures")]
+    assert [(b["subject"], b["state"], b["reason"]) for b in breakers] == [
+        ("forbidden.x", "open", "failures")
+    ]
     dropped_before = proc.status()["droppedMessages"]
     for i in range(10):
         await app.publish("forbidden.x", b"shed")

@@ -1,0 +1,348 @@
+"""Prometheus metrics: a custom collector that reads the engine's plain counters at scrape time.
+
+Nothing on the message path touches prometheus_client: the engine counts in ints, and `collect()` turns
+them into metric families when Prometheus scrapes GET /metrics. Families with labels are always
+yielded, with HELP and TYPE, even before their first sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
+from policies.config import Level
+
+if TYPE_CHECKING:
+    from proxy.sidecar import Sidecar
+
+log = logging.getLogger(__name__)
+
+LEVEL_LABELS: Final = tuple(level.label for level in Level)
+_BUCKET_BOUNDS: Final = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")
+
+
+def new_registry() -> CollectorRegistry:
+    """The process's registry: the process collector (process_cpu_seconds_total, RSS, fds) registered."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class SubjectLabels:
+    """Subject labels for breaker metrics, bounded like the engine's: at most `max_subjects`, then _other.
+
+    A subject the engine already labels keeps its label; another subject gets one while fewer than
+    `max_subjects` labels are in use. Once given, a label stays (no series churn).
+    """
+
+    def __init__(self, max_subjects: int) -> None:
+        self.max_subjects = max_subjects
+        self._own: set[str] = set()
+
+    def label(self, subject: str, engine_labels: set[str]) -> str:
+        """The label of `subject`, given the labels the engine's counters use."""
+        if subject in engine_labels or subject in self._own:
+            return subject
+        # Overlaps counted twice: conservative, and O(1) for the subjects that stay folded.
+        if len(self._own) + len(engine_labels) < self.max_subjects:
+            self._own.add(subject)
+            return subject
+        return OTHER_LABEL
+
+
+class SidecarCollector:
+    """Exports the sidecar's state and counters; `observe_tick` accumulates transitions once a second."""
+
+    def __init__(self, sidecar: Sidecar, max_subjects: int | None = None) -> None:
+        self._sidecar = sidecar
+        limit = max_subjects if max_subjects is not None else sidecar.config.metrics.max_subjects
+        self.subject_labels = SubjectLabels(limit)
+        self.level_transitions: dict[tuple[str, str], int] = {}
+        self.breaker_transitions: dict[tuple[str, str], int] = {}
+        self._last_transition_at = float("-inf")
+        history = sidecar.engine.history()
+        if history:
+            # Transitions before the collector existed are not counted (a fresh counter starts at 0).
+            self._last_transition_at = history[-1].timestamp_monotonic
+
+    # -- accumulation (tick listener) --------------------------------------------------------------------
+    def observe_tick(self, now: float) -> None:
+        """Count level transitions and breaker changes since the last call; log each breaker change."""
+        engine = self._sidecar.engine
+        history = engine.history()
+        if history and history[-1].timestamp_monotonic > self._last_transition_at:
+            for transition in history:
+                if transition.timestamp_monotonic > self._last_transition_at:
+                    key = (transition.from_level.label, transition.to_level.label)
+                    self.level_transitions[key] = self.level_transitions.get(key, 0) + 1
+            self._last_transition_at = history[-1].timestamp_monotonic
+        changes = engine.pop_breaker_changes()
+        if changes:
+            labels = self.engine_labels()
+            for change in changes:
+                log.warning(
+                    "circuit breaker %s: %s -> %s (%s)",
+                    change.subject,
+                    change.from_state.label,
+                    change.to_state.label,
+                    change.reason or "-",
+                )
+                key = (self.subject_labels.label(change.subject, labels), change.to_state.label)
+                self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
+
+    def engine_labels(self) -> set[str]:
+        """The subject labels the engine's counters use (OTHER_LABEL excluded)."""
+        engine = self._sidecar.engine
+        labels = {subject for subject, _ in engine.forwarded_by_subject()}
+        labels.update(subject for _, subject in engine.dropped_by_subject())
+        labels.update(subject for subject, _ in engine.batches_by_subject())
+        labels.update(engine.latency_by_subject())
+        labels.discard(OTHER_LABEL)
+        return labels
+
+    # -- prometheus_client Collector ---------------------------------------------------------------------
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples, so that the registry can check names at registration."""
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family with its samples, read now."""
+        yield from self._families(self._sidecar)
+
+    def _families(self, sidecar: Sidecar | None) -> Iterator[Metric]:
+        values = _Values(sidecar, self) if sidecar is not None else None
+
+        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc)
+            if values is not None and value is not None:
+                family.add_metric([], value)
+            return family
+
+        v = values
+        yield gauge(
+            "kpi_backpressure_degradation_level",
+            "Degradation level: 0 none, 1 low, 2 medium, 3 high, 4 critical.",
+            v.level if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_memory_usage_mb",
+            "Memory used, in MB (RSS, or the cgroup's charge inside a container): the memory signal.",
+            v.snapshot.memory_mb if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_queue_size",
+            "Messages held by the sidecar: queued, parked behind open breakers, handed off for shutdown.",
+            v.snapshot.queue_size if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_sampling_rate",
+            "Share of low and medium priority messages kept by sampling (1 = no sampling).",
+            v.snapshot.sampling_rate if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_load_percent",
+            "Load: the highest of the four signals in percent of its threshold.",
+            v.snapshot.load_percent if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_cpu_percent",
+            "CPU used by the process, in percent of one core (the CPU signal).",
+            v.snapshot.cpu_percent if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_incoming_rate",
+            "Messages offered by applications per second (the publish-rate signal).",
+            v.snapshot.publish_rate if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_batch_size",
+            "Messages per upstream batch at the current level.",
+            v.snapshot.batch_size if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_upstream_connected",
+            "1 when the upstream NATS connection is up, else 0.",
+            v.upstream_connected if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_queue_max_size",
+            "maxQueueSize in force.",
+            v.config.max_queue_size if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_queued_bytes",
+            "Bytes of the messages in the queue.",
+            v.snapshot.queued_bytes if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_oldest_queued_age_seconds",
+            "Age of the oldest queued message (0 when the queue is empty).",
+            v.snapshot.oldest_queued_age if v else None,
+        )
+        yield gauge(
+            "kpi_backpressure_cpu_threshold_percent",
+            "CPU threshold in force, in percent of one core (maxCpuUsagePercent scaled by a cgroup quota).",
+            v.snapshot.cpu_threshold_percent if v else None,
+        )
+        yield gauge(
+            "kpi_upstream_pending_bytes",
+            "Bytes written to the upstream connection and not yet sent.",
+            v.pending_bytes if v else None,
+        )
+        yield gauge("kpi_spool_bytes", "Bytes in the disk spool.", v.spool_bytes if v else None)
+        yield gauge("kpi_spool_messages", "Messages in the disk spool.", v.spool_messages if v else None)
+        yield gauge(
+            "kpi_spool_oldest_age_seconds",
+            "Age of the oldest message in the disk spool (0 when empty).",
+            v.spool_oldest_age if v else None,
+        )
+        yield gauge(
+            "kpi_sidecar_clients",
+            "Application connections on the NATS port.",
+            len(sidecar.clients) if sidecar is not None else None,
+        )
+
+        slow = CounterMetricFamily(
+            "kpi_sidecar_slow_consumers",
+            "Application connections closed because they did not read their messages.",
+        )
+        reconnects = CounterMetricFamily("kpi_upstream_reconnects", "Upstream connections lost and re-made.")
+        if sidecar is not None:
+            slow.add_metric([], sidecar.slow_consumers)
+            reconnects.add_metric([], sidecar.upstream.reconnects)
+        yield slow
+        yield reconnects
+
+        breaker_open = GaugeMetricFamily(
+            "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]
+        )
+        published = CounterMetricFamily(
+            "kpi_nats_messages_published",
+            "Messages written to the upstream NATS server (status=success), by subject and priority.",
+            labels=["subject", "status", "priority"],
+        )
+        dropped = CounterMetricFamily(
+            "kpi_streaming_messages_dropped",
+            "Messages dropped by the sidecar, by reason and subject.",
+            labels=["reason", "subject"],
+        )
+        received = CounterMetricFamily(
+            "kpi_streaming_messages_received",
+            "Messages taken in by the sidecar, by declared priority.",
+            labels=["priority"],
+        )
+        latency = HistogramMetricFamily(
+            "kpi_nats_publish_latency_seconds",
+            "Time from ingest to the upstream write, by subject.",
+            labels=["subject"],
+        )
+        batches = CounterMetricFamily(
+            "kpi_streaming_batches_processed",
+            "Queue releases written upstream as one batch, by subject and size class.",
+            labels=["subject", "size"],
+        )
+        level_transitions = CounterMetricFamily(
+            "kpi_backpressure_level_transitions",
+            "Degradation level changes, by from and to level.",
+            labels=["from", "to"],
+        )
+        breaker_transitions = CounterMetricFamily(
+            "kpi_circuit_breaker_transitions",
+            "Circuit breaker state changes, by subject and new state (open, half_open, closed).",
+            labels=["subject", "to"],
+        )
+        if v is not None:
+            for subject, is_open in sorted(v.breakers_open().items()):
+                breaker_open.add_metric([subject], is_open)
+            for (subject, priority), count in sorted(v.engine.forwarded_by_subject().items()):
+                published.add_metric([subject, "success", priority], count)
+            for (reason, subject), count in sorted(v.engine.dropped_by_subject().items()):
+                dropped.add_metric([reason, subject], count)
+            for priority, count in v.received_by_priority():
+                received.add_metric([priority], count)
+            for subject, hist in sorted(v.engine.latency_by_subject().items()):
+                cumulative = 0
+                buckets: list[tuple[str, float]] = []
+                for bound, count in zip(_BUCKET_BOUNDS, hist.buckets, strict=True):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                latency.add_metric([subject], buckets, hist.total)
+            for (subject, size), count in sorted(v.engine.batches_by_subject().items()):
+                batches.add_metric([subject, size], count)
+            for (src, dst), count in sorted(self.level_transitions.items()):
+                level_transitions.add_metric([src, dst], count)
+            for (subject, to), count in sorted(self.breaker_transitions.items()):
+                breaker_transitions.add_metric([subject, to], count)
+        yield from (
+            breaker_open,
+            published,
+            dropped,
+            received,
+            latency,
+            batches,
+            level_transitions,
+            breaker_transitions,
+        )
+
+
+class _Values:
+    """What one scrape reads, computed once."""
+
+    def __init__(self, sidecar: Sidecar, collector: SidecarCollector) -> None:
+        self.sidecar = sidecar
+        self.collector = collector
+        self.engine = sidecar.engine
+        self.config = self.engine.config
+        self.snapshot = self.engine.snapshot(sidecar.loop.time())
+        self.level = self.snapshot.level_value
+        self.upstream_connected = 1.0 if sidecar.upstream.connected else 0.0
+        self.pending_bytes = sidecar.upstream.pending_bytes
+        spool = spool_state(sidecar)
+        self.spool_bytes = spool["bytes"]
+        self.spool_messages = spool["messages"]
+        self.spool_oldest_age = spool["oldestAgeSeconds"]
+
+    def breakers_open(self) -> dict[str, float]:
+        labels = self.collector.engine_labels()
+        out: dict[str, float] = {}
+        for snap in self.engine.breakers():
+            label = self.collector.subject_labels.label(snap.subject, labels)
+            value = 1.0 if snap.state == "open" else 0.0
+            out[label] = max(out.get(label, 0.0), value)
+        return out
+
+    def received_by_priority(self) -> list[tuple[str, int]]:
+        by_priority = getattr(self.engine, "received_by_priority", None)
+        if callable(by_priority):
+            return sorted(by_priority().items())
+        # Until the engine counts received messages by priority, export the total alone.
+        return [("unknown", self.engine.received)]
+
+
+def spool_state(sidecar: Sidecar) -> dict[str, Any]:
+    """Bytes, messages and oldest age of the disk spool (zeros while the sidecar has none)."""
+    spool = getattr(sidecar, "spool", None)
+    if spool is None:
+        return {"enabled": False, "bytes": 0, "messages": 0, "oldestAgeSeconds": 0.0}
+    oldest_age = getattr(spool, "oldest_age", None)
+    age = 0.0
+    if callable(oldest_age):
+        age = float(oldest_age(time.time()))
+    return {
+        "enabled": True,
+        "bytes": int(getattr(spool, "bytes", 0) or 0),
+        "messages": int(getattr(spool, "messages", 0) or 0),
+        "oldestAgeSeconds": round(age, 3),
+    }

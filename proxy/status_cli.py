@@ -1,0 +1,95 @@
+"""`kpi-sidecar status`: a short human summary of a running sidecar, read from its admin API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, TextIO
+
+TIMEOUT_S = 5.0
+
+
+def normalize_admin_url(url: str) -> str:
+    """`127.0.0.1:3000` -> `http://127.0.0.1:3000`; no trailing slash."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    return url.rstrip("/")
+
+
+def fetch_json(url: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+    """GET a JSON envelope; an HTTP error with an envelope body is returned as that envelope."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise OSError(f"HTTP {err.code} {err.reason}") from err
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_status(admin: str, status: dict[str, Any], health: dict[str, Any] | None) -> str:
+    """The summary lines for a /status body (and the /health body when available)."""
+    g = status.get
+    state = (health or {}).get("status", "unknown").upper()
+    queue = g("currentQueueSize", 0)
+    queue_max = g("maxQueueSize") or 0
+    queue_pct = queue * 100.0 / queue_max if queue_max else 0.0
+    drops = g("droppedByReason") or {}
+    drop_text = ", ".join(f"{reason} {count}" for reason, count in sorted(drops.items()))
+    upstream = "connected" if g("upstreamConnected") else "DISCONNECTED"
+    lines = [
+        f"kpi-sidecar at {admin}: {state} (level {g('degradationLevel', '?')}, load "
+        f"{g('loadPercent', 0.0):.0f}% from {g('dominantSignal', '?')})",
+        f"  upstream   {upstream}",
+        f"  queue      {queue} / {queue_max} ({queue_pct:.0f}%), {_bytes(g('queuedBytes', 0))}, "
+        f"oldest {g('oldestQueuedAgeSeconds', 0.0):.1f} s",
+        f"  memory     {g('currentMemoryMB', 0.0):.1f} MB   cpu {g('currentCpuPercent', 0.0):.1f} %   "
+        f"incoming {g('currentPublishRate', 0.0):.1f} msg/s",
+        f"  shedding   sampling rate {g('samplingRate', 1.0) * 100:.0f} %   batch size {g('batchSize', 1)}",
+        f"  messages   received {g('receivedMessages', 0)}  forwarded {g('forwardedMessages', 0)}  "
+        f"dropped {g('droppedMessages', 0)}" + (f" ({drop_text})" if drop_text else ""),
+        f"             sampled out {g('sampledMessages', 0)}  spooled {g('spooledMessages', 0)}",
+        f"  breakers   {g('openCircuitBreakers', 0)} open",
+        f"  spool      {g('spoolMessages', 0)} messages, {_bytes(g('spoolBytes', 0))}",
+        f"  clients    {g('clients', 0)}   uptime {g('uptimeSeconds', 0.0):.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+def print_status(admin_url: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Print the summary; 1 with a clear message when the admin API cannot be reached or answers an error."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    admin = normalize_admin_url(admin_url)
+    url = f"{admin}/api/backpressure/status"
+    try:
+        body = fetch_json(url)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        print(f"kpi-sidecar status: cannot reach the admin API at {admin}: {reason}", file=err)
+        print("  (is the sidecar running? pass --admin http://HOST:PORT for another address)", file=err)
+        return 1
+    if not body.get("success"):
+        error = body.get("error") or {}
+        print(f"kpi-sidecar status: {url} answered an error: {error.get('message', body)}", file=err)
+        return 1
+    try:
+        health = fetch_json(f"{admin}/api/backpressure/health").get("data")
+    except (OSError, ValueError):
+        health = None
+    print(format_status(admin, body.get("data") or {}, health), file=out)
+    return 0
