@@ -76,12 +76,15 @@ class Accounting:
         "dropped",
         "forwarded",
         "received",
+        "received_by_priority",
         "sampled",
         "spooled",
     )
 
     def __init__(self, max_subjects: int = DEFAULT_MAX_SUBJECTS) -> None:
         self.received = 0
+        # Indexed by Priority value (index 0 unused).
+        self.received_by_priority = [0] * (len(Priority) + 1)
         self.forwarded = 0
         self.dropped = 0
         self.sampled = 0
@@ -104,6 +107,11 @@ class Accounting:
         """The metric label of `subject`: the subject itself, or OTHER_LABEL once the labels are used up."""
         return self.counters_for(subject).label
 
+    def receive(self, priority: Priority) -> None:
+        """Count one message received."""
+        self.received += 1
+        self.received_by_priority[priority] += 1
+
     def forward(self, subject: str, priority: Priority) -> None:
         """Count one message forwarded upstream."""
         counters = self._subjects.get(subject)
@@ -116,7 +124,10 @@ class Accounting:
         """Count `n` direct forwards given as (subject, count, priority): no time spent in the sidecar, so
         they land in the first latency bucket, as `observe_latency(subject, 0.0)` would put them."""
         subjects = self._subjects
+        self.received += n
+        by_priority = self.received_by_priority
         for subject, k, priority in groups:
+            by_priority[priority] += k
             counters = subjects.get(subject)
             if counters is None:
                 counters = self.counters_for(subject)

@@ -245,7 +245,7 @@ class Engine:
             return self._drop(item, _DROP_SAMPLING)
         if can_send and self._batch_size == 1 and not self._queue.size and self._bucket.try_take(now):
             acc = self._acc
-            acc.received += 1
+            acc.receive(item.priority)
             acc.forward(item.subject, item.priority)
             return _FORWARD
         return self._enqueue(item, priority, now)
@@ -274,7 +274,6 @@ class Engine:
         bucket.take(n)
         self._meter.add_many(now, n)
         acc = self._acc
-        acc.received += n
         acc.forward_many(groups, n)
         if self._track_traffic:
             for subject, k, _ in groups:
@@ -283,7 +282,7 @@ class Engine:
 
     def _drop(self, item: Item, decision: Decision) -> Decision:
         acc = self._acc
-        acc.received += 1
+        acc.receive(item.priority)
         acc.drop(item.subject, decision.reason)  # type: ignore[arg-type]
         return decision
 
@@ -305,7 +304,7 @@ class Engine:
                 return _BLOCK
             return self._drop(item, _DROP_QUEUE_FULL)
         self._queue.push(item, priority, now)
-        self._acc.received += 1
+        self._acc.receive(item.priority)
         return Decision(Verdict.QUEUE, None, evicted) if evicted else _QUEUE
 
     def _park(self, item: Item) -> Decision:
@@ -318,7 +317,7 @@ class Engine:
             parked = self._parked[item.subject] = deque()
         parked.append(item)
         self._parked_count += 1
-        self._acc.received += 1
+        self._acc.receive(item.priority)
         return Decision(Verdict.QUEUE, None, evicted) if evicted else _QUEUE
 
     def _release_parked(self, now: float) -> None:
@@ -434,7 +433,7 @@ class Engine:
     def _settle(self, item: Any) -> None:
         # An item handed out for shutdown was received already; anything else (e.g. BLOCK) was not.
         if self._handed.pop(id(item), None) is None:
-            self._acc.received += 1
+            self._acc.receive(item.priority)
 
     def note_forwarded(self, item: Item) -> None:
         """The shell forwarded a message the engine had not counted (BLOCK, shutdown hand-off)."""
@@ -457,7 +456,7 @@ class Engine:
             acc.spooled -= 1
         else:
             # Spooled by a previous process: received now, for this process's books.
-            acc.received += 1
+            acc.receive(CRITICAL)
 
     def note_unspooled(self, item: Item) -> None:
         """A spooled message was replayed upstream: it moves from spooled to forwarded."""
@@ -566,6 +565,11 @@ class Engine:
         reset = self._breakers.reset(subject, now)
         self._release_parked(now)
         return reset
+
+    def received_by_priority(self) -> dict[str, int]:
+        """Messages received, by declared priority label."""
+        counts = self._acc.received_by_priority
+        return {p.label: counts[p] for p in Priority}
 
     @property
     def has_breakers(self) -> bool:

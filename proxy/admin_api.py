@@ -220,7 +220,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 def status_data(sidecar: Sidecar) -> dict[str, Any]:
     """The seed's BackpressureMetrics fields (same names) plus the sidecar's own."""
     engine = sidecar.engine
-    now = sidecar.loop.time()
+    now = sidecar.clock()
     snap = engine.snapshot(now)
     spool = spool_state(sidecar)
     return {
@@ -271,7 +271,7 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
     """Per-component health of GET /health/detailed; each has a `status` of ok, warning or critical."""
     engine = sidecar.engine
     config = engine.config
-    now = sidecar.loop.time()
+    now = sidecar.clock()
     snap = engine.snapshot(now)
     upstream = sidecar.upstream
     down_for = (
@@ -372,7 +372,7 @@ async def get_health(request: web.Request) -> web.Response:
             "degradationLevel": sidecar.engine.level.label,
             "upstreamConnected": sidecar.upstream.connected,
             "shuttingDown": sidecar.shutting_down,
-            "uptimeSeconds": round(sidecar.loop.time() - sidecar.started_at, 3),
+            "uptimeSeconds": round(sidecar.clock() - sidecar.started_at, 3),
         }
     )
 
@@ -388,7 +388,7 @@ async def get_health_detailed(request: web.Request) -> web.Response:
             "loadPercent": finite(engine.load_percent),
             "dominantSignal": engine.dominant_signal,
             "shuttingDown": sidecar.shutting_down,
-            "uptimeSeconds": round(sidecar.loop.time() - sidecar.started_at, 3),
+            "uptimeSeconds": round(sidecar.clock() - sidecar.started_at, 3),
             "components": components,
         }
     )
@@ -496,7 +496,7 @@ def parse_config_update(
 
 def apply_config(sidecar: Sidecar, config: BackpressureConfig, rules: list[PolicyRule] | None) -> None:
     """Hand a validated configuration to the engine, all at once, and keep sidecar.config in step."""
-    sidecar.engine.update_config(config, rules, now=sidecar.loop.time())
+    sidecar.engine.update_config(config, rules, now=sidecar.clock())
     policies = rules if rules is not None else sidecar.config.policies
     sidecar.config = msgspec.structs.replace(sidecar.config, backpressure=config, policies=list(policies))
     log.warning("configuration changed through the admin API: %s", msgspec.to_builtins(config))
@@ -532,7 +532,7 @@ class BreakerAction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 def _wall(sidecar: Sidecar, monotonic: float | None) -> str | None:
     if monotonic is None:
         return None
-    return iso_timestamp(time.time() - (sidecar.loop.time() - monotonic))
+    return iso_timestamp(time.time() - (sidecar.clock() - monotonic))
 
 
 def breaker_json(sidecar: Sidecar, snap: Any) -> dict[str, Any]:
@@ -578,7 +578,7 @@ async def post_breaker(request: web.Request) -> web.Response:
             {"field": "subject", "errors": [f"$.subject: invalid subject {subject!r}"]},
         )
     engine = sidecar.engine
-    now = sidecar.loop.time()
+    now = sidecar.clock()
     if action.action == "open":
         changed = engine.open_breaker(subject, now)
         if not changed and engine.breaker_state(subject).label != "open":
@@ -673,7 +673,7 @@ async def get_recommendations(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
     engine = sidecar.engine
     now_wall = time.time()
-    offset = now_wall - sidecar.loop.time()
+    offset = now_wall - sidecar.clock()
     changes = [
         LevelChange(t.timestamp_monotonic + offset, int(t.from_level), int(t.to_level))
         for t in engine.history()

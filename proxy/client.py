@@ -109,7 +109,7 @@ class ClientConnection(asyncio.Protocol):
         if self.held:
             self.held.extend(ops)
             return
-        self.process(ops, self.sidecar.loop.time())
+        self.process(ops, self.sidecar.clock())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -193,7 +193,7 @@ class ClientConnection(asyncio.Protocol):
     def resume(self) -> bool:
         """Retry held ops after the sidecar made room; True when nothing is held any more."""
         ops, self.held = self.held, []
-        self.process(ops, self.sidecar.loop.time())
+        self.process(ops, self.sidecar.clock())
         if self.held:
             return False
         if self.transport is not None and not self.closed:

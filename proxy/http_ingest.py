@@ -162,7 +162,7 @@ def header_block(pairs: list[tuple[str, str]], priority: str | None = None) -> b
 def _retry_after(sidecar: Sidecar, subject: str, reason: str | None) -> int:
     engine = sidecar.engine
     if reason == "circuit_breaker":
-        now = sidecar.loop.time()
+        now = sidecar.clock()
         for snap in engine.breakers():
             if snap.subject == subject and snap.next_attempt_at is not None:
                 return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(snap.next_attempt_at - now))))
@@ -256,7 +256,7 @@ async def post_publish_subject(request: web.Request) -> web.Response:
         headers = header_block(pairs)
         header_priority = next((v for k, v in pairs if k.lower() == "kpi-priority"), None)
         status, data = publish_one(
-            sidecar, subject, reply, payload, headers, header_priority, sidecar.loop.time()
+            sidecar, subject, reply, payload, headers, header_priority, sidecar.clock()
         )
     except Refused as err:
         raise _api_error(err) from err
@@ -332,7 +332,7 @@ async def post_publish_batch(request: web.Request) -> web.Response:
     _check_running(sidecar)
     raw = await request.read()
     items = _decode_batch(raw, sidecar.config.http.max_batch_items)
-    now = sidecar.loop.time()
+    now = sidecar.clock()
     results: list[dict[str, Any]] = []
     summary: dict[str, int] = {}
     retry_after = 0

@@ -220,7 +220,7 @@ class LoadTest:
             self.measurement_error = self.measurement_error or str(err)
             log.warning("load test failed: %s", err)
         finally:
-            self.finished_mono = self._sidecar.loop.time()
+            self.finished_mono = self._sidecar.clock()
             self.finished_wall = time.time()
             if self._stop.is_set() and self.state in ("starting", "running", "draining"):
                 self.state = "stopped"
@@ -300,7 +300,6 @@ class LoadTest:
 
     async def _generate(self, spec: LoadTestSpec, headers: bytes | None) -> None:
         sidecar = self._sidecar
-        loop = sidecar.loop
         rate = spec.messages_per_second
         subjects = spec.subjects
         n_subjects = len(subjects)
@@ -311,10 +310,10 @@ class LoadTest:
         monotonic = time.monotonic
         max_per_slice = max(1, int(rate * MAX_CATCH_UP_S))
         total = self.total
-        self.started_mono = start = loop.time()
+        self.started_mono = start = sidecar.clock()
         self.started_wall = time.time()
         while self.sent < total and not self._stop.is_set() and not sidecar.shutting_down:
-            now = loop.time()
+            now = sidecar.clock()
             due = min(total, int((now - start) * rate) + 1)
             count = min(due - self.sent, max_per_slice)
             for _ in range(count):
@@ -328,7 +327,7 @@ class LoadTest:
                 break
             next_at = start + self.sent / rate
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), max(SLICE_S, next_at - loop.time()))
+                await asyncio.wait_for(self._stop.wait(), max(SLICE_S, next_at - sidecar.clock()))
         if sidecar.shutting_down and self.sent < total:
             self._stop.set()
 
@@ -348,9 +347,9 @@ class LoadTest:
     async def _drain_wait(self) -> None:
         if not self.measured:
             return
-        loop = self._sidecar.loop
-        deadline = loop.time() + DRAIN_WAIT_S
-        while loop.time() < deadline and not self._stop.is_set():
+        sidecar = self._sidecar
+        deadline = sidecar.clock() + DRAIN_WAIT_S
+        while sidecar.clock() < deadline and not self._stop.is_set():
             if self.delivered >= self.accepted:
                 return
             with contextlib.suppress(TimeoutError):
@@ -359,7 +358,7 @@ class LoadTest:
     def status(self) -> dict[str, Any]:
         """What GET /api/backpressure/load-test/status shows."""
         spec = self.spec
-        now = self._sidecar.loop.time()
+        now = self._sidecar.clock()
         elapsed = 0.0
         if self.started_mono is not None:
             elapsed = (self.finished_mono or now) - self.started_mono

@@ -305,7 +305,7 @@ class _Values:
         self.collector = collector
         self.engine = sidecar.engine
         self.config = self.engine.config
-        self.snapshot = self.engine.snapshot(sidecar.loop.time())
+        self.snapshot = self.engine.snapshot(sidecar.clock())
         self.level = self.snapshot.level_value
         self.upstream_connected = 1.0 if sidecar.upstream.connected else 0.0
         self.pending_bytes = sidecar.upstream.pending_bytes

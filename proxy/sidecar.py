@@ -11,6 +11,7 @@ import logging
 import random
 import secrets
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -111,12 +112,15 @@ class Sidecar:
     def __init__(self, config: SidecarConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
+        # The shell's one clock, read once per batch of work and passed to the engine: time.monotonic, not
+        # loop.time(), which uvloop moves in whole milliseconds (latencies need better).
+        self.clock = time.monotonic
         self.server_id = "KPI" + secrets.token_hex(12).upper()
         self.engine = Engine(
             config.backpressure,
             config.policies,
             rng=rng or random.Random(),
-            now=self.loop.time(),
+            now=self.clock(),
             max_subjects=config.metrics.max_subjects,
         )
         self.upstream = Upstream(config.upstream, self)
@@ -126,7 +130,7 @@ class Sidecar:
         self.subs: dict[int, ClientSub] = {}
         self.slow_consumers = 0
         self.total_connections = 0
-        self.started_at = self.loop.time()
+        self.started_at = self.clock()
         self.shutting_down = False
         self.nats_port: int | None = None
         self.bound_ports: dict[str, int | None] = {}
@@ -195,7 +199,7 @@ class Sidecar:
             return
         self.shutting_down = True
         grace = self.config.shutdown.grace_ms / 1000
-        deadline = self.loop.time() + grace
+        deadline = self.clock() + grace
         log.info("shutting down: draining for up to %.1fs", grace)
         for server in self._servers:
             server.close()
@@ -204,10 +208,10 @@ class Sidecar:
                 client.transport.pause_reading()
         # Forward everything the upstream can take, keeping a margin of the grace to write the rest to disk.
         margin = min(2.0, grace / 4)
-        while self.loop.time() < deadline - margin:
+        while self.clock() < deadline - margin:
             if self.upstream.can_send:
                 self._resend_unconfirmed()
-                now = self.loop.time()
+                now = self.clock()
                 for msg in self.engine.drain(now):
                     self._write(msg, now)
                 self.upstream.flush()
@@ -270,10 +274,10 @@ class Sidecar:
             return True
         down_since = self.upstream.disconnected_at
         threshold = self.config.spool.upstream_down_threshold_ms / 1000
-        return down_since is not None and self.loop.time() - down_since >= threshold
+        return down_since is not None and self.clock() - down_since >= threshold
 
     def _spool_queued_critical(self) -> None:
-        now = self.loop.time()
+        now = self.clock()
         for msg in self.engine.hand_over_critical():
             if self._spool_one(msg):
                 self.engine.note_spooled(msg)
@@ -293,7 +297,7 @@ class Sidecar:
                 rows = await spool.read(0, batch_size)
                 if not rows:
                     break
-                now = self.loop.time()
+                now = self.clock()
                 msgs = [
                     OutMsg(r.subject, None, CRITICAL, len(r.frame), r.frame, None, now, None) for r in rows
                 ]
@@ -455,7 +459,7 @@ class Sidecar:
         if entry is None:
             return
         out, _ = entry
-        now = self.loop.time()
+        now = self.clock()
         body = msg.body[msg.hdr_size :] if msg.hdr_size > 0 else msg.body
         failed = msg.hdr_size > 0 and not body  # a status message: 503 no stream captures the subject
         if not failed:
@@ -500,7 +504,7 @@ class Sidecar:
         lowered = text.lower()
         if lowered.startswith("permissions violation for publish to"):
             subject = text.rpartition(" ")[2].strip('"')
-            now = self.loop.time()
+            now = self.clock()
             self.engine.breaker_failure(subject, now)
             if len(self._last_failure) >= MAX_FAILURE_RECORDS and subject not in self._last_failure:
                 self._last_failure.pop(next(iter(self._last_failure)))
@@ -655,7 +659,7 @@ class Sidecar:
 
             def confirmed(ok: bool) -> None:
                 if ok:
-                    now = self.loop.time()
+                    now = self.clock()
                     for subject in trials:
                         self.engine.breaker_success(subject, now)
 
@@ -702,7 +706,7 @@ class Sidecar:
     def _resend_unconfirmed(self) -> None:
         if not self._resend or not self.upstream.can_send:
             return
-        now = self.loop.time()
+        now = self.clock()
         resend, self._resend = self._resend, deque()
         for msg in resend:
             self._write(msg, now)
@@ -724,7 +728,7 @@ class Sidecar:
         if self._pump_timer is not None:
             self._pump_timer.cancel()
             self._pump_timer = None
-        now = self.loop.time()
+        now = self.clock()
         upstream = self.upstream
         if upstream.can_send:
             self._resend_unconfirmed()
@@ -738,7 +742,7 @@ class Sidecar:
         self._resume_held()
         deadline = self.engine.next_deadline()
         if deadline is not None and self.upstream.can_send:
-            self._pump_timer = self.loop.call_at(max(deadline, now + 0.0005), self._pump)
+            self._pump_timer = self.loop.call_later(max(deadline - now, 0.0005), self._pump)
 
     def _resume_held(self) -> None:
         while self._held_clients:
@@ -750,7 +754,7 @@ class Sidecar:
 
     def drain_now(self) -> int:
         """Forward everything queued now, ignoring batching delay and the rate ceiling (admin action)."""
-        now = self.loop.time()
+        now = self.clock()
         if not self.upstream.can_send:
             return 0
         msgs = self.engine.drain(now)
@@ -765,18 +769,18 @@ class Sidecar:
     # -- periodic work -------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
         client_ping_every = self.config.clients.ping_interval_ms / 1000
-        next_client_ping = self.loop.time() + client_ping_every
+        next_client_ping = self.clock() + client_ping_every
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             self.tick()
-            if self.loop.time() >= next_client_ping:
-                next_client_ping = self.loop.time() + client_ping_every
+            if self.clock() >= next_client_ping:
+                next_client_ping = self.clock() + client_ping_every
                 for client in list(self.clients):
                     client.ping()
 
     def tick(self) -> None:
         """Sample the signals, let the engine re-evaluate its level, and release due work."""
-        now = self.loop.time()
+        now = self.clock()
         sample = self.resources.sample()
         transition = self.engine.tick(
             now,

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -137,7 +138,7 @@ class Upstream:
         self.connected_url: str | None = None
         self.reconnects = 0
         self.last_error: str | None = None
-        self.disconnected_at: float | None = self.loop.time()
+        self.disconnected_at: float | None = time.monotonic()
         self._proto: _UpstreamProtocol | None = None
         self._out = bytearray()
         self._flush_scheduled = False
@@ -317,7 +318,7 @@ class Upstream:
         self.connected = False
         self._connected_event.clear()
         self._proto = None
-        self.disconnected_at = self.loop.time()
+        self.disconnected_at = time.monotonic()
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
