@@ -30,6 +30,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+async def settle(nc: Any) -> None:
+    """Make a nats-py connection's earlier SUB/UNSUBs live on the server: nats-py writes a flush's PING
+    ahead of commands still in its own buffer, so the first flush can overtake them (against nats-server
+    too); the second flush's PING follows them on the wire."""
+    await nc.flush()
+    await nc.flush()
+
+
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ import nats
 import pytest
 
 from tests.admin.api import call, check_schema, wait_for
+from tests.conftest import settle
 from tests.deploy.metric_names import exported_families
 
 P = "/api/backpressure"
@@ -96,9 +97,7 @@ def test_clear_and_drain_the_queue(stack: Any) -> None:
         async def drain_and_receive() -> int:
             nc = await nats.connect(stack.nats.url)
             sub = await nc.subscribe("kpi.drain.>")
-            # Twice: nats-py's first flush may overtake its own SUB (docs/architecture.md).
-            await nc.flush()
-            await nc.flush()
+            await settle(nc)
             for _ in range(6):
                 call(stack.sidecar.http_url, "POST", "/publish/kpi.drain.x", raw=b"d")
             drain_path = f"{P}/actions/drain-queue"

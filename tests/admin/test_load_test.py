@@ -11,6 +11,7 @@ import pytest
 
 from proxy.load_test import MAX_RATE, LatencyReservoir, percentile
 from tests.admin.api import call, check_schema, wait_for
+from tests.conftest import settle
 
 P = "/api/backpressure"
 START = f"{P}/load-test"
@@ -35,9 +36,7 @@ def test_a_load_test_reaches_the_upstream_with_its_priority(stack: Any) -> None:
         # An independent subscriber on the upstream sees the same messages.
         nc = await nats.connect(stack.nats.url)
         sub = await nc.subscribe("test.load.>")
-        # Twice: nats-py's first flush may overtake its own SUB (docs/architecture.md).
-        await nc.flush()
-        await nc.flush()
+        await settle(nc)
         started = check_schema(call(stack.admin, "POST", START, body), START, "POST")
         assert started.status == 202 and started.data["running"] is True
         busy = check_schema(call(stack.admin, "POST", START, body), START, "POST")

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from proxy import config as sidecar_config_module
 from proxy.cli import build_parser
 from proxy.config import build_config, load_config
+from tests.conftest import settle
 from tests.deploy.metric_names import REPO_ROOT
 
 DOCKER_DIR = REPO_ROOT / "docker"
@@ -328,7 +329,7 @@ async def test_demo_publisher_publishes_kpi_messages_with_mixed_priorities(nats_
     nc = await nats.connect(nats_server.url)
     try:
         await nc.subscribe("kpi.>", cb=collect)
-        await nc.flush()
+        await settle(nc)
         args = demo.build_parser().parse_args(
             ["--url", nats_server.url, "--count", str(count), "--rate", "2000"]
         )

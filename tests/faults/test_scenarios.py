@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from tests.conftest import ROOT, NatsServer, SidecarProcess, sidecar_config
+from tests.conftest import ROOT, NatsServer, SidecarProcess, settle, sidecar_config
 from tests.faults.relay import FreezableRelay
 from tests.faults.test_zero_loss import add_stream, connect, stored_payloads
 
@@ -70,7 +70,7 @@ async def test_normal_operation_success_rate_and_latency(
         latencies.append(time.time() - float(msg.data.decode()))
 
     await direct.subscribe("normal.>", cb=on_msg)
-    await direct.flush()
+    await settle(direct)
     app = await connect(sidecar.nats_url)
     sent = 0
     start = time.monotonic()
@@ -205,7 +205,7 @@ async def test_cpu_saturation_keeps_critical_flowing_and_raises_level_on_cpu(
             got.append(msg.data)
 
         await direct.subscribe("cpu.critical.>", cb=on_msg)
-        await direct.flush()
+        await settle(direct)
         publisher = flood(proc.ports["nats"], "cpu.flood", 128, seconds=6)
         app = await connect(proc.nats_url)
         signals: set[str] = set()
@@ -290,9 +290,9 @@ async def test_bad_input_everywhere_leaves_the_process_healthy(
     app = await connect(sidecar.nats_url)
     direct = await connect(nats_server.url)
     sub = await direct.subscribe("after.junk")
-    await direct.flush()
+    await settle(direct)
     await app.publish("after.junk", b"still works")
-    await app.flush()
+    await settle(app)
     assert (await sub.next_msg(timeout=3)).data == b"still works"
     await app.close()
     await direct.close()

@@ -17,6 +17,7 @@ from proxy.config import build_config
 from proxy.http_ingest import create_ingest_app, forwarded_headers, header_block
 from proxy.sidecar import Sidecar
 from tests.admin.api import Answer, call, wait_for
+from tests.conftest import settle
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,7 @@ def receive(
     async def run() -> tuple[Any, list]:
         nc = await nats.connect(stack.nats.url)
         sub = await nc.subscribe(subject)
-        # Twice: nats-py's first flush may overtake its own SUB (docs/architecture.md).
-        await nc.flush()
-        await nc.flush()
+        await settle(nc)
         result = await asyncio.to_thread(action)
         msgs = [await sub.next_msg(timeout=timeout) for _ in range(count)]
         await nc.close()

@@ -14,17 +14,17 @@ import nats
 import psutil
 import pytest
 
-from tests.conftest import NatsServer, SidecarProcess, sidecar_config
+from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
 from tests.integration.test_wire_conformance import exchange
 
 
 async def roundtrip(app_url: str, direct_url: str, subject: str, **direct_kwargs: Any) -> bytes:
     direct = await nats.connect(direct_url, allow_reconnect=False, **direct_kwargs)
     sub = await direct.subscribe(subject)
-    await direct.flush()
+    await settle(direct)
     app = await nats.connect(app_url, allow_reconnect=False)
     await app.publish(subject, b"hello")
-    await app.flush()
+    await settle(app)
     data = (await sub.next_msg(timeout=3)).data
     await app.close()
     await direct.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import nats
 
-from tests.conftest import NatsServer, SidecarProcess, sidecar_config
+from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
 
 PERMISSIONS = """
 authorization {
@@ -37,10 +37,10 @@ async def test_permission_violations_open_the_subjects_breaker(
         allowed.append(msg.data)
 
     await watcher.subscribe("allowed.x", cb=on_allowed)
-    await watcher.flush()
+    await settle(watcher)
     for i in range(3):
         await app.publish("forbidden.x", str(i).encode())
-        await app.flush()
+        await settle(app)
     # The upstream answers each with -ERR 'Permissions Violation ...'; three open the breaker.
     deadline = time.monotonic() + 5
     breakers: list[dict[str, Any]] = []

@@ -10,7 +10,7 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.js.api import StreamConfig
 
-from tests.conftest import NatsServer, SidecarProcess, sidecar_config
+from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
 
 
 async def connect(url: str, **kwargs: object) -> nats.NATS:
@@ -35,10 +35,10 @@ async def test_publish_in_order_reaches_direct_subscriber(sidecar: SidecarProces
         got.append(msg.data)
 
     await direct.subscribe("orders.created", cb=cb)
-    await direct.flush()
+    await settle(direct)
     for i in range(2000):
         await app.publish("orders.created", str(i).encode())
-    await app.flush()
+    await settle(app)
     await wait_until(lambda: len(got) == 2000)
     assert got == [str(i).encode() for i in range(2000)]
     await app.close()
@@ -49,7 +49,7 @@ async def test_headers_preserved(sidecar: SidecarProcess) -> None:
     direct = await connect(sidecar.upstream.url)
     app = await connect(sidecar.nats_url)
     sub = await direct.subscribe("h.test")
-    await direct.flush()
+    await settle(direct)
     await app.publish("h.test", b"body", headers={"X-One": "1", "Trace-Id": "abc def"})
     msg = await sub.next_msg(timeout=3)
     assert msg.data == b"body"
@@ -63,10 +63,7 @@ async def test_subscribe_through_sidecar_and_flush_registers_interest(sidecar: S
     direct = await connect(sidecar.upstream.url)
     sub = await app.subscribe("events.>")
     # flush() must mean the subscription is live upstream: a direct publish right after must arrive.
-    # nats-py writes a flush's PING ahead of a SUB still in its own buffer (so against nats-server too
-    # the first flush can overtake the SUB); the second PING follows the SUB on the wire.
-    await app.flush()
-    await app.flush()
+    await settle(app)
     await direct.publish("events.a.b", b"hello", headers={"K": "v"})
     msg = await sub.next_msg(timeout=3)
     assert (msg.subject, msg.data, msg.headers) == ("events.a.b", b"hello", {"K": "v"})
@@ -83,8 +80,8 @@ async def test_request_reply_both_directions(sidecar: SidecarProcess) -> None:
 
     await direct.subscribe("svc.direct", cb=echo)
     await app.subscribe("svc.app", cb=echo)
-    await direct.flush()
-    await app.flush()
+    await settle(direct)
+    await settle(app)
     resp = await app.request("svc.direct", b"ping", timeout=3)
     assert resp.data == b"re:ping"
     resp = await direct.request("svc.app", b"pong", timeout=3)
@@ -115,7 +112,7 @@ async def test_queue_group_delivers_each_message_once(sidecar: SidecarProcess) -
 
     for i, nc in enumerate([*apps, direct]):
         await nc.subscribe("work.q", queue="workers", cb=counter(i))
-        await nc.flush()
+        await settle(nc)
     publisher = await connect(sidecar.upstream.url)
     for i in range(600):
         await publisher.publish("work.q", str(i).encode())
@@ -138,10 +135,10 @@ async def test_unsubscribe_with_max(sidecar: SidecarProcess) -> None:
 
     sub = await app.subscribe("limited", cb=cb)
     await sub.unsubscribe(limit=3)
-    await app.flush()
+    await settle(app)
     for i in range(10):
         await direct.publish("limited", str(i).encode())
-    await direct.flush()
+    await settle(direct)
     await asyncio.sleep(0.5)
     assert got == [b"0", b"1", b"2"]
     await wait_until(lambda: "limited" not in sidecar.upstream.subscriptions_of("kpi-sidecar"))
@@ -170,7 +167,7 @@ async def test_no_leaked_upstream_subscriptions(sidecar: SidecarProcess) -> None
     for i, nc in enumerate(apps):
         await nc.subscribe(f"leak.{i}.a")
         await nc.subscribe(f"leak.{i}.b", queue="g")
-        await nc.flush()
+        await settle(nc)
     subs = sidecar.upstream.subscriptions_of("kpi-sidecar")
     assert sum(s.startswith("leak.") for s in subs) == 6
     await apps[0].close()
@@ -231,9 +228,8 @@ async def test_no_echo_is_per_application(sidecar: SidecarProcess) -> None:
 
     await quiet.subscribe("echo.test", cb=on_quiet)
     await chatty.subscribe("echo.test", cb=on_chatty)
-    await quiet.flush()
-    await chatty.flush()
-    await chatty.flush()
+    await settle(quiet)
+    await settle(chatty)
     for i in range(5):
         await quiet.publish("echo.test", f"quiet{i}".encode())
         await chatty.publish("echo.test", f"chatty{i}".encode())

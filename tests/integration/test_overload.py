@@ -9,7 +9,7 @@ from typing import Any
 
 import nats
 
-from tests.conftest import NatsServer, SidecarProcess, sidecar_config
+from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
 
 CEILING = 400  # maxPublishRate of the test sidecar
 # (multiple of the ceiling, seconds): level none, then medium/high, then critical.
@@ -67,7 +67,7 @@ async def test_stepped_overload_sheds_in_order_keeps_critical_and_recovers(
         received[(int(phase), msg.subject.split(".")[1], settled == "1")] += 1
 
     await direct.subscribe("ov.>", cb=count)
-    await direct.flush()
+    await settle(direct)
     levels: list[str] = []
     polling = True
 
