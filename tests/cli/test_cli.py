@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from proxy.status_cli import format_status, normalize_admin_url
@@ -130,3 +131,29 @@ def test_status_formatting_and_url_normalization() -> None:
     )
     assert text.splitlines()[0] == "kpi-sidecar at http://x: DEGRADED (level high, load 163% from queue)"
     assert "DISCONNECTED" in text and "800 / 1000 (80%)" in text and "(low_priority 2, sampling 5)" in text
+
+
+def test_run_with_a_port_already_taken_fails_with_one_line(tmp_path: Path) -> None:
+    import socket as _socket
+
+    taken = _socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = tmp_path / "busy.yaml"
+    config.write_text(
+        f'listen: {{nats: "127.0.0.1:{port}", http: null, admin: "127.0.0.1:0"}}\n'
+        f'upstream: {{servers: ["nats://127.0.0.1:1"], connectTimeoutMs: 100}}\n'
+        f"spool: {{path: {tmp_path / 'spool'}}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    taken.close()
+    assert out.returncode == 1
+    assert "address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
