@@ -527,8 +527,9 @@ class Sidecar:
         priority, rule = self.engine.classify(op.subject, header_priority)
         frame = op.frame
         if priority is CRITICAL:
-            return self._publish_critical(op.subject, op.reply, op.payload, headers, frame, client, rule, now)
-        msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule)
+            msg = self._critical_msg(op.subject, op.reply, op.payload, headers, frame, client, rule, now)
+        else:
+            msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule)
         return self.offer(msg, now).verdict is not BLOCK
 
     def publish_run(self, op: PubRun, now: float) -> bool:
@@ -546,20 +547,6 @@ class Sidecar:
             return False
         upstream.write(op.frames)
         return True
-
-    def _publish_critical(
-        self,
-        subject: str,
-        reply: str | None,
-        payload: bytes,
-        headers: bytes | None,
-        frame: bytes,
-        client: ClientConnection | None,
-        rule: Any,
-        now: float,
-    ) -> bool:
-        msg = self._critical_msg(subject, reply, payload, headers, frame, client, rule, now)
-        return self.offer(msg, now).verdict is not BLOCK
 
     def _critical_msg(
         self,
