@@ -168,8 +168,8 @@ async def test_memory_pressure_with_stalled_upstream_stays_bounded(
         status = proc.status()
     finally:
         nats_server.resume()
-    # Documented margin (docs/zero-loss.md, "Memory bound"): the queue is bounded by maxQueueSize messages, the upstream
-    # buffer by upstream.maxPendingBytes; RSS stays under maxMemoryUsageMB + 50 MB.
+    # The documented margin (docs/zero-loss.md, "Memory bound"): the queue is bounded by maxQueueSize
+    # messages, the upstream buffer by upstream.maxPendingBytes; RSS stays under maxMemoryUsageMB + 50 MB.
     assert peak < max_mb + 50, f"peak RSS {peak:.0f} MB (baseline {baseline:.0f} MB)"
     assert healthy
     assert status["currentQueueSize"] <= 20000
