@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from policies.circuit_breaker import BreakerState
-from policies.config import Delivery, Priority
+from policies.config import BatchMode, Delivery, Priority
 from policies.engine import Decision, Engine, Verdict
 from policies.subjects import subject_matches
 from proxy import __version__
 from proxy.client import ClientConnection, ClientSub
 from proxy.config import SidecarConfig
+from proxy.envelope import RECORD_OVERHEAD, envelope_headers, pack, split_frame
 from proxy.nats_protocol import (
     DEFAULT_MAX_PAYLOAD,
     Msg,
@@ -60,6 +61,9 @@ HALF_OPEN = BreakerState.HALF_OPEN
 # Messages released from the queue per step of the pump; the upstream flushes every UPSTREAM_FLUSH_BYTES.
 PUMP_SLICE = 1024
 CLOSED = BreakerState.CLOSED
+ENVELOPE = BatchMode.ENVELOPE
+# Room kept in an envelope for its control line and KPI-Batch-* headers under the upstream's max_payload.
+ENVELOPE_HEADER_ROOM = 256
 
 
 class OutMsg:
@@ -158,6 +162,9 @@ class Sidecar:
         self._acks: dict[str, tuple[OutMsg, float]] = {}
         # Breakers: subjects of half-open trials written in this loop iteration, and last failure times.
         self._trial_subjects: set[str] = set()
+        # `batchMode: envelope` messages of this loop iteration, by subject, and envelopes written.
+        self._envelopes: dict[str, list[OutMsg]] = {}
+        self.envelopes_sent = 0
         self._last_failure: dict[str, float] = {}
         self._ack_tokens = itertools.count(1)
         self.ack_failures = 0
@@ -538,9 +545,9 @@ class Sidecar:
         classify = self.engine.classify
         groups: list[tuple[str, int, Priority]] = []
         for subject, count in op.counts.items():
-            priority = classify(subject, None)[0]
-            if priority is CRITICAL:
-                return False  # critical messages need their Nats-Msg-Id and a confirmation
+            priority, rule = classify(subject, None)
+            if priority is CRITICAL or (rule is not None and rule.batch_mode is ENVELOPE):
+                return False  # critical: Msg-Id and confirmation; envelope: packed per subject
             groups.append((subject, count, priority))
         upstream = self.upstream
         if not self.engine.forward_batch(groups, op.n, now, upstream.can_send):
@@ -618,7 +625,11 @@ class Sidecar:
             client.send_status(msg.reply, 503, reason)
 
     def _write(self, msg: OutMsg, now: float) -> None:
-        self.upstream.write(msg.frame)
+        rule = msg.rule
+        if rule is not None and rule.batch_mode is ENVELOPE and msg.reply is None and msg.priority < CRITICAL:
+            self._envelope(msg)
+        else:
+            self.upstream.write(msg.frame)
         client = msg.client
         if client is not None and not client.echo:
             self._expect_echo(client, msg)
@@ -634,6 +645,35 @@ class Sidecar:
                 self._inflight[batch_id] = self._unconfirmed_batch
                 self.upstream.confirm(lambda ok: self._confirmed(batch_id, ok))
             self._unconfirmed_batch.append(msg)
+
+    def _envelope(self, msg: OutMsg) -> None:
+        """Hold a `batchMode: envelope` message: this iteration's messages of a subject go as one."""
+        pending = self._envelopes.get(msg.subject)
+        if pending is None:
+            pending = self._envelopes[msg.subject] = []
+            if len(self._envelopes) == 1:
+                self.loop.call_soon(self._flush_envelopes)
+        pending.append(msg)
+
+    def _flush_envelopes(self) -> None:
+        envelopes, self._envelopes = self._envelopes, {}
+        limit = self.max_payload
+        for subject, msgs in envelopes.items():
+            records: list[tuple[bytes | None, bytes]] = []
+            size = 0
+            for msg in msgs:
+                record = split_frame(msg.frame)
+                record_size = len(record[0] or b"") + len(record[1]) + RECORD_OVERHEAD
+                if records and size + record_size + ENVELOPE_HEADER_ROOM > limit:
+                    self._write_envelope(subject, records)
+                    records, size = [], 0
+                records.append(record)
+                size += record_size
+            self._write_envelope(subject, records)
+
+    def _write_envelope(self, subject: str, records: list[tuple[bytes | None, bytes]]) -> None:
+        self.upstream.write(encode_pub(subject, None, pack(records), envelope_headers(len(records))))
+        self.envelopes_sent += 1
 
     def _note_trial(self, subject: str) -> None:
         """A half-open breaker's trial message: it succeeded if the PONG after it comes back first.

@@ -123,3 +123,38 @@ async def test_stepped_overload_sheds_in_order_keeps_critical_and_recovers(
     )
     assert status["receivedMessages"] == sum(sent.values())
     await direct.close()
+
+
+async def test_envelope_rule_packs_messages_of_a_subject(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    from proxy.envelope import unpack
+
+    config = sidecar_config(nats_server.url, policies=[{"subject": "env.>", "batchMode": "envelope"}])
+    proc: SidecarProcess = sidecar_factory(config)
+    direct = await nats.connect(nats_server.url)
+    envelopes: list[Any] = []
+
+    async def on_msg(msg: Any) -> None:
+        envelopes.append(msg)
+
+    await direct.subscribe("env.>", cb=on_msg)
+    await settle(direct)
+    app = await nats.connect(proc.nats_url)
+    for i in range(200):
+        await app.publish("env.kpi", str(i).encode(), headers={"Seq": str(i)} if i % 2 else None)
+    await app.publish("plain.kpi", b"not enveloped")
+    await app.flush()
+    deadline = time.monotonic() + 5
+    unpacked: list[tuple[bytes | None, bytes]] = []
+    while time.monotonic() < deadline:
+        unpacked = [r for m in envelopes for r in unpack(m.data)]
+        if len(unpacked) >= 200:
+            break
+        await asyncio.sleep(0.05)
+    assert [payload for _, payload in unpacked] == [str(i).encode() for i in range(200)]
+    assert all((head is not None) == bool(i % 2) for i, (head, _) in enumerate(unpacked))
+    assert all(int(m.headers["KPI-Batch-Count"]) == len(unpack(m.data)) for m in envelopes)
+    assert len(envelopes) < 200  # fewer, larger messages
+    await app.close()
+    await direct.close()
