@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 import msgspec
@@ -416,6 +416,13 @@ class Engine:
         """Put back a message handed over by hand_over_critical() that the shell could not place."""
         self._handed.pop(id(item), None)
         self._queue.push(item, CRITICAL, now)
+
+    def drop_queued(self, predicate: Callable[[Any], bool], reason: str) -> list[Any]:
+        """Remove queued messages matching `predicate`, counted as dropped for `reason`."""
+        items = self._queue.remove_if(predicate)
+        for item in items:
+            self._acc.drop(item.subject, reason)
+        return items
 
     def critical_queued(self) -> int:
         """Critical messages held in memory (queue and parked)."""

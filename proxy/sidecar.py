@@ -51,6 +51,7 @@ DROP = Verdict.DROP
 BLOCK = Verdict.BLOCK
 TICK_INTERVAL_S = 1.0
 SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
+TOO_BIG = Decision(Verdict.DROP, "max_payload", ())
 # The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
 ACK_SID = 0
 # Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
@@ -305,18 +306,28 @@ class Sidecar:
                 if not rows:
                     break
                 now = self.clock()
-                msgs = [
-                    OutMsg(r.subject, None, CRITICAL, len(r.frame), r.frame, None, now, None) for r in rows
-                ]
+                msgs = []
+                for r in rows:
+                    headers, payload = split_frame(r.frame)
+                    size = len(payload) + len(headers or b"")
+                    msgs.append(OutMsg(r.subject, None, CRITICAL, size, r.frame, None, now, None))
+                sendable = [m for m in msgs if m.size <= self.max_payload]
+                if len(sendable) < len(msgs):
+                    log.error(
+                        "spool: %d rows above the upstream's max_payload, dropped", len(msgs) - len(sendable)
+                    )
                 confirmed: asyncio.Future[bool] = self.loop.create_future()
-                for msg in msgs:
+                for msg in sendable:
                     self.upstream.write(msg.frame)
                 self.upstream.confirm(lambda ok, fut=confirmed: fut.done() or fut.set_result(ok))
                 if not await confirmed:
                     break  # connection lost: the rows stay, replay starts over after the reconnect
                 spool.delete([r.id for r in rows], sum(len(r.frame) for r in rows))
-                for msg in msgs:
+                for msg in sendable:
                     self.engine.note_unspooled(msg)
+                for msg in msgs:
+                    if msg.size > self.max_payload:
+                        self.engine.note_spool_dropped(msg, "max_payload")
                 self.replayed += len(rows)
                 self._schedule_pump()
                 # Replay takes at most half the publish-rate ceiling; live traffic keeps the other half.
@@ -427,9 +438,18 @@ class Sidecar:
 
     # -- upstream callbacks --------------------------------------------------------------------------
     def on_upstream_connected(self, info: dict[str, Any]) -> None:
-        self.max_payload = int(info.get("max_payload", DEFAULT_MAX_PAYLOAD))
+        previous, self.max_payload = self.max_payload, int(info.get("max_payload", DEFAULT_MAX_PAYLOAD))
         for client in self.clients:
             client.parser.max_payload = self.max_payload
+        if self.max_payload < previous:
+            # Accepted under the larger limit: the upstream would close the connection on them.
+            limit = self.max_payload
+            too_big = self.engine.drop_queued(lambda m: m.size > limit, "max_payload")
+            self._resend = deque(m for m in self._resend if m.size <= limit)
+            if too_big:
+                log.warning(
+                    "dropped %d queued messages above the upstream's max_payload %d", len(too_big), limit
+                )
         self._resend_unconfirmed()
         self._replay_wakeup.set()
         self._schedule_pump()
@@ -602,6 +622,13 @@ class Sidecar:
         return self.offer(msg, now)
 
     def offer(self, msg: OutMsg, now: float) -> Decision:
+        if msg.size > self.max_payload:
+            # Accepted under a larger limit (before the upstream's INFO, or from an earlier server): the
+            # upstream would close the shared connection on it, so it never goes out.
+            self.engine.note_dropped(msg, "max_payload")
+            self.engine.breaker_failure(msg.subject, now)
+            self._refused(msg, "max_payload")
+            return TOO_BIG
         decision = self.engine.offer(msg, now, self.upstream.can_send)
         verdict = decision.verdict
         if verdict is FORWARD:

@@ -179,3 +179,38 @@ def test_max_connections(nats_server: NatsServer, sidecar_factory: Any) -> None:
     assert data == b"-ERR 'maximum connections exceeded'\r\n"
     for sock in keep:
         sock.close()
+
+
+async def test_messages_above_the_upstreams_max_payload_never_reach_it(
+    nats_factory: Any, sidecar_factory: Any
+) -> None:
+    upstream: NatsServer = nats_factory(extra_conf="max_payload: 1024")
+    upstream.stop()  # the sidecar starts before it knows the upstream's limit (1 MiB by default)
+    proc: SidecarProcess = sidecar_factory(sidecar_config(upstream.url))
+    app = await nats.connect(proc.nats_url, allow_reconnect=False)
+    await app.publish("mp.small", b"a")
+    await app.publish("mp.big", b"x" * 4096)  # accepted under 1 MiB, too big for the upstream
+    await app.publish("mp.small", b"b")
+    await app.flush()
+    upstream.start()
+    direct = await nats.connect(upstream.url)
+    sub = await direct.subscribe("mp.>")
+    await settle(direct)
+    await app.publish("mp.small", b"c")
+    await app.flush()
+    seen: list[bytes] = []
+    while not seen or seen[-1] != b"c":
+        seen.append((await sub.next_msg(timeout=5)).data)
+    assert set(seen) <= {
+        b"a",
+        b"b",
+        b"c",
+    }  # the small ones queued meanwhile may arrive too; never the big one
+    status = proc.status()
+    # The oversize message was dropped, not written: the shared upstream connection was never closed.
+    assert status["upstreamConnected"] is True
+    upstream_health = proc.get("/api/backpressure/health/detailed")["data"]["components"]["upstream"]
+    assert upstream_health["reconnects"] == 0, upstream_health
+    assert "max_payload" in proc.log()
+    await app.close()
+    await direct.close()
