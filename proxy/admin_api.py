@@ -307,6 +307,7 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
             "lastError": upstream.last_error,
             "disconnectedSeconds": round(down_for, 3),
             "pendingBytes": upstream.pending_bytes,
+            "pendingAcks": len(sidecar.pending_acks),
         },
         "queue": {
             "status": _ratio_status(snap.queue_ratio),

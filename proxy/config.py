@@ -104,6 +104,8 @@ class SpoolConfig(Base, frozen=True):
     upstream_down_threshold_ms: Milliseconds = 5_000
     # Unconfirmed critical messages older than this are resent.
     ack_timeout_ms: Milliseconds = 5_000
+    # `delivery: jetstream` messages awaiting their PubAck; at the limit new messages wait in the queue.
+    max_pending_acks: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
 
 
 class ShutdownConfig(Base, frozen=True):

@@ -209,6 +209,11 @@ class SidecarCollector:
             v.spool_oldest_age if v else None,
         )
         yield gauge(
+            "kpi_sidecar_pending_acks",
+            "Critical messages awaiting their JetStream PubAck (bounded by spool.maxPendingAcks).",
+            len(sidecar.pending_acks) if sidecar is not None else None,
+        )
+        yield gauge(
             "kpi_sidecar_clients",
             "Application connections on the NATS port.",
             len(sidecar.clients) if sidecar is not None else None,

@@ -151,6 +151,7 @@ def _health_detailed_schema() -> dict[str, Any]:
                             "lastError": {"type": ["string", "null"]},
                             "disconnectedSeconds": NUM,
                             "pendingBytes": NNINT,
+                            "pendingAcks": NNINT,
                         }
                     ),
                     "queue": _obj(

@@ -462,6 +462,7 @@ class Sidecar:
         # A PubAck can no longer arrive on this connection: resend after the reconnect.
         self._resend.extend(msg for msg, _ in self._acks.values())
         self._acks.clear()
+        self.upstream.hold = False
 
     def on_upstream_msg(self, msg: Msg) -> None:
         sub = self.subs.get(msg.sid)
@@ -501,14 +502,26 @@ class Sidecar:
             self._acks[token] = (out, now + self.config.spool.ack_timeout_ms / 1000)
         else:
             self.engine.breaker_success(out.subject, now)
+            self._release_ack_hold()
+
+    @property
+    def pending_acks(self) -> dict[str, tuple[OutMsg, float]]:
+        """`delivery: jetstream` messages awaiting their PubAck, by token."""
+        return self._acks
+
+    def _release_ack_hold(self) -> None:
+        if self.upstream.hold and len(self._acks) < self.config.spool.max_pending_acks:
+            self.upstream.hold = False
+            self._schedule_pump()
 
     def _expire_acks(self, now: float) -> None:
         expired = [token for token, (_, deadline) in self._acks.items() if deadline <= now]
-        for token in expired:
-            msg, _ = self._acks.pop(token)
+        msgs = [self._acks.pop(token)[0] for token in expired]
+        self._release_ack_hold()
+        for msg in msgs:
             self.engine.breaker_failure(msg.subject, now)
             if self.upstream.can_send:
-                self._write(msg, now)
+                self._write(msg, now)  # again, same Nats-Msg-Id: JetStream drops it if it had arrived
             else:
                 self._resend.append(msg)
 
@@ -662,7 +675,10 @@ class Sidecar:
             self._expect_echo(client, msg)
         self.engine.observe_latency(msg.subject, now - msg.received_at)
         if msg.ack_token is not None:
-            self._acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
+            acks = self._acks
+            acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
+            if len(acks) >= self.config.spool.max_pending_acks:
+                self.upstream.hold = True  # the queue holds the rest until PubAcks come back
             return
         if self.engine.has_breakers and self.engine.breaker_state(msg.subject) is HALF_OPEN:
             self._note_trial(msg.subject)

@@ -134,6 +134,8 @@ class Upstream:
         self.handler = handler
         self.loop = asyncio.get_running_loop()
         self.connected = False
+        # Set by the sidecar to stop handing over publishes (e.g. too many PubAcks outstanding).
+        self.hold = False
         self.server_info: dict[str, Any] = {}
         self.connected_url: str | None = None
         self.reconnects = 0
@@ -158,7 +160,7 @@ class Upstream:
     def can_send(self) -> bool:
         """True when publishes may be written now (connected and the socket is not backed up)."""
         proto = self._proto
-        return self.connected and proto is not None and not proto.paused
+        return self.connected and proto is not None and not proto.paused and not self.hold
 
     @property
     def pending_bytes(self) -> int:

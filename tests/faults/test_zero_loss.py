@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -122,4 +123,32 @@ async def test_core_critical_messages_confirmed_by_ping_survive_reconnect(
     upstream.start()
     payloads = await stored_payloads(upstream.url, "CORE", 300, timeout=30)
     assert sorted(payloads, key=int) == [str(i).encode() for i in range(300)]
+    await app.close()
+
+
+async def test_pending_pubacks_are_bounded_and_the_rest_waits_in_the_queue(
+    nats_factory: Any, sidecar_factory: Any, workdir: Path
+) -> None:
+    # No stream captures "unacked.>": every PubAck is a 503, so the messages stay pending (never dropped).
+    upstream: NatsServer = nats_factory(jetstream=True)
+    config = zero_loss_config(upstream, workdir)
+    config["policies"] = [{"subject": "unacked.>", "priority": "critical", "delivery": "jetstream"}]
+    config["spool"].update({"maxPendingAcks": 5, "ackTimeoutMs": 2000})
+    proc: SidecarProcess = sidecar_factory(config)
+    app = await connect(proc.nats_url)
+    for i in range(20):
+        await app.publish("unacked.x", str(i).encode())
+    await app.flush()
+    await asyncio.sleep(0.5)
+    upstream_health = proc.get("/api/backpressure/health/detailed")["data"]["components"]["upstream"]
+    status = proc.status()
+    assert upstream_health["pendingAcks"] == 5  # at the limit, no further
+    assert status["currentQueueSize"] == 15  # the rest waits, counted, never dropped
+    assert status["droppedMessages"] == 0
+    metrics = urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5).read().decode()
+    assert "kpi_sidecar_pending_acks 5.0" in metrics
+    # Once a stream captures the subject, the resends are acknowledged and everything drains.
+    await add_stream(upstream.url, "UNACKED", ["unacked.>"])
+    payloads = await stored_payloads(upstream.url, "UNACKED", 20, timeout=30)
+    assert sorted(payloads, key=int) == [str(i).encode() for i in range(20)]
     await app.close()
