@@ -546,10 +546,12 @@ class Sidecar:
             subject = text.rpartition(" ")[2].strip('"')
             now = self.clock()
             self.engine.breaker_failure(subject, now)
-            if len(self._last_failure) >= MAX_FAILURE_RECORDS and subject not in self._last_failure:
-                self._last_failure.pop(next(iter(self._last_failure)))
+            if subject not in self._last_failure:
+                # Once per episode (until a quiet recoveryDelayMs), not once per refused message.
+                log.warning("upstream refused a publish: %s", text)
+                if len(self._last_failure) >= MAX_FAILURE_RECORDS:
+                    self._last_failure.pop(next(iter(self._last_failure)))
             self._last_failure[subject] = now
-            log.warning("upstream refused a publish: %s", text)
         elif lowered.startswith("permissions violation for subscription to"):
             subject = text.rpartition(" ")[2].strip('"')
             for sub in list(self.subs.values()):
