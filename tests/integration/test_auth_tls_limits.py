@@ -214,3 +214,37 @@ async def test_messages_above_the_upstreams_max_payload_never_reach_it(
     assert "max_payload" in proc.log()
     await app.close()
     await direct.close()
+
+
+async def test_fails_over_to_the_next_server_and_replays_subscriptions(
+    nats_factory: Any, sidecar_factory: Any
+) -> None:
+    first: NatsServer = nats_factory()
+    second: NatsServer = nats_factory()
+    config = sidecar_config(first.url)
+    config["upstream"].update({"servers": [first.url, second.url], "pingIntervalMs": 500})
+    proc: SidecarProcess = sidecar_factory(config)
+    app = await nats.connect(proc.nats_url, allow_reconnect=False)
+    sub = await app.subscribe("failover.in")
+    await settle(app)
+    first.kill()
+    # The application's connection to the sidecar survives; its subscription moves to the second server.
+    direct = await nats.connect(second.url)
+    got = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not got:
+        await direct.publish("failover.in", b"via second")
+        await direct.flush()
+        try:
+            got = (await sub.next_msg(timeout=0.3)).data
+        except nats.errors.TimeoutError:
+            continue
+    assert got == b"via second"
+    out = await direct.subscribe("failover.out")
+    await settle(direct)
+    await app.publish("failover.out", b"from app")
+    await app.flush()
+    assert (await out.next_msg(timeout=3)).data == b"from app"
+    assert app.is_connected
+    await app.close()
+    await direct.close()
