@@ -134,7 +134,6 @@ class Sidecar:
         self.clients: set[ClientConnection] = set()
         self.subs: dict[int, ClientSub] = {}
         self.slow_consumers = 0
-        self.total_connections = 0
         self.started_at = self.clock()
         self.shutting_down = False
         self.nats_port: int | None = None
@@ -145,7 +144,6 @@ class Sidecar:
         self._servers: list[asyncio.AbstractServer] = []
         self._pump_scheduled = False
         self._pump_timer: asyncio.TimerHandle | None = None
-        self._pump_deadline: float | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._held_clients: deque[ClientConnection] = deque()
         # Critical messages written upstream and not yet confirmed by a PONG (one batch per flush, keyed
@@ -172,7 +170,6 @@ class Sidecar:
         self._replay_wakeup = asyncio.Event()
         self._replay_task: asyncio.Task[None] | None = None
         self.replayed = 0
-        self.last_transition: Any = None
         # Called with `now` after every tick (history ring, load test bookkeeping).
         self.tick_listeners: list[Callable[[float], None]] = []
 
@@ -380,7 +377,6 @@ class Sidecar:
         if self.shutting_down or len(self.clients) >= self.config.clients.max_connections:
             return False
         self.clients.add(client)
-        self.total_connections += 1
         return True
 
     def unregister_client(self, client: ClientConnection) -> None:
@@ -533,9 +529,6 @@ class Sidecar:
                 del self._last_failure[subject]
                 if self.engine.breaker_state(subject) is CLOSED:
                     self.engine.breaker_success(subject, now)
-
-    def on_upstream_batch_end(self) -> None:
-        pass
 
     def on_upstream_writable(self) -> None:
         self._schedule_pump()
@@ -861,7 +854,6 @@ class Sidecar:
             cpu_quota_cores=sample.cpu_quota_cores,
         )
         if transition is not None:
-            self.last_transition = transition
             log.warning(
                 "degradation level %s -> %s (load %.0f%%, dominant signal %s)",
                 transition.from_level.label,

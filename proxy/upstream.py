@@ -25,7 +25,6 @@ from proxy import __version__
 from proxy.config import UpstreamConfig
 from proxy.errors import ProtocolError, UpstreamUnavailable
 from proxy.nats_protocol import (
-    OK,
     PING,
     PING_FRAME,
     PONG,
@@ -51,7 +50,6 @@ class UpstreamHandler(Protocol):
     def on_upstream_connected(self, info: dict[str, Any]) -> None: ...
     def on_upstream_lost(self) -> None: ...
     def on_upstream_msg(self, msg: Msg) -> None: ...
-    def on_upstream_batch_end(self) -> None: ...
     def on_upstream_error(self, text: str) -> None: ...
     def on_upstream_writable(self) -> None: ...
     def resubscribe_frames(self) -> bytes: ...
@@ -76,29 +74,23 @@ class _UpstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         owner = self.owner
         handler = owner.handler
-        try:
-            for op in self.parser.feed_data(data):
-                if type(op) is Msg:
-                    if owner.connected:
-                        handler.on_upstream_msg(op)
-                elif op is PING:
-                    self.transport.write(PONG_FRAME)  # type: ignore[union-attr]
-                elif op is PONG:
-                    if self.handshake is not None and not self.handshake.done():
-                        self.handshake.set_result(None)
-                    else:
-                        owner.on_pong()
-                elif type(op) is Info:
-                    owner.server_info = op.options
-                    if not self.info.done():
-                        self.info.set_result(op.options)
-                elif type(op) is Err:
-                    self.on_err(op)
-                elif op is OK:
-                    pass
-        finally:
-            if owner.connected:
-                handler.on_upstream_batch_end()
+        for op in self.parser.feed_data(data):
+            if type(op) is Msg:
+                if owner.connected:
+                    handler.on_upstream_msg(op)
+            elif op is PING:
+                self.transport.write(PONG_FRAME)  # type: ignore[union-attr]
+            elif op is PONG:
+                if self.handshake is not None and not self.handshake.done():
+                    self.handshake.set_result(None)
+                else:
+                    owner.on_pong()
+            elif type(op) is Info:
+                owner.server_info = op.options
+                if not self.info.done():
+                    self.info.set_result(op.options)
+            elif type(op) is Err:
+                self.on_err(op)
 
     def on_err(self, op: Err) -> None:
         if self.handshake is not None and not self.handshake.done():
@@ -108,6 +100,9 @@ class _UpstreamProtocol(asyncio.Protocol):
             self.info.set_exception(ProtocolError(op.text))
             return
         self.owner.handler.on_upstream_error(op.text)
+        if op.fatal and self.transport is not None:
+            # The server closes after a fatal -ERR; after garbage our parser has stopped: reconnect.
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         err = exc or UpstreamUnavailable("connection closed by the server")
