@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PongCallback = Callable[[bool], None]
 FLUSH_BYTES = 256 * 1024
+DIRECT_WRITE_BYTES = 16 * 1024
 
 
 class UpstreamHandler(Protocol):
@@ -166,6 +167,12 @@ class Upstream:
     # -- writing -------------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         """Queue bytes for the upstream; they go out in one write at the end of this loop iteration."""
+        if len(data) >= DIRECT_WRITE_BYTES and self.connected and self._proto is not None:
+            # A large run goes to the socket as it is (after what is buffered, to keep the order): one
+            # copy of every forwarded byte less.
+            self.flush()
+            self._proto.transport.write(data)  # type: ignore[union-attr]
+            return
         out = self._out
         out += data
         if len(out) >= FLUSH_BYTES:
