@@ -149,6 +149,7 @@ class Sidecar:
         # Critical messages written upstream and not yet confirmed by a PONG (one batch per flush, keyed
         # by an id), and those whose connection died before the PONG, to resend after the reconnect.
         self._unconfirmed_batch: list[OutMsg] = []
+        self._batch_ping = -1
         self._inflight: dict[int, list[OutMsg]] = {}
         self._batch_ids = itertools.count(1)
         self._resend: deque[OutMsg] = deque()
@@ -161,6 +162,7 @@ class Sidecar:
         self._acks: dict[str, tuple[OutMsg, float]] = {}
         # Breakers: subjects of half-open trials written in this loop iteration, and last failure times.
         self._trial_subjects: set[str] = set()
+        self._trial_ping = -1
         # `batchMode: envelope` messages of this loop iteration, by subject, and envelopes written.
         self._envelopes: dict[str, list[OutMsg]] = {}
         self.envelopes_sent = 0
@@ -678,11 +680,23 @@ class Sidecar:
         if self.engine.has_breakers and self.engine.breaker_state(msg.subject) is HALF_OPEN:
             self._note_trial(msg.subject)
         if msg.priority is CRITICAL:
-            if not self._unconfirmed_batch:
-                batch_id = next(self._batch_ids)
-                self._inflight[batch_id] = self._unconfirmed_batch
-                self.upstream.confirm(lambda ok: self._confirmed(batch_id, ok))
-            self._unconfirmed_batch.append(msg)
+            self._await_confirmation(msg)
+
+    def _await_confirmation(self, msg: OutMsg) -> None:
+        """Keep a critical message until the PONG of a PING written after it comes back.
+
+        Messages join the open batch only while its PING has not been written yet (a PONG confirms only
+        what went out before its PING); then a new batch and a new PING.
+        """
+        upstream = self.upstream
+        batch = self._unconfirmed_batch
+        if batch and self._batch_ping == upstream.pings_written:
+            batch.append(msg)
+            return
+        batch_id = next(self._batch_ids)
+        self._unconfirmed_batch = self._inflight[batch_id] = [msg]
+        self._batch_ping = upstream.pings_written
+        upstream.confirm(lambda ok: self._confirmed(batch_id, ok))
 
     def _envelope(self, msg: OutMsg) -> None:
         """Hold a `batchMode: envelope` message: this iteration's messages of a subject go as one."""
@@ -719,22 +733,20 @@ class Sidecar:
         Core NATS has no ack, but the server answers in order: a permissions -ERR for the trial arrives
         before the PONG of a PING written after it (and reopens the breaker, so the success is ignored).
         """
-        if not self._trial_subjects:
-            trials = self._trial_subjects
+        upstream = self.upstream
+        if self._trial_subjects and self._trial_ping == upstream.pings_written:
+            self._trial_subjects.add(subject)
+            return
+        trials = self._trial_subjects = {subject}
+        self._trial_ping = upstream.pings_written
 
-            def confirmed(ok: bool) -> None:
-                if ok:
-                    now = self.clock()
-                    for subject in trials:
-                        self.engine.breaker_success(subject, now)
+        def confirmed(ok: bool) -> None:
+            if ok:
+                now = self.clock()
+                for trial in trials:
+                    self.engine.breaker_success(trial, now)
 
-            self.upstream.confirm(confirmed)
-        self._trial_subjects.add(subject)
-        if len(self._trial_subjects) == 1:
-            self.loop.call_soon(self._new_trial_batch)
-
-    def _new_trial_batch(self) -> None:
-        self._trial_subjects = set()
+        upstream.confirm(confirmed)
 
     def _expect_echo(self, client: ClientConnection, msg: OutMsg) -> None:
         """The upstream will echo this message to the client's matching subs: remember it to skip it there.

@@ -132,6 +132,8 @@ class Upstream:
         self.connected = False
         # Set by the sidecar to stop handing over publishes (e.g. too many PubAcks outstanding).
         self.hold = False
+        # PINGs written for confirm() callbacks: what is written after one is not covered by its PONG.
+        self.pings_written = 0
         self.server_info: dict[str, Any] = {}
         self.connected_url: str | None = None
         self.reconnects = 0
@@ -207,6 +209,7 @@ class Upstream:
             self._out += PING_FRAME
             self._pong_waiters.append(self._pending_callbacks)
             self._pending_callbacks = []
+            self.pings_written += 1
         if self._out:
             data, self._out = self._out, bytearray()
             proto.transport.write(data)
