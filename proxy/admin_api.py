@@ -299,7 +299,7 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
         "upstream": {
             "status": upstream_status,
             "connected": upstream.connected,
-            "url": getattr(upstream, "connected_url", None),
+            "url": upstream.connected_url,
             "serverVersion": info.get("version"),
             "serverName": info.get("server_name"),
             "maxPayload": sidecar.max_payload,
@@ -473,7 +473,8 @@ def parse_config_update(
             {"field": unknown[0], "errors": [f"$.{key}: unknown field {key!r}" for key in unknown]},
         )
     updates = {k: v for k, v in body.items() if k != "policies"}
-    merged = {**msgspec.to_builtins(current), **updates}
+    before = msgspec.to_builtins(current)
+    merged = {**before, **updates}
     errors = collect_errors(merged, BackpressureConfig)
     if not errors:
         errors = _bounds_errors(merged)
@@ -489,7 +490,7 @@ def parse_config_update(
         rules = msgspec.convert(policies, list[PolicyRule]) if "policies" in body else None
     except msgspec.ValidationError as err:
         raise validation_error(err) from err
-    changed = [k for k in updates if msgspec.to_builtins(current).get(k) != merged[k]]
+    changed = [k for k in updates if before.get(k) != merged[k]]
     if rules is not None:
         changed.append("policies")
     return config, rules, changed
@@ -530,21 +531,24 @@ class BreakerAction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     action: Literal["open", "close", "reset"]
 
 
-def _wall(sidecar: Sidecar, monotonic: float | None) -> str | None:
-    if monotonic is None:
-        return None
-    return iso_timestamp(time.time() - (sidecar.clock() - monotonic))
+def wall_offset(sidecar: Sidecar) -> float:
+    """Add to a time on the sidecar's monotonic clock to get epoch seconds (read once per request)."""
+    return time.time() - sidecar.clock()
 
 
-def breaker_json(sidecar: Sidecar, snap: Any) -> dict[str, Any]:
-    """One breaker with wall-clock times."""
+def _wall(offset: float, monotonic: float | None) -> str | None:
+    return None if monotonic is None else iso_timestamp(monotonic + offset)
+
+
+def breaker_json(snap: Any, offset: float) -> dict[str, Any]:
+    """One breaker with wall-clock times; `offset` from wall_offset()."""
     return {
         "subject": snap.subject,
         "state": snap.state,
         "reason": snap.reason,
-        "openedAt": _wall(sidecar, snap.opened_at),
+        "openedAt": _wall(offset, snap.opened_at),
         "failures": snap.failures,
-        "nextAttemptAt": _wall(sidecar, snap.next_attempt_at),
+        "nextAttemptAt": _wall(offset, snap.next_attempt_at),
         "backoffMs": snap.backoff_ms,
     }
 
@@ -552,7 +556,8 @@ def breaker_json(sidecar: Sidecar, snap: Any) -> dict[str, Any]:
 async def get_breakers(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
     engine = sidecar.engine
-    breakers = [breaker_json(sidecar, b) for b in engine.breakers()]
+    offset = wall_offset(sidecar)
+    breakers = [breaker_json(b, offset) for b in engine.breakers()]
     return envelope(
         {
             "enabled": engine.config.enable_circuit_breaker,
@@ -595,7 +600,7 @@ async def post_breaker(request: web.Request) -> web.Response:
             "action": action.action,
             "changed": bool(changed),
             "state": engine.breaker_state(subject).label,
-            "breaker": breaker_json(sidecar, snap) if snap is not None else None,
+            "breaker": breaker_json(snap, wall_offset(sidecar)) if snap is not None else None,
         }
     )
 
@@ -649,9 +654,10 @@ async def post_clear_queue(request: web.Request) -> web.Response:
 async def get_degradation_history(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
     engine = sidecar.engine
+    offset = wall_offset(sidecar)
     transitions = [
         {
-            "timestamp": _wall(sidecar, t.timestamp_monotonic),
+            "timestamp": _wall(offset, t.timestamp_monotonic),
             "from": t.from_level.label,
             "to": t.to_level.label,
             "fromValue": int(t.from_level),

@@ -86,7 +86,6 @@ class MetricHistory:
     """Rings of samples: one per second for the last hour, one per minute for `history_seconds`."""
 
     def __init__(self, history_seconds: int = 86_400, fine_seconds: int = FINE_SECONDS) -> None:
-        self.history_seconds = history_seconds
         self._fine: deque[Sample] = deque(maxlen=min(fine_seconds, history_seconds))
         self._coarse: deque[Sample] = deque(maxlen=max(1, history_seconds // COARSE_STEP_S))
         self._minute: list[Sample] = []
@@ -107,10 +106,6 @@ class MetricHistory:
             self._minute = []
         self._minute_key = key
         self._minute.append(sample)
-
-    def latest(self) -> Sample | None:
-        """The most recent sample, or None before the first."""
-        return self._fine[-1] if self._fine else None
 
     def recent(self, seconds: float, now_wall: float | None = None) -> list[Sample]:
         """Per-second samples of the last `seconds` (at most one hour)."""

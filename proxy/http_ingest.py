@@ -125,6 +125,13 @@ def check_subject(value: str, field: str) -> None:
         )
 
 
+def check_addresses(subject: str, reply: str | None) -> None:
+    """check_subject for the subject and, when given, the reply subject."""
+    check_subject(subject, "subject")
+    if reply is not None:
+        check_subject(reply, "reply")
+
+
 def forwarded_headers(raw_headers: Any) -> list[tuple[str, str]]:
     """The request headers that become NATS headers, in order, names as sent."""
     pairs = [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in raw_headers]
@@ -181,10 +188,7 @@ def publish_one(
     header_priority: str | None,
     now: float,
 ) -> tuple[int, dict[str, Any]]:
-    """Offer one message; (HTTP status, what happened). Refused for a bad or oversized message."""
-    check_subject(subject, "subject")
-    if reply is not None:
-        check_subject(reply, "reply")
+    """Offer one message, its subjects already checked; (HTTP status, what happened). Refused if oversized."""
     size = len(payload) + (len(headers) if headers is not None else 0)
     if size > sidecar.max_payload:
         raise Refused(
@@ -213,8 +217,7 @@ def outcome(
             return 202, {**result, "result": "spooled"}
         return 202, {**result, "result": "queued"}
     if verdict is Verdict.BLOCK:
-        retry = 1
-        return 429, {**result, "result": "blocked", "reason": "no_room", "retryAfterSeconds": retry}
+        return 429, {**result, "result": "blocked", "reason": "no_room", "retryAfterSeconds": 1}
     reason = decision.reason or "dropped"
     kind = "sampled_out" if reason == "sampling" else "dropped"
     on_refuse = rule.on_refuse if rule is not None and rule.on_refuse is not None else OnRefuse.REJECT
@@ -224,10 +227,10 @@ def outcome(
     return 202, {**result, "result": kind, "reason": reason}
 
 
-def _refused_response(status: int, data: dict[str, Any]) -> web.Response:
+def _refused_error(data: dict[str, Any]) -> ApiError:
     retry = data.get("retryAfterSeconds", 1)
     message = f"the message was refused ({data.get('reason')}); retry after {retry} s"
-    raise ApiError(status, "REFUSED", message, data, headers={"Retry-After": str(retry)})
+    return ApiError(429, "REFUSED", message, data, headers={"Retry-After": str(retry)})
 
 
 def _check_running(sidecar: Sidecar) -> None:
@@ -248,9 +251,8 @@ async def post_publish_subject(request: web.Request) -> web.Response:
     subject = request.match_info["subject"]
     reply = request.query.get("reply")
     try:
-        check_subject(subject, "subject")
-        if reply is not None:
-            check_subject(reply, "reply")
+        # Before reading the body: a bad subject is refused without taking it in.
+        check_addresses(subject, reply)
         payload = await request.read()
         pairs = forwarded_headers(request.raw_headers)
         headers = header_block(pairs)
@@ -261,7 +263,7 @@ async def post_publish_subject(request: web.Request) -> web.Response:
     except Refused as err:
         raise _api_error(err) from err
     if status == 429:
-        return _refused_response(status, data)
+        raise _refused_error(data)
     return envelope(data, status=status)
 
 
@@ -280,10 +282,9 @@ def _decode_batch(raw: bytes, max_items: int) -> list[Any]:
             raise ApiError(400, "INVALID_BODY", "a JSON array is expected", {"field": None})
     else:
         lines = [line for line in text.splitlines() if line.strip()]
-        if len(lines) > max_items:
-            lines = lines[: max_items + 1]
         items = []
-        for line in lines:
+        # One line past the limit is enough to refuse the batch: decode no more.
+        for line in lines[: max_items + 1]:
             try:
                 items.append(msgspec.json.decode(line))
             except msgspec.DecodeError as err:
@@ -345,6 +346,7 @@ async def post_publish_batch(request: web.Request) -> web.Response:
             except msgspec.ValidationError as err:
                 raise Refused(400, "INVALID_ITEM", str(err)) from err
             payload, headers, header_priority = _item_message(item)
+            check_addresses(item.subject, item.reply)
             status, data = publish_one(
                 sidecar, item.subject, item.reply, payload, headers, header_priority, now
             )

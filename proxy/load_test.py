@@ -364,7 +364,7 @@ class LoadTest:
             elapsed = (self.finished_mono or now) - self.started_mono
         progress = 0.0
         if spec is not None:
-            if self.state in ("completed",):
+            if self.state == "completed":
                 progress = 100.0
             elif self.total:
                 progress = min(100.0, self.sent * 100.0 / self.total)

@@ -21,11 +21,9 @@ import time
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from proxy.load_test import PREFIX, LatencyReservoir
+from proxy.load_test import MAX_CATCH_UP_S, PREFIX, SLICE_S, LatencyReservoir
 from proxy.status_cli import fetch_json, normalize_admin_url
 
-SLICE_S = 0.01
-MAX_CATCH_UP_S = 0.5
 DRAIN_WAIT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 INTERVAL_SAMPLES = 20_000
@@ -305,9 +303,6 @@ def run_loadtest(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     """Entry point of `kpi-sidecar loadtest`."""
     out = out or sys.stdout
     err = err or sys.stderr
-    for name, default in (("admin", None), ("soak", False), ("min_success_rate", 0.0), ("json", False)):
-        if not hasattr(args, name):
-            setattr(args, name, default)
     problem = validate(args)
     if problem is not None:
         print(f"kpi-sidecar loadtest: {problem}", file=err)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -122,102 +122,12 @@ class SidecarCollector:
         yield from self._families(self._sidecar)
 
     def _families(self, sidecar: Sidecar | None) -> Iterator[Metric]:
-        values = _Values(sidecar, self) if sidecar is not None else None
-
-        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+        v = _Values(sidecar, self) if sidecar is not None else None
+        for name, doc, read in _GAUGES:
             family = GaugeMetricFamily(name, doc)
-            if values is not None and value is not None:
-                family.add_metric([], value)
-            return family
-
-        v = values
-        yield gauge(
-            "kpi_backpressure_degradation_level",
-            "Degradation level: 0 none, 1 low, 2 medium, 3 high, 4 critical.",
-            v.level if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_memory_usage_mb",
-            "Memory used, in MB (RSS, or the cgroup's charge inside a container): the memory signal.",
-            v.snapshot.memory_mb if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_queue_size",
-            "Messages held by the sidecar: queued, parked behind open breakers, handed off for shutdown.",
-            v.snapshot.queue_size if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_sampling_rate",
-            "Share of low and medium priority messages kept by sampling (1 = no sampling).",
-            v.snapshot.sampling_rate if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_load_percent",
-            "Load: the highest of the four signals in percent of its threshold.",
-            v.snapshot.load_percent if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_cpu_percent",
-            "CPU used by the process, in percent of one core (the CPU signal).",
-            v.snapshot.cpu_percent if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_incoming_rate",
-            "Messages offered by applications per second (the publish-rate signal).",
-            v.snapshot.publish_rate if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_batch_size",
-            "Messages per upstream batch at the current level.",
-            v.snapshot.batch_size if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_upstream_connected",
-            "1 when the upstream NATS connection is up, else 0.",
-            v.upstream_connected if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_queue_max_size",
-            "maxQueueSize in force.",
-            v.config.max_queue_size if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_queued_bytes",
-            "Bytes of the messages in the queue.",
-            v.snapshot.queued_bytes if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_oldest_queued_age_seconds",
-            "Age of the oldest queued message (0 when the queue is empty).",
-            v.snapshot.oldest_queued_age if v else None,
-        )
-        yield gauge(
-            "kpi_backpressure_cpu_threshold_percent",
-            "CPU threshold in force, in percent of one core (maxCpuUsagePercent scaled by a cgroup quota).",
-            v.snapshot.cpu_threshold_percent if v else None,
-        )
-        yield gauge(
-            "kpi_upstream_pending_bytes",
-            "Bytes written to the upstream connection and not yet sent.",
-            v.pending_bytes if v else None,
-        )
-        yield gauge("kpi_spool_bytes", "Bytes in the disk spool.", v.spool_bytes if v else None)
-        yield gauge("kpi_spool_messages", "Messages in the disk spool.", v.spool_messages if v else None)
-        yield gauge(
-            "kpi_spool_oldest_age_seconds",
-            "Age of the oldest message in the disk spool (0 when empty).",
-            v.spool_oldest_age if v else None,
-        )
-        yield gauge(
-            "kpi_sidecar_pending_acks",
-            "Critical messages awaiting their JetStream PubAck (bounded by spool.maxPendingAcks).",
-            len(sidecar.pending_acks) if sidecar is not None else None,
-        )
-        yield gauge(
-            "kpi_sidecar_clients",
-            "Application connections on the NATS port.",
-            len(sidecar.clients) if sidecar is not None else None,
-        )
+            if v is not None:
+                family.add_metric([], read(v))
+            yield family
 
         slow = CounterMetricFamily(
             "kpi_sidecar_slow_consumers",
@@ -275,7 +185,7 @@ class SidecarCollector:
                 published.add_metric([subject, "success", priority], count)
             for (reason, subject), count in sorted(v.engine.dropped_by_subject().items()):
                 dropped.add_metric([reason, subject], count)
-            for priority, count in v.received_by_priority():
+            for priority, count in sorted(v.engine.received_by_priority().items()):
                 received.add_metric([priority], count)
             for subject, hist in sorted(v.engine.latency_by_subject().items()):
                 cumulative = 0
@@ -309,15 +219,8 @@ class _Values:
         self.sidecar = sidecar
         self.collector = collector
         self.engine = sidecar.engine
-        self.config = self.engine.config
         self.snapshot = self.engine.snapshot(sidecar.clock())
-        self.level = self.snapshot.level_value
-        self.upstream_connected = 1.0 if sidecar.upstream.connected else 0.0
-        self.pending_bytes = sidecar.upstream.pending_bytes
-        spool = spool_state(sidecar)
-        self.spool_bytes = spool["bytes"]
-        self.spool_messages = spool["messages"]
-        self.spool_oldest_age = spool["oldestAgeSeconds"]
+        self.spool = spool_state(sidecar)
 
     def breakers_open(self) -> dict[str, float]:
         labels = self.collector.engine_labels()
@@ -328,26 +231,107 @@ class _Values:
             out[label] = max(out.get(label, 0.0), value)
         return out
 
-    def received_by_priority(self) -> list[tuple[str, int]]:
-        by_priority = getattr(self.engine, "received_by_priority", None)
-        if callable(by_priority):
-            return sorted(by_priority().items())
-        # Until the engine counts received messages by priority, export the total alone.
-        return [("unknown", self.engine.received)]
+
+# The unlabelled gauges: name, HELP text, and how one scrape's values give the sample.
+_GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
+    (
+        "kpi_backpressure_degradation_level",
+        "Degradation level: 0 none, 1 low, 2 medium, 3 high, 4 critical.",
+        lambda v: v.snapshot.level_value,
+    ),
+    (
+        "kpi_backpressure_memory_usage_mb",
+        "Memory used, in MB (RSS, or the cgroup's charge inside a container): the memory signal.",
+        lambda v: v.snapshot.memory_mb,
+    ),
+    (
+        "kpi_backpressure_queue_size",
+        "Messages held by the sidecar: queued, parked behind open breakers, handed off for shutdown.",
+        lambda v: v.snapshot.queue_size,
+    ),
+    (
+        "kpi_backpressure_sampling_rate",
+        "Share of low and medium priority messages kept by sampling (1 = no sampling).",
+        lambda v: v.snapshot.sampling_rate,
+    ),
+    (
+        "kpi_backpressure_load_percent",
+        "Load: the highest of the four signals in percent of its threshold.",
+        lambda v: v.snapshot.load_percent,
+    ),
+    (
+        "kpi_backpressure_cpu_percent",
+        "CPU used by the process, in percent of one core (the CPU signal).",
+        lambda v: v.snapshot.cpu_percent,
+    ),
+    (
+        "kpi_backpressure_incoming_rate",
+        "Messages offered by applications per second (the publish-rate signal).",
+        lambda v: v.snapshot.publish_rate,
+    ),
+    (
+        "kpi_backpressure_batch_size",
+        "Messages per upstream batch at the current level.",
+        lambda v: v.snapshot.batch_size,
+    ),
+    (
+        "kpi_backpressure_upstream_connected",
+        "1 when the upstream NATS connection is up, else 0.",
+        lambda v: 1.0 if v.sidecar.upstream.connected else 0.0,
+    ),
+    (
+        "kpi_backpressure_queue_max_size",
+        "maxQueueSize in force.",
+        lambda v: v.engine.config.max_queue_size,
+    ),
+    (
+        "kpi_backpressure_queued_bytes",
+        "Bytes of the messages in the queue.",
+        lambda v: v.snapshot.queued_bytes,
+    ),
+    (
+        "kpi_backpressure_oldest_queued_age_seconds",
+        "Age of the oldest queued message (0 when the queue is empty).",
+        lambda v: v.snapshot.oldest_queued_age,
+    ),
+    (
+        "kpi_backpressure_cpu_threshold_percent",
+        "CPU threshold in force, in percent of one core (maxCpuUsagePercent scaled by a cgroup quota).",
+        lambda v: v.snapshot.cpu_threshold_percent,
+    ),
+    (
+        "kpi_upstream_pending_bytes",
+        "Bytes written to the upstream connection and not yet sent.",
+        lambda v: v.sidecar.upstream.pending_bytes,
+    ),
+    ("kpi_spool_bytes", "Bytes in the disk spool.", lambda v: v.spool["bytes"]),
+    ("kpi_spool_messages", "Messages in the disk spool.", lambda v: v.spool["messages"]),
+    (
+        "kpi_spool_oldest_age_seconds",
+        "Age of the oldest message in the disk spool (0 when empty).",
+        lambda v: v.spool["oldestAgeSeconds"],
+    ),
+    (
+        "kpi_sidecar_pending_acks",
+        "Critical messages awaiting their JetStream PubAck (bounded by spool.maxPendingAcks).",
+        lambda v: len(v.sidecar.pending_acks),
+    ),
+    (
+        "kpi_sidecar_clients",
+        "Application connections on the NATS port.",
+        lambda v: len(v.sidecar.clients),
+    ),
+)
 
 
 def spool_state(sidecar: Sidecar) -> dict[str, Any]:
     """Bytes, messages and oldest age of the disk spool (zeros while the sidecar has none)."""
-    spool = getattr(sidecar, "spool", None)
+    spool = sidecar.spool
     if spool is None:
         return {"enabled": False, "bytes": 0, "messages": 0, "oldestAgeSeconds": 0.0}
-    oldest_age = getattr(spool, "oldest_age", None)
-    age = 0.0
-    if callable(oldest_age):
-        age = float(oldest_age(time.time()))
     return {
         "enabled": True,
-        "bytes": int(getattr(spool, "bytes", 0) or 0),
-        "messages": int(getattr(spool, "messages", 0) or 0),
-        "oldestAgeSeconds": round(age, 3),
+        "bytes": spool.bytes,
+        "messages": spool.messages,
+        "oldestAgeSeconds": round(spool.oldest_age(time.time()), 3),
     }

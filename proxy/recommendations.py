@@ -73,8 +73,12 @@ def _column(samples: Sequence[Sample], name: str) -> list[float]:
     return [s[i] for s in samples]
 
 
-def _share(values: Sequence[float], threshold: float) -> float:
-    return sum(1 for v in values if v >= threshold) / len(values) if values else 0.0
+def _share_above(samples: Sequence[Sample], name: str, threshold: float) -> tuple[list[float], float]:
+    """The column and the share of its values at or above `threshold`; share 0 below MIN_SAMPLES."""
+    values = _column(samples, name)
+    if len(values) < MIN_SAMPLES:
+        return values, 0.0
+    return values, sum(1 for v in values if v >= threshold) / len(values)
 
 
 def _upstream_down_seconds(samples: Sequence[Sample]) -> int:
@@ -88,11 +92,8 @@ def _queue_pressure(
     spool: int,
     window: float,
 ) -> Recommendation | None:
-    if len(samples) < MIN_SAMPLES:
-        return None
-    queue = _column(samples, "currentQueueSize")
     threshold = config.max_queue_size * QUEUE_HIGH_RATIO
-    share = _share(queue, threshold)
+    queue, share = _share_above(samples, "currentQueueSize", threshold)
     if share < QUEUE_OFTEN:
         return None
     suggested: dict[str, Any] = {"maxQueueSize": config.max_queue_size * 2}
@@ -205,10 +206,7 @@ def _rate_ceiling(
     spool: int,
     window: float,
 ) -> Recommendation | None:
-    if len(samples) < MIN_SAMPLES:
-        return None
-    rates = _column(samples, "currentPublishRate")
-    share = _share(rates, config.max_publish_rate * RATE_HIGH_RATIO)
+    rates, share = _share_above(samples, "currentPublishRate", config.max_publish_rate * RATE_HIGH_RATIO)
     if share < PRESSURE_OFTEN:
         return None
     return Recommendation(
@@ -237,10 +235,7 @@ def _memory_pressure(
     spool: int,
     window: float,
 ) -> Recommendation | None:
-    if len(samples) < MIN_SAMPLES:
-        return None
-    memory = _column(samples, "currentMemoryMB")
-    share = _share(memory, config.max_memory_usage_mb * MEMORY_HIGH_RATIO)
+    memory, share = _share_above(samples, "currentMemoryMB", config.max_memory_usage_mb * MEMORY_HIGH_RATIO)
     if share < PRESSURE_OFTEN:
         return None
     return Recommendation(
