@@ -45,6 +45,24 @@ def test_the_ring_is_bounded_and_downsamples_long_ranges() -> None:
     assert [p[0] for p in day] == sorted(p[0] for p in day)
 
 
+def test_both_rings_hold_exactly_their_limit() -> None:
+    history = MetricHistory(history_seconds=180, fine_seconds=10)
+    for i in range(10):
+        history.record(T0 + i, values())
+    assert len(history) == 10 and history.recent(60, T0 + 10)[0][0] == T0
+    history.record(T0 + 10, values())
+    assert len(history) == 10 and history.recent(60, T0 + 11)[0][0] == T0 + 1
+    # 180 s at one point a minute: three folded minutes, plus the minute in progress.
+    for i in range(11, 240):
+        history.record(T0 + i, values())
+    day = history.points("24h", T0 + 240)
+    assert [p[0] for p in day] == [T0 + 59, T0 + 119, T0 + 179, T0 + 239]
+    for i in range(240, 300):
+        history.record(T0 + i, values())
+    day = history.points("24h", T0 + 300)
+    assert [p[0] for p in day] == [T0 + 119, T0 + 179, T0 + 239, T0 + 299]
+
+
 def test_fold_modes_and_json_shape() -> None:
     rows = [
         (T0, *values(currentQueueSize=5, degradationLevel=1, upstreamConnected=1, receivedMessages=10)),
@@ -72,6 +90,8 @@ CONFIG = BackpressureConfig(max_queue_size=1000, max_publish_rate=100, recovery_
     [
         (samples(120), [], 0, []),
         (samples(10, currentQueueSize=990), [], 0, []),  # too little history to judge
+        (samples(29, currentQueueSize=990), [], 0, []),  # one sample short of MIN_SAMPLES
+        (samples(30, currentQueueSize=990), [], 0, [("queue-pressure", "critical")]),
         (samples(120, currentQueueSize=850), [], 0, [("queue-pressure", "critical")]),
         (
             samples(90) + samples(30, currentQueueSize=900),

@@ -137,3 +137,12 @@ def test_latency_reservoir_is_bounded_and_percentiles_are_nearest_rank() -> None
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
     assert LatencyReservoir().summary_ms() is None
+
+
+def test_latency_reservoir_keeps_every_value_up_to_its_capacity() -> None:
+    reservoir = LatencyReservoir(capacity=100, rng=random.Random(1234))
+    for i in range(100):
+        reservoir.observe(i / 1000)
+    assert list(reservoir.values) == [i / 1000 for i in range(100)]
+    reservoir.observe(1.0)
+    assert len(reservoir.values) == 100 and reservoir.count == 101

@@ -80,6 +80,15 @@ def test_a_body_above_the_limit_is_413_in_the_envelope(secured: Any) -> None:
     conn.close()
 
 
+def test_a_body_of_exactly_the_limit_is_taken(secured: Any) -> None:
+    # admin.maxBodyBytes is 2048; an empty update padded with JSON whitespace changes nothing.
+    path = f"{P}/config"
+    at_limit = call(secured.admin, "PUT", path, raw=b"{}".ljust(2048), token=TOKEN)
+    assert at_limit.status == 200 and at_limit.data["changed"] == []
+    over = call(secured.admin, "PUT", path, raw=b"{}".ljust(2049), token=TOKEN)
+    assert over.status == 413 and over.error["code"] == "PAYLOAD_TOO_LARGE"
+
+
 def test_garbage_bodies_are_400_and_the_process_survives(secured: Any) -> None:
     rng = random.Random(1234)
     bodies = [

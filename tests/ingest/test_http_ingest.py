@@ -225,6 +225,22 @@ def test_ndjson_batches_and_their_limits(plain: Any, small: Any) -> None:
             assert answer.data["results"][0]["status"] == 400
 
 
+def test_batch_limits_hold_exactly_at_the_limit(small: Any) -> None:
+    ingest = small.sidecar.http_url
+    five = [{"subject": f"kpi.edge.{i}"} for i in range(5)]
+    as_json = call(ingest, "POST", "/publish", five)
+    assert as_json.status == 202 and as_json.data["count"] == 5
+    ndjson = "\n".join(json.dumps(item) for item in five).encode()
+    as_ndjson = call(ingest, "POST", "/publish", raw=ndjson)
+    assert as_ndjson.status == 202 and as_ndjson.data["count"] == 5
+    # http.maxBodyBytes is 8192: a body of exactly that size is taken, one byte more is not.
+    item = json.dumps([{"subject": "kpi.edge.size"}]).encode()
+    at_limit = call(ingest, "POST", "/publish", raw=item.ljust(8192))
+    assert at_limit.status == 202 and at_limit.data["count"] == 1
+    over = call(ingest, "POST", "/publish", raw=item.ljust(8193))
+    assert over.status == 413 and over.error["code"] == "PAYLOAD_TOO_LARGE"
+
+
 def test_priorities_are_honored_under_load(stack_factory: Any) -> None:
     stack = stack_factory(
         {
