@@ -22,6 +22,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from proxy.nats_protocol import split_pub
+
 FORMAT = "kpi-envelope/1"
 COUNT_HEADER = "KPI-Batch-Count"
 FORMAT_HEADER = "KPI-Batch-Format"
@@ -74,12 +76,9 @@ def envelope_headers(count: int) -> bytes:
     return f"NATS/1.0\r\n{COUNT_HEADER}: {count}\r\n{FORMAT_HEADER}: {FORMAT}\r\n\r\n".encode()
 
 
-def split_frame(frame: bytes) -> tuple[bytes | None, bytes]:
-    """The (headers, payload) of a PUB or HPUB frame as the sidecar forwards it."""
-    eol = frame.index(b"\r\n")
-    args = frame[:eol].split()
-    body = frame[eol + 2 : -2]
-    if args[0][:1] in (b"H", b"h"):
-        hdr_size = int(args[-2])
-        return body[:hdr_size], body[hdr_size:]
-    return None, body
+def record_of(frame: bytes) -> tuple[bytes | None, bytes]:
+    """The (headers, payload) record of a PUB or HPUB frame as the sidecar forwards it."""
+    _, _, hdr_size, body = split_pub(frame)
+    if hdr_size < 0:
+        return None, body
+    return body[:hdr_size], body[hdr_size:]

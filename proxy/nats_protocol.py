@@ -77,6 +77,7 @@ __all__ = [
     "header_value",
     "is_valid_publish_subject",
     "is_valid_subject",
+    "split_pub",
     "status_message_headers",
 ]
 
@@ -1065,6 +1066,16 @@ def encode_info(options: dict) -> bytes:
 def encode_connect(options: dict) -> bytes:
     """CONNECT with compact JSON options."""
     return b"CONNECT %s\r\n" % msgspec.json.encode(options)
+
+
+def split_pub(frame: bytes) -> tuple[bytes, bytes | None, int, bytes]:
+    """(subject, reply, hdr_size (-1 for PUB), body) of a well-formed PUB/HPUB frame (one the parser
+    accepted or encode_pub built); the body is the header block then the payload, without the CRLF."""
+    eol = frame.index(b"\r\n")
+    args = frame[:eol].split()
+    headers = args[0][:1] in (b"H", b"h")
+    reply = args[2] if len(args) == (5 if headers else 4) else None
+    return args[1], reply, int(args[-2]) if headers else -1, frame[eol + 2 : -2]
 
 
 def encode_pub(subject: str, reply: str | None, payload: bytes, headers: bytes | None = None) -> bytes:

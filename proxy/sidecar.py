@@ -10,7 +10,6 @@ import json
 import logging
 import random
 import secrets
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from policies.subjects import subject_matches
 from proxy import __version__
 from proxy.client import ClientConnection, ClientSub
 from proxy.config import SidecarConfig
-from proxy.envelope import RECORD_OVERHEAD, envelope_headers, pack, split_frame
+from proxy.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
 from proxy.nats_protocol import (
     DEFAULT_MAX_PAYLOAD,
     Msg,
@@ -32,10 +31,12 @@ from proxy.nats_protocol import (
     PubRun,
     Sub,
     add_header,
+    encode_err,
     encode_pub,
     encode_sub,
     encode_unsub,
     header_value,
+    split_pub,
 )
 from proxy.resources import ResourceMonitor
 from proxy.spool import Spool
@@ -49,20 +50,20 @@ FORWARD = Verdict.FORWARD
 QUEUE = Verdict.QUEUE
 DROP = Verdict.DROP
 BLOCK = Verdict.BLOCK
-TICK_INTERVAL_S = 1.0
+HALF_OPEN = BreakerState.HALF_OPEN
+CLOSED = BreakerState.CLOSED
+ENVELOPE = BatchMode.ENVELOPE
 SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
 TOO_BIG = Decision(Verdict.DROP, "max_payload", ())
+TICK_INTERVAL_S = 1.0
 # The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
 ACK_SID = 0
 # Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
 MAX_PENDING_ECHOES = 10_000
 # Bound on the subjects whose last upstream failure time is remembered (the breaker table's size).
 MAX_FAILURE_RECORDS = 1000
-HALF_OPEN = BreakerState.HALF_OPEN
-# Messages released from the queue per step of the pump; the upstream flushes every UPSTREAM_FLUSH_BYTES.
+# Messages released from the queue per step of the pump (the upstream also flushes every 256 KiB).
 PUMP_SLICE = 1024
-CLOSED = BreakerState.CLOSED
-ENVELOPE = BatchMode.ENVELOPE
 # Room kept in an envelope for its control line and KPI-Batch-* headers under the upstream's max_payload.
 ENVELOPE_HEADER_ROOM = 256
 
@@ -163,12 +164,10 @@ class Sidecar:
         # Breakers: subjects of half-open trials written in this loop iteration, and last failure times.
         self._trial_subjects: set[str] = set()
         self._trial_ping = -1
-        # `batchMode: envelope` messages of this loop iteration, by subject, and envelopes written.
+        # `batchMode: envelope` messages of this loop iteration, by subject.
         self._envelopes: dict[str, list[OutMsg]] = {}
-        self.envelopes_sent = 0
         self._last_failure: dict[str, float] = {}
         self._ack_tokens = itertools.count(1)
-        self.ack_failures = 0
         self._replay_wakeup = asyncio.Event()
         self._replay_task: asyncio.Task[None] | None = None
         self.replayed = 0
@@ -307,8 +306,7 @@ class Sidecar:
                 now = self.clock()
                 msgs = []
                 for r in rows:
-                    headers, payload = split_frame(r.frame)
-                    size = len(payload) + len(headers or b"")
+                    size = len(split_pub(r.frame)[3])
                     msgs.append(OutMsg(r.subject, None, CRITICAL, size, r.frame, None, now, None))
                 sendable = [m for m in msgs if m.size <= self.max_payload]
                 if len(sendable) < len(msgs):
@@ -495,7 +493,6 @@ class Sidecar:
                 failed = True
         if failed:
             # Kept, never dropped: resent on the ack-timeout schedule; the breaker records the failure.
-            self.ack_failures += 1
             self.engine.breaker_failure(out.subject, now)
             self._acks[token] = (out, now + self.config.spool.ack_timeout_ms / 1000)
         else:
@@ -551,7 +548,7 @@ class Sidecar:
             subject = text.rpartition(" ")[2].strip('"')
             for sub in list(self.subs.values()):
                 if sub.subject == subject:
-                    sub.client.send(f"-ERR '{text}'\r\n".encode())
+                    sub.client.send(encode_err(text))
             log.warning("upstream refused a subscription: %s", text)
         else:
             log.warning("upstream error: %s", text)
@@ -714,7 +711,7 @@ class Sidecar:
             records: list[tuple[bytes | None, bytes]] = []
             size = 0
             for msg in msgs:
-                record = split_frame(msg.frame)
+                record = record_of(msg.frame)
                 record_size = len(record[0] or b"") + len(record[1]) + RECORD_OVERHEAD
                 if records and size + record_size + ENVELOPE_HEADER_ROOM > limit:
                     self._write_envelope(subject, records)
@@ -725,7 +722,6 @@ class Sidecar:
 
     def _write_envelope(self, subject: str, records: list[tuple[bytes | None, bytes]]) -> None:
         self.upstream.write(encode_pub(subject, None, pack(records), envelope_headers(len(records))))
-        self.envelopes_sent += 1
 
     def _note_trial(self, subject: str) -> None:
         """A half-open breaker's trial message: it succeeded if the PONG after it comes back first.
@@ -761,11 +757,8 @@ class Sidecar:
         ]
         if not subs:
             return
-        frame = msg.frame
-        eol = frame.index(b"\r\n")
-        args = frame[:eol].split()
-        reply = args[2] if len(args) == (5 if args[0][:1] in (b"H", b"h") else 4) else None
-        identity = (args[1], reply, frame[eol + 2 : -2])
+        subject, reply, _, body = split_pub(msg.frame)
+        identity = (subject, reply, body)
         for sub in subs:
             if sub.echoes is None:
                 sub.echoes = deque(maxlen=MAX_PENDING_ECHOES)
@@ -885,10 +878,3 @@ class Sidecar:
         for listener in self.tick_listeners:
             listener(now)
         self._schedule_pump()
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for tests and `make run`)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

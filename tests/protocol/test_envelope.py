@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.envelope import EnvelopeError, envelope_headers, pack, split_frame, unpack
+from proxy.envelope import EnvelopeError, envelope_headers, pack, record_of, unpack
 from proxy.nats_protocol import encode_pub, header_value
 
 records = st.lists(
@@ -46,7 +46,7 @@ def test_headers_name_count_and_format() -> None:
     assert header_value(block, "KPI-Batch-Format") == "kpi-envelope/1"
 
 
-def test_split_frame_of_pub_and_hpub() -> None:
-    assert split_frame(encode_pub("a.b", None, b"hello")) == (None, b"hello")
+def test_record_of_pub_and_hpub() -> None:
+    assert record_of(encode_pub("a.b", None, b"hello")) == (None, b"hello")
     headers = b"NATS/1.0\r\nK: v\r\n\r\n"
-    assert split_frame(encode_pub("a.b", "r", b"hi", headers)) == (headers, b"hi")
+    assert record_of(encode_pub("a.b", "r", b"hi", headers)) == (headers, b"hi")
