@@ -48,3 +48,25 @@ async def test_a_message_written_after_a_ping_waits_for_the_next_pong(
     finally:
         nats_server.resume()
         await sidecar.shutdown()
+
+
+async def test_bounds_of_remembered_failures_and_pending_echoes(workdir: Path) -> None:
+    from proxy.client import ClientConnection, ClientSub
+    from proxy.nats_protocol import encode_pub
+    from proxy.sidecar import MAX_FAILURE_RECORDS, MAX_PENDING_ECHOES, OutMsg
+
+    config = build_config(sidecar_config("nats://127.0.0.1:1", spool={"path": None}))
+    sidecar = Sidecar(config)  # not started: nothing here needs the network
+    for i in range(MAX_FAILURE_RECORDS + 50):
+        sidecar.on_upstream_error(f'Permissions Violation for Publish to "deny.{i}"')
+    assert len(sidecar._last_failure) == MAX_FAILURE_RECORDS
+    assert "deny.0" not in sidecar._last_failure  # the oldest made room
+    client = ClientConnection(sidecar, 1)
+    client.echo = False
+    sub = ClientSub(client, "1", "echo.>", None, 1)
+    client.subs["1"] = sub
+    for i in range(MAX_PENDING_ECHOES + 10):
+        frame = encode_pub("echo.x", None, str(i).encode())
+        sidecar._expect_echo(client, OutMsg("echo.x", None, 2, 1, frame, client, 0.0, None))
+    assert sub.echoes is not None and len(sub.echoes) == MAX_PENDING_ECHOES
+    assert sub.echoes[0][2] == b"10"  # the oldest expectations went first
