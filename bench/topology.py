@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from proxy.cli import wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -104,22 +106,7 @@ class Sidecar:
                 env=env,
                 cwd=str(root),
             )
-        ports: dict[str, int] = {}
-
-        def read_ready() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("event") == "ready":
-                    ports.update(event["ports"])
-                    return
-
-        reader = threading.Thread(target=read_ready, daemon=True)
-        reader.start()
-        reader.join(30)
+        ports = wait_ready(self.proc, 30)
         if not ports:
             self.proc.kill()
             raise RuntimeError(f"sidecar did not start; log:\n{self.log.read_text()[-4000:]}")

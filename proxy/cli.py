@@ -8,7 +8,9 @@ import gc
 import json
 import logging
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -78,6 +80,27 @@ async def serve(config_path: str | None, preset: str | None) -> int:
     await sidecar.shutdown()
     await runner.cleanup()
     return 0
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, int]:
+    """The ports a `kpi-sidecar run` child announces on its stdout "ready" line ({} if none in time)."""
+    ports: dict[str, int] = {}
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "ready":
+                ports.update(event["ports"])
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return ports
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from proxy.cli import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -164,22 +165,7 @@ class SidecarProcess:
             env=self.env,
             cwd=str(ROOT),
         )
-        ready: dict[str, Any] = {}
-
-        def read_ready() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("event") == "ready":
-                    ready.update(event["ports"])
-                    return
-
-        reader = threading.Thread(target=read_ready, daemon=True)
-        reader.start()
-        reader.join(timeout)
+        ready = wait_ready(self.proc, timeout)
         if not ready:
             self.proc.kill()
             raise RuntimeError(f"sidecar did not start; log:\n{self.log_path.read_text()[-4000:]}")
