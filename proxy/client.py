@@ -67,7 +67,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.subs: dict[str, ClientSub] = {}
         self.name = ""
-        self.lang = ""
         self.remote = ""
         self.verbose = False
         self.pedantic = False
@@ -116,12 +115,6 @@ class ClientConnection(asyncio.Protocol):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         self.sidecar.unregister_client(self)
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     # -- protocol ------------------------------------------------------------------------------------
     def process(self, ops: list[Any], now: float) -> None:
@@ -216,7 +209,6 @@ class ClientConnection(asyncio.Protocol):
         self.no_responders = bool(options.get("no_responders", False)) and self.headers
         self.echo = bool(options.get("echo", True))
         self.name = str(options.get("name", ""))[:256]
-        self.lang = str(options.get("lang", ""))[:64]
         if self.verbose:
             self.reply(OK_FRAME)
         return True
