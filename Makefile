@@ -10,7 +10,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps node-deps test lint fmt run bench soak clean
 
-$(VENV)/.installed: pyproject.toml
+# setup.py and the C source too: a change rebuilds the optional C scanner (proxy/_speedups.c).
+$(VENV)/.installed: pyproject.toml setup.py proxy/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'

@@ -1,5 +1,8 @@
 """Micro-benchmark of the NATS client parser: 1M `PUB foo.bar 128` frames fed in 64 KiB chunks.
 
+The sidecar runs the client parser in batch mode (runs of plain PUBs become one PubRun), with the C
+scanner when it is built: both are measured next to the op-per-frame mode, with and without the scanner.
+
 Run: .venv/bin/python bench/bench_parser.py [--frames N] [--chunk BYTES] [--repeat R] [--json]
 (`make bench` runs it too, through bench.run.)
 """
@@ -16,7 +19,18 @@ from pathlib import Path
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.nats_protocol import ClientParser, ServerParser, encode_msg, encode_pub
+from proxy.nats_protocol import ClientParser, PubRun, ServerParser, encode_msg, encode_pub, scan_pubs
+
+
+def batch_parser(scan: object) -> type:
+    """A ClientParser factory in batch mode, as ClientConnection uses it, with the given scanner."""
+
+    def make() -> ClientParser:
+        parser = ClientParser(scan=scan)  # type: ignore[arg-type]
+        parser.batch = True
+        return parser
+
+    return make  # type: ignore[return-value]
 
 
 def chunked(stream: bytes, chunk: int) -> list[bytes]:
@@ -35,7 +49,8 @@ def bench(
         count = 0
         start = time.perf_counter()
         for data in reads:
-            count += len(parser.feed_data(data))
+            for op in parser.feed_data(data):
+                count += op.n if type(op) is PubRun else 1
         elapsed = time.perf_counter() - start
         assert count == frames, (count, frames)
         best = max(best, frames / elapsed)
@@ -49,15 +64,17 @@ def run(frames: int, chunk: int = 64 * 1024, repeat: int = 5, quiet: bool = Fals
     payload = b"x" * 128
     n = frames
     out = {}
+    pubs = encode_pub("foo.bar", None, payload) * n
     out["ClientParser PUB 128 B"] = bench(
-        "ClientParser PUB foo.bar 128",
-        ClientParser,
-        encode_pub("foo.bar", None, payload) * n,
-        n,
-        chunk,
-        repeat,
-        quiet,
+        "ClientParser PUB foo.bar 128", ClientParser, pubs, n, chunk, repeat, quiet
     )
+    out["ClientParser batch PUB 128 B, Python"] = bench(
+        "ClientParser batch, Python loop", batch_parser(None), pubs, n, chunk, repeat, quiet
+    )
+    if scan_pubs is not None:
+        out["ClientParser batch PUB 128 B, C scanner"] = bench(
+            "ClientParser batch, C scanner", batch_parser(scan_pubs), pubs, n, chunk, repeat, quiet
+        )
     # Requests: every reply subject is a fresh inbox, so no control line repeats.
     requests = b"".join(encode_pub("svc.echo", f"_INBOX.k9Fq3vT7aX.{i}", payload) for i in range(n // 4))
     out["ClientParser PUB with unique reply"] = bench(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from proxy import nats_protocol
 from proxy.config import PRESET_NAMES, load_config, redacted
 from proxy.errors import ConfigError
 
@@ -72,7 +73,9 @@ async def serve(config_path: str | None, preset: str | None) -> int:
     gc.freeze()
     # One machine-readable line so scripts and tests learn the ports (0 in the config means "any free").
     print(json.dumps({"event": "ready", "ports": ports}), flush=True)
-    log.info("kpi-sidecar ready: %s", ports)
+    log.info(
+        "kpi-sidecar ready: %s (parser: %s)", ports, "C scanner" if nats_protocol.SPEEDUPS else "pure Python"
+    )
     await stop.wait()
     log.info("signal received, shutting down")
     for ingest_runner in runners[1:]:

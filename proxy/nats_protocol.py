@@ -6,6 +6,12 @@ reproduces nats-server 2.9's client parser (`server/parser.go`, `server/client.g
 sidecar's upstream connection. Both scan with `find(b"\\n", pos)` and move an index, keep only the unparsed
 tail, and copy bytes only when a frame straddles two reads.
 
+Speed: in `batch` mode the client parser hands runs of plain PUBs to `scan_pubs` from the optional C
+module `proxy._speedups` when it is built (`SPEEDUPS`), which counts them without a Python object per
+frame; it stops at anything it is not sure about and the Python code below takes over, so the ops and
+errors are the same with and without it (the protocol tests run both). `KPI_SIDECAR_NO_EXTENSIONS=1` turns
+it off.
+
 Error conventions: a protocol error becomes `Err(text, fatal)` in sequence in the op list; after a fatal one
 the parser is dead and returns no more ops. `Err.text == ""` means nats-server closes the connection without
 sending any `-ERR` (it only logs), and `encode_err("")` is `b""` to match.
@@ -25,11 +31,22 @@ Known, deliberate differences from nats-server 2.9 (only reachable by hand-craft
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 
 import msgspec
 
 from proxy.errors import ProtocolError
+
+ScanPubs = Callable[[bytes, int, dict, int, int], int]
+scan_pubs: ScanPubs | None = None
+if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
+    try:
+        from proxy._speedups import scan_pubs
+    except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
+        scan_pubs = None
+SPEEDUPS = scan_pubs is not None
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -51,6 +68,7 @@ __all__ = [
     "PING_FRAME",
     "PONG",
     "PONG_FRAME",
+    "SPEEDUPS",
     "ClientOp",
     "ClientParser",
     "Connect",
@@ -613,6 +631,7 @@ class ClientParser(_Parser):
     __slots__ = (
         "_run_counts",
         "_run_start",
+        "_scan",
         "_want_headers",
         "batch",
         "echo",
@@ -627,9 +646,14 @@ class ClientParser(_Parser):
     _OPS = _CLIENT_OPS
 
     def __init__(
-        self, max_payload: int = DEFAULT_MAX_PAYLOAD, max_control_line: int = MAX_CONTROL_LINE
+        self,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_control_line: int = MAX_CONTROL_LINE,
+        scan: ScanPubs | None = scan_pubs,
     ) -> None:
         super().__init__(max_control_line)
+        # Scanner for runs of plain PUBs in batch mode (the C one by default, when built); None: Python.
+        self._scan = scan
         # The shell updates max_payload (and supports_headers) from the upstream INFO; negative = no limit.
         self.max_payload = max_payload
         self.supports_headers = True
@@ -661,8 +685,18 @@ class ClientParser(_Parser):
             limit = 1 << 62
         last_line = self._last_line
         last = self._last
+        scan = self._scan if self.batch else None
+        max_line = self.max_control_line
         try:
             while pos < n:
+                if scan is not None:
+                    end = scan(buf, pos, self._run_counts, limit, max_line)
+                    if end != pos:
+                        if self._run_start < 0:
+                            self._run_start = pos
+                        pos = end
+                        if pos >= n:
+                            break
                 if not startswith(last_line, pos):
                     eol = find(b"\n", pos)
                     if eol < 0:
@@ -674,8 +708,7 @@ class ClientParser(_Parser):
                     if entry is None:
                         entry = self._quick(line)
                         if entry is None:
-                            self._flush_run(buf, pos, ops)
-                            pos = self._control(buf, pos, eol, ops)
+                            pos = self._slow(buf, pos, eol, ops)
                             if pos < 0:
                                 return
                             continue
@@ -697,8 +730,6 @@ class ClientParser(_Parser):
                 if reply is None and hdr < 0 and self.batch:
                     if self._run_start < 0:
                         self._run_start = pos
-                        self._run_counts = {}
-
                     counts = self._run_counts
                     counts[subject] = counts.get(subject, 0) + 1
                 else:
@@ -713,11 +744,34 @@ class ClientParser(_Parser):
             self._last_line = last_line
             self._last = last
 
+    def _slow(self, buf: bytes, pos: int, eol: int, ops: list) -> int:
+        """_control for a line the fast path does not take; a plain PUB it yields joins the open run, so
+        that runs do not depend on which lines were cached (nor on the C scanner, which takes them too)."""
+        found: list = []
+        try:
+            end = self._control(buf, pos, eol, found)
+        except ProtocolError:
+            self._flush_run(buf, pos, ops)
+            ops.extend(found)
+            raise
+        if self.batch and end > 0 and len(found) == 1:
+            op = found[0]
+            if type(op) is Pub and op.reply is None and op.hdr_size < 0:
+                if self._run_start < 0:
+                    self._run_start = pos
+                counts = self._run_counts
+                counts[op.subject] = counts.get(op.subject, 0) + 1
+                return end
+        self._flush_run(buf, pos, ops)
+        ops.extend(found)
+        return end
+
     def _flush_run(self, buf: bytes, pos: int, ops: list) -> int:
         start = self._run_start
         if start >= 0:
             self._run_start = -1
             counts = self._run_counts
+            self._run_counts = {}  # always a fresh dict while no run is open
             ops.append(PubRun(buf[start:pos], counts, sum(counts.values())))
         return pos
 
