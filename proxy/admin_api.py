@@ -278,7 +278,7 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
         0.0 if upstream.connected or upstream.disconnected_at is None else now - upstream.disconnected_at
     )
     if upstream.connected:
-        upstream_status = "ok"
+        upstream_status = "warning" if sidecar.upstream_stalled else "ok"
     else:
         upstream_status = "critical" if down_for >= UPSTREAM_CRITICAL_AFTER_S else "warning"
     sample = sidecar.resources.last
@@ -308,6 +308,8 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
             "disconnectedSeconds": round(down_for, 3),
             "pendingBytes": upstream.pending_bytes,
             "pendingAcks": len(sidecar.pending_acks),
+            "flowPausedClients": len(sidecar.flow_paused),
+            "stalled": sidecar.upstream_stalled,
         },
         "queue": {
             "status": _ratio_status(snap.queue_ratio),

@@ -81,6 +81,9 @@ class ClientConnection(asyncio.Protocol):
         self.pings_out = 0
         self.closed = False
         self.held: list[Any] = []
+        # Reading stops while ops are held (engine backpressure) or the upstream socket is backed up.
+        self.flow_paused = False
+        self._reading_paused = False
         self._out = bytearray()
         self._flush_scheduled = False
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -108,7 +111,10 @@ class ClientConnection(asyncio.Protocol):
         if self.held:
             self.held.extend(ops)
             return
-        self.process(ops, self.sidecar.clock())
+        sidecar = self.sidecar
+        self.process(ops, sidecar.clock())
+        if sidecar.upstream.paused:
+            sidecar.flow_pause(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -146,8 +152,7 @@ class ClientConnection(asyncio.Protocol):
                 if not sidecar.publish(self, op, now):
                     # Backpressure: keep this and the following ops, stop reading until there is room.
                     self.held = list(ops[i:])
-                    if self.transport is not None:
-                        self.transport.pause_reading()
+                    self.sync_reading()
                     sidecar.hold_client(self)
                     break
                 if self.verbose:
@@ -189,9 +194,20 @@ class ClientConnection(asyncio.Protocol):
         self.process(ops, self.sidecar.clock())
         if self.held:
             return False
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self.sync_reading()
         return True
+
+    def sync_reading(self) -> None:
+        """Pause or resume reading from the application to match `held` and `flow_paused`."""
+        pause = bool(self.held) or self.flow_paused
+        transport = self.transport
+        if pause is self._reading_paused or transport is None or self.closed:
+            return
+        self._reading_paused = pause
+        if pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def on_connect(self, options: dict[str, Any]) -> bool:
         sidecar = self.sidecar

@@ -51,6 +51,10 @@ class UpstreamConfig(Base, frozen=True):
     max_reconnect_wait_ms: Milliseconds = 5_000
     # Outbound bytes buffered towards the upstream before the engine stops handing it messages.
     max_pending_bytes: Annotated[int, Meta(ge=65_536)] = 8 * 1024 * 1024
+    # Past maxPendingBytes, applications are not read (TCP pushes back on them) for up to flowControlMs;
+    # if the socket is still backed up then, they are read again and the engine queues and sheds by level.
+    # 0: queue at once.
+    flow_control_ms: Annotated[int, Meta(ge=0, le=60_000)] = 200
 
 
 class ListenConfig(Base, frozen=True):

@@ -134,11 +134,17 @@ class SidecarCollector:
             "Application connections closed because they did not read their messages.",
         )
         reconnects = CounterMetricFamily("kpi_upstream_reconnects", "Upstream connections lost and re-made.")
+        flow_pauses = CounterMetricFamily(
+            "kpi_sidecar_flow_pauses",
+            "Times an application connection stopped being read because the upstream socket was backed up.",
+        )
         if sidecar is not None:
             slow.add_metric([], sidecar.slow_consumers)
             reconnects.add_metric([], sidecar.upstream.reconnects)
+            flow_pauses.add_metric([], sidecar.flow_pauses)
         yield slow
         yield reconnects
+        yield flow_pauses
 
         breaker_open = GaugeMetricFamily(
             "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]
@@ -320,6 +326,11 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
         "kpi_sidecar_clients",
         "Application connections on the NATS port.",
         lambda v: len(v.sidecar.clients),
+    ),
+    (
+        "kpi_sidecar_flow_paused_clients",
+        "Application connections not read right now because the upstream socket is backed up.",
+        lambda v: len(v.sidecar.flow_paused),
     ),
 )
 

@@ -152,6 +152,8 @@ def _health_detailed_schema() -> dict[str, Any]:
                             "disconnectedSeconds": NUM,
                             "pendingBytes": NNINT,
                             "pendingAcks": NNINT,
+                            "flowPausedClients": NNINT,
+                            "stalled": BOOL,
                         }
                     ),
                     "queue": _obj(

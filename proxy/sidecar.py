@@ -147,6 +147,11 @@ class Sidecar:
         self._pump_timer: asyncio.TimerHandle | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._held_clients: deque[ClientConnection] = deque()
+        # Clients not read while the upstream socket is backed up (flow control, see flow_pause).
+        self.flow_paused: set[ClientConnection] = set()
+        self.flow_pauses = 0
+        self.upstream_stalled = False  # backed up for longer than upstream.flowControlMs
+        self._flow_timer: asyncio.TimerHandle | None = None
         # Critical messages written upstream and not yet confirmed by a PONG (one batch per flush, keyed
         # by an id), and those whose connection died before the PONG, to resend after the reconnect.
         self._unconfirmed_batch: list[OutMsg] = []
@@ -383,6 +388,7 @@ class Sidecar:
         if client not in self.clients:
             return
         self.clients.discard(client)
+        self.flow_paused.discard(client)
         for sub in client.subs.values():
             if self.subs.pop(sub.usid, None) is not None:
                 self.upstream.unsubscribe(sub.usid)
@@ -390,6 +396,52 @@ class Sidecar:
 
     def hold_client(self, client: ClientConnection) -> None:
         self._held_clients.append(client)
+
+    def flow_pause(self, client: ClientConnection) -> None:
+        """The upstream socket is backed up (more than `upstream.maxPendingBytes` unsent): stop reading
+        this client until it drains, so that TCP pushes back on the application instead of the sidecar
+        queueing what it reads message by message. Nothing is dropped. A hub that is only briefly slower
+        than the application costs nothing more; one that stays backed up for `upstream.flowControlMs`
+        is a stalled upstream: the applications are read again and the engine queues (and, as the queue
+        fills, sheds by level) as it does while the upstream is away."""
+        if self.upstream_stalled or client.flow_paused or client.closed:
+            return
+        budget = self.config.upstream.flow_control_ms / 1000
+        if budget <= 0:
+            self.upstream_stalled = True
+            return
+        client.flow_paused = True
+        self.flow_paused.add(client)
+        self.flow_pauses += 1
+        client.sync_reading()
+        if self._flow_timer is None:
+            self._flow_timer = self.loop.call_later(budget, self._flow_stall)
+
+    def _flow_stall(self) -> None:
+        self._flow_timer = None
+        if not self.upstream.paused:
+            self._flow_end()
+            return
+        self.upstream_stalled = True
+        log.info(
+            "upstream socket backed up for %d ms: applications are read again, the engine queues",
+            self.config.upstream.flow_control_ms,
+        )
+        self._flow_release()
+
+    def _flow_release(self) -> None:
+        clients, self.flow_paused = self.flow_paused, set()
+        for client in clients:
+            client.flow_paused = False
+            client.sync_reading()
+
+    def _flow_end(self) -> None:
+        """The upstream socket drained (or the connection is gone): back to reading everyone."""
+        if self._flow_timer is not None:
+            self._flow_timer.cancel()
+            self._flow_timer = None
+        self.upstream_stalled = False
+        self._flow_release()
 
     # -- subscriptions -------------------------------------------------------------------------------
     def subscribe(self, client: ClientConnection, op: Sub) -> None:
@@ -459,6 +511,8 @@ class Sidecar:
         self._resend.extend(msg for msg, _ in self._acks.values())
         self._acks.clear()
         self.upstream.hold = False
+        # The queue and the spool take what comes while the upstream is away.
+        self._flow_end()
 
     def on_upstream_msg(self, msg: Msg) -> None:
         sub = self.subs.get(msg.sid)
@@ -531,6 +585,7 @@ class Sidecar:
 
     def on_upstream_writable(self) -> None:
         self._schedule_pump()
+        self._flow_end()
 
     def on_upstream_error(self, text: str) -> None:
         lowered = text.lower()
@@ -577,7 +632,11 @@ class Sidecar:
                 return False  # critical: Msg-Id and confirmation; envelope: packed per subject
             groups.append((subject, count, priority))
         upstream = self.upstream
-        if not self.engine.forward_batch(groups, op.n, now, upstream.can_send):
+        # can_stream, not can_send: a backed-up socket pauses the client after this read (flow_pause)
+        # rather than sending its messages through the queue one by one.
+        if not self.engine.forward_batch(
+            groups, op.n, now, upstream.can_stream and not self.upstream_stalled
+        ):
             return False
         upstream.write(op.frames)
         return True

@@ -161,6 +161,19 @@ class Upstream:
         return self.connected and proto is not None and not proto.paused and not self.hold
 
     @property
+    def can_stream(self) -> bool:
+        """True when a client's read may be written even while the socket is backed up (`paused`): the
+        caller then pauses that client's reading (flow control), so at most one read per client goes past
+        `maxPendingBytes`."""
+        return self.connected and self._proto is not None and not self.hold
+
+    @property
+    def paused(self) -> bool:
+        """Connected, and more than `maxPendingBytes` wait for the socket."""
+        proto = self._proto
+        return self.connected and proto is not None and proto.paused
+
+    @property
     def pending_bytes(self) -> int:
         proto = self._proto
         buffered = proto.transport.get_write_buffer_size() if proto and proto.transport else 0

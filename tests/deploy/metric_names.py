@@ -40,6 +40,8 @@ CATALOGUE: dict[str, str] = {
     "kpi_circuit_breaker_transitions": "counter",
     "kpi_sidecar_clients": "gauge",
     "kpi_sidecar_slow_consumers": "counter",
+    "kpi_sidecar_flow_paused_clients": "gauge",
+    "kpi_sidecar_flow_pauses": "counter",
 }
 
 # A sample name is its family's name plus one of these suffixes, by family type.

@@ -1,0 +1,168 @@
+"""Flow control: an upstream socket backed up past upstream.maxPendingBytes.
+
+For up to upstream.flowControlMs the sidecar stops reading the application (TCP pushes back on it) instead
+of queueing message by message; past that, the upstream counts as stalled and the engine queues. Either
+way nothing is lost: every message arrives once the hub reads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import nats
+
+from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
+
+N = 64 * 320  # messages, sent in chunks of 64
+SIZE = 1024
+
+
+def publish_all(port: int, subject: str, sent: list[int]) -> threading.Thread:
+    """N plain PUBs of SIZE bytes on a raw socket, blocking as TCP tells it; sent[0] counts the bytes."""
+    frame = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), SIZE, b"x" * SIZE)
+    chunk = frame * 64
+
+    def run() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.recv(4096)
+            sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+            for _ in range(N // 64):
+                sock.sendall(chunk)
+                sent[0] += len(chunk)
+            sock.sendall(b"PING\r\n")
+            buf = b""
+            while b"PONG" not in buf:
+                data = sock.recv(4096)
+                assert data, "the sidecar closed the publisher's connection"
+                buf += data
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def upstream_component(proc: SidecarProcess) -> dict[str, Any]:
+    return proc.get("/api/backpressure/health/detailed")["data"]["components"]["upstream"]
+
+
+def metric(proc: SidecarProcess, name: str) -> float:
+    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def count_on_hub(server: NatsServer, subject: str) -> tuple[nats.NATS, list[int]]:
+    nc = await nats.connect(server.url)
+    got = [0]
+
+    async def on_msg(_msg: Any) -> None:
+        got[0] += 1
+
+    await nc.subscribe(subject, cb=on_msg)
+    await settle(nc)
+    return nc, got
+
+
+async def wait_for(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        await asyncio.sleep(0.05)
+
+
+def flow_config(server: NatsServer, flow_control_ms: int) -> dict[str, Any]:
+    return sidecar_config(
+        server.url,
+        # No stale-connection detection while the hub is stopped: this is about a slow, live upstream.
+        upstream={
+            "servers": [server.url],
+            "maxPendingBytes": 65536,
+            "flowControlMs": flow_control_ms,
+            "pingIntervalMs": 600_000,
+        },
+    )
+
+
+async def test_a_backed_up_upstream_pauses_the_application_and_loses_nothing(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 60_000))
+    hub, got = await count_on_hub(nats_server, "flow.paused")
+    nats_server.pause()
+    sent = [0]
+    try:
+        publisher = publish_all(proc.ports["nats"], "flow.paused", sent)
+        await wait_for(lambda: upstream_component(proc)["flowPausedClients"] == 1, timeout=10)
+        await asyncio.sleep(0.5)  # the kernel's socket buffers fill
+        before = sent[0]
+        await asyncio.sleep(1.0)
+        upstream = upstream_component(proc)
+        status = proc.status()
+        # Not read: the publisher is stuck in sendall, the queue is untouched, nothing is shed.
+        assert upstream["flowPausedClients"] == 1 and upstream["stalled"] is False
+        assert upstream["status"] == "ok"
+        assert sent[0] == before
+        assert publisher.is_alive()
+        assert status["currentQueueSize"] == 0
+        assert status["droppedMessages"] == 0
+        assert metric(proc, "kpi_sidecar_flow_paused_clients") == 1
+    finally:
+        nats_server.resume()
+    publisher.join(30)
+    assert not publisher.is_alive()
+    await wait_for(lambda: got[0] >= N, timeout=30)
+    assert got[0] == N
+    assert upstream_component(proc)["flowPausedClients"] == 0
+    assert metric(proc, "kpi_sidecar_flow_pauses_total") >= 1
+    await hub.close()
+
+
+async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 300))
+    hub, got = await count_on_hub(nats_server, "flow.stalled")
+    nats_server.pause()
+    sent = [0]
+    try:
+        publisher = publish_all(proc.ports["nats"], "flow.stalled", sent)
+        await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
+        upstream = upstream_component(proc)
+        status = proc.status()
+        assert upstream["stalled"] is True
+        assert upstream["status"] == "warning"
+        assert upstream["flowPausedClients"] == 0
+        assert status["currentQueueSize"] > 0
+    finally:
+        nats_server.resume()
+    publisher.join(30)
+    assert not publisher.is_alive()
+    await wait_for(lambda: got[0] >= N, timeout=30)
+    assert got[0] == N
+    upstream = upstream_component(proc)
+    assert upstream["stalled"] is False and upstream["status"] == "ok"
+    assert proc.status()["droppedMessages"] == 0
+    await hub.close()
+
+
+async def test_flow_control_off_queues_at_once(nats_server: NatsServer, sidecar_factory: Any) -> None:
+    proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 0))
+    hub, got = await count_on_hub(nats_server, "flow.off")
+    nats_server.pause()
+    sent = [0]
+    try:
+        publisher = publish_all(proc.ports["nats"], "flow.off", sent)
+        await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
+        assert metric(proc, "kpi_sidecar_flow_pauses_total") == 0
+    finally:
+        nats_server.resume()
+    publisher.join(30)
+    await wait_for(lambda: got[0] >= N, timeout=30)
+    assert got[0] == N
+    await hub.close()
