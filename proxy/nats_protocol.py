@@ -772,7 +772,8 @@ class ClientParser(_Parser):
             self._run_start = -1
             counts = self._run_counts
             self._run_counts = {}  # always a fresh dict while no run is open
-            ops.append(PubRun(buf[start:pos], counts, sum(counts.values())))
+            frames = buf if start == 0 and pos == len(buf) else buf[start:pos]  # a whole read: no copy
+            ops.append(PubRun(frames, counts, sum(counts.values())))
         return pos
 
     def _quick(self, line: bytes) -> tuple | None:
