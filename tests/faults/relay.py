@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import threading
 
 
 class FreezableRelay:
@@ -72,3 +74,62 @@ class FreezableRelay:
         finally:
             with contextlib.suppress(Exception):
                 dst.close()
+
+
+class InjectingRelay:
+    """A relay on plain threads (it keeps working while the test's event loop is blocked), able to write
+    bytes of its own to the client side, as a broken or hostile server would."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()  # one writer at a time on the client side: frames stay whole
+        self._client: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def inject(self, data: bytes) -> None:
+        """Write data to the current client connection, between two frames of the server's."""
+        with self._lock:
+            assert self._client is not None, "no connection to inject into"
+            self._client.sendall(data)
+
+    def close(self) -> None:
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.connections += 1
+            self._sockets += [client, server]
+            with self._lock:
+                self._client = client
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, to_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if to_client:
+                    with self._lock:
+                        dst.sendall(data)
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
