@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
+import nats
 from msgspec import Meta
 
 from policies.engine import Verdict
@@ -238,11 +239,6 @@ class LoadTest:
 
     async def _connect_receiver(self, spec: LoadTestSpec) -> Any:
         """A nats-py connection to the upstream servers subscribed to the test's subjects, or None."""
-        try:
-            import nats
-        except ImportError:  # pragma: no cover - nats-py is a runtime dependency
-            self.measurement_error = "nats-py is not installed"
-            return None
 
         async def quiet(*_: Any) -> None:
             return None
