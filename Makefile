@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 APT_PACKAGES := nats-server prometheus
-# What the tests need from Debian: nats-server (real broker), prometheus (promtool).
+# What the tests need from Debian: nats-server (real broker), prometheus (promtool), nodejs/npm (nats.js),
+# golang-go and golang-github-nats-io-go-nats-dev (nats.go, built without a module registry).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps node-deps test lint fmt run bench soak clean
@@ -24,6 +25,8 @@ system-deps:
 	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	[ -d /usr/share/gocode/src/github.com/nats-io/nats.go ] || missing="$$missing golang-github-nats-io-go-nats-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
