@@ -14,6 +14,7 @@ THROUGHPUT = {
     "raw128": "(a) raw pipelined PUB 128 B, msg/s",
     "raw1024": "(a) raw pipelined PUB 1 KiB, msg/s",
     "natspy": "(b) nats-py app publish 128 B, msg/s",
+    "sub128": "(f) raw PUB 128 B on the hub, subscriber behind the path, msg/s",
 }
 # Added request-reply p99 must stay under this (microseconds).
 ADDED_P99_TARGET_US = 1000.0

@@ -270,10 +270,10 @@ class Bench:
         paths = tuple(p for p in PATHS if p in self.paths)
         return paths if round_no % 2 == 0 else tuple(reversed(paths))
 
-    def probe(self, path: str, subject: str, sub: Worker, timeout: float = 20.0) -> float:
-        """Publish probes through `path` until the hub subscriber sees one (interest has propagated)."""
+    def probe(self, addr: str, subject: str, sub: Worker, timeout: float = 20.0) -> float:
+        """Publish probes to `addr` until the subscriber sees one (interest has propagated)."""
         start = time.monotonic()
-        sock = raw_connect(self.topo.addr(path))
+        sock = raw_connect(addr)
         try:
             frame = pub_frame(subject, b"")
             while time.monotonic() - start < timeout:
@@ -284,23 +284,36 @@ class Bench:
                     time.sleep(0.005)
         finally:
             sock.close()
-        raise TimeoutError(f"{path}: probe never reached the hub subscriber")
+        raise TimeoutError(f"{addr}: probe never reached the subscriber")
 
     def flow(
-        self, path: str, publisher: list[str], duration: float, profile: Path | None = None
+        self,
+        path: str,
+        publisher: list[str],
+        duration: float,
+        profile: Path | None = None,
+        subscriber_on_path: bool = False,
     ) -> dict[str, Any]:
-        """Subscriber on the hub, probe, then `publisher` through `path`; CPU/RSS sampled meanwhile."""
+        """Subscriber on the hub, probe, then `publisher` through `path`; CPU/RSS sampled meanwhile.
+        With `subscriber_on_path`, the other way round: the subscriber connects through `path` and the
+        probes (and the publisher's `{addr}`) go to the hub."""
         rid = next(self.ids)
         data, probe, end = f"bench.d.{rid}", f"bench.p.{rid}", f"bench.e.{rid}"
         hub = self.topo.hub.addr
-        sub = self.worker("sub", "--addr", hub, "--data", data, "--probe", probe, "--end", end)
+        sub_addr, pub_addr = (
+            (self.topo.addr(path), hub) if subscriber_on_path else (hub, self.topo.addr(path))
+        )
+        sub = self.worker("sub", "--addr", sub_addr, "--data", data, "--probe", probe, "--end", end)
         pub: Worker | None = None
         spy: subprocess.Popen[bytes] | None = None
         sampler = Sampler(self.pids)
         try:
             sub.expect("ready", 20)
-            self.probe(path, probe, sub)
-            args = [a.replace("{subject}", data).replace("{end}", end) for a in publisher]
+            self.probe(pub_addr, probe, sub)
+            args = [
+                a.replace("{subject}", data).replace("{end}", end).replace("{addr}", pub_addr)
+                for a in publisher
+            ]
             pub = self.worker(*args)
             pub.expect("ready", 20)
             sampler.add("publisher", pub.proc.pid)
@@ -355,6 +368,19 @@ class Bench:
                 span = sub["t_last"] - sub["t_first"]
                 rate = (sub["count"] - sub["first_chunk"]) / span if span > 0 else float("nan")
                 self.record(f"raw{size}", path, r, rate, res, delivered=sub["count"], sent=res["pub"]["sent"])
+
+    # (f) ------------------------------------------------------------------------------------------
+    def raw_delivery(self, size: int = 128) -> None:
+        """The other direction: a raw publisher on the hub, the counting subscriber behind the path."""
+        for r in range(self.s.rounds):
+            for path in self.order(r):
+                publisher = ["pub", "--addr", "{addr}", "--subject", "{subject}", "--end", "{end}"]
+                publisher += ["--size", str(size), "--duration", str(self.s.duration)]
+                res = self.flow(path, publisher, self.s.duration, subscriber_on_path=True)
+                sub = res["sub"]
+                span = sub["t_last"] - sub["t_first"]
+                rate = (sub["count"] - sub["first_chunk"]) / span if span > 0 else float("nan")
+                self.record(f"sub{size}", path, r, rate, res, delivered=sub["count"], sent=res["pub"]["sent"])
 
     # (b) ------------------------------------------------------------------------------------------
     def natspy(self, size: int = 128) -> None:
@@ -607,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md (default unless --quick)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
-    ap.add_argument("--only", default="a,b,c,d,e", help="comma-separated workloads to run (a..e)")
+    ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated workloads to run (a..f)")
     ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths to measure")
     ap.add_argument("--out", type=Path, default=None, help="directory for results.json, profiles, logs")
     ap.add_argument(
@@ -655,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         if "b" in only:
             say("(b) nats-py application publishing as fast as it can")
             bench.natspy()
+        if "f" in only:
+            say("(f) raw PUBs on the hub, counted by a subscriber behind each path")
+            bench.raw_delivery(128)
         if "c" in only:
             say(f"(c) request-reply at {settings.rr_rate:,.0f} req/s")
             bench.request_reply()

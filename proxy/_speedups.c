@@ -1,7 +1,8 @@
 /* kpi-sidecar: optional C accelerator for the client parser's hot loop (proxy/nats_protocol.py).
  *
- * One function, scan_pubs(), that walks a run of plain PUB frames the way ClientParser._parse's fast
- * path does, without creating a Python object per frame. It only consumes frames it is sure about and
+ * scan_pubs() walks a run of plain PUB frames the way ClientParser._parse's fast path does, without
+ * creating a Python object per frame; scan_msgs() and route_msgs() do the same for the MSG frames the
+ * upstream sends, and write each to its application's output buffer with the application's sid. It only consumes frames it is sure about and
  * stops at the first byte it is not: the Python parser then handles that op exactly as it would have
  * without this module (same ops, same errors), so the two implementations are interchangeable and
  * tests run both (tests/protocol). Set KPI_SIDECAR_NO_EXTENSIONS=1 to run without it.
@@ -166,8 +167,280 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(pos);
 }
 
+/* ---- the upstream direction: runs of plain MSG frames, routed to application buffers ---- */
+
+typedef struct {
+    const unsigned char *subj;
+    Py_ssize_t subj_len;
+    const unsigned char *sid;
+    Py_ssize_t sid_len;
+    const unsigned char *reply; /* NULL when none */
+    Py_ssize_t reply_len;
+    const unsigned char *size_tok;
+    Py_ssize_t size_len;
+    Py_ssize_t line_len;
+    Py_ssize_t size;
+} msg_frame;
+
+/* A complete plain MSG frame as nats-server writes it ("MSG <subject> <sid> [reply] <size>\r\n" with
+ * single blanks, then the body and CRLF) at p: its length, or 0 when it is anything else. */
+static Py_ssize_t
+parse_msg(const unsigned char *p, Py_ssize_t avail, Py_ssize_t max_line, msg_frame *f)
+{
+    if (avail < 11 || p[0] != 'M' || p[1] != 'S' || p[2] != 'G' || p[3] != ' ') {
+        return 0;
+    }
+    const unsigned char *end = p + (avail > max_line ? max_line : avail);
+    const unsigned char *q = p + 4;
+    const unsigned char *toks[4];
+    Py_ssize_t lens[4];
+    int ntok = 0;
+    for (;;) {
+        const unsigned char *t = q;
+        while (q < end && *q > 0x20 && *q != 0x7f) {
+            q++;
+        }
+        if (q == t || q == end || ntok == 4) {
+            return 0;
+        }
+        toks[ntok] = t;
+        lens[ntok] = q - t;
+        ntok++;
+        if (*q == ' ') {
+            q++;
+            continue;
+        }
+        if (*q != '\r') {
+            return 0;
+        }
+        break;
+    }
+    if (ntok < 3 || end - q < 2 || q[1] != '\n') {
+        return 0;
+    }
+    const unsigned char *sid = toks[1];
+    Py_ssize_t sid_len = lens[1];
+    const unsigned char *size_tok = toks[ntok - 1];
+    Py_ssize_t size_len = lens[ntok - 1];
+    if (sid_len > 18 || size_len > 9) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < sid_len; i++) {
+        if (sid[i] < '0' || sid[i] > '9') {
+            return 0;
+        }
+    }
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < size_len; i++) {
+        if (size_tok[i] < '0' || size_tok[i] > '9') {
+            return 0;
+        }
+        size = size * 10 + (size_tok[i] - '0');
+    }
+    Py_ssize_t line_len = (q + 2) - p;
+    Py_ssize_t frame_len = line_len + size + 2;
+    if (frame_len > avail || p[frame_len - 2] != '\r' || p[frame_len - 1] != '\n') {
+        return 0;
+    }
+    f->subj = toks[0];
+    f->subj_len = lens[0];
+    f->sid = sid;
+    f->sid_len = sid_len;
+    f->reply = ntok == 4 ? toks[2] : NULL;
+    f->reply_len = ntok == 4 ? lens[2] : 0;
+    f->size_tok = size_tok;
+    f->size_len = size_len;
+    f->line_len = line_len;
+    f->size = size;
+    return frame_len;
+}
+
+PyDoc_STRVAR(scan_msgs_doc,
+"scan_msgs(buf, pos, max_control_line) -> int\n\n"
+"Consume the complete plain MSG frames of buf from pos on, as nats-server writes them ('MSG <subject>\n"
+"<sid> [reply] <size>\\r\\n' with single blanks, sid of 1-18 digits, size of 1-9, line <=\n"
+"max_control_line, body ending in CRLF); return the position after the last one (pos if none).");
+
+static PyObject *
+scan_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "scan_msgs(buf: bytes, pos: int, max_control_line: int)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_line = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "scan_msgs(): pos out of range");
+        return NULL;
+    }
+    msg_frame f;
+    Py_ssize_t len;
+    while ((len = parse_msg(buf + pos, n - pos, max_line, &f)) > 0) {
+        pos += len;
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
+static PyObject *out_name; /* interned "_out" */
+
+static int
+add_delivered(PyObject *delivered, PyObject *sid, Py_ssize_t count)
+{
+    PyObject *old = PyDict_GetItemWithError(delivered, sid); /* borrowed */
+    Py_ssize_t total = count;
+    if (old != NULL) {
+        Py_ssize_t before = PyLong_AsSsize_t(old);
+        if (before == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        total += before;
+    }
+    else if (PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *value = PyLong_FromSsize_t(total);
+    if (value == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(delivered, sid, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+PyDoc_STRVAR(route_msgs_doc,
+"route_msgs(frames, pos, routes, delivered) -> int\n\n"
+"For each plain MSG frame of frames from pos on (frames as scan_msgs takes them), while its sid is a\n"
+"key of routes ({sid: (client, client_sid)}): append the frame with client_sid in place of the sid to\n"
+"client._out (a bytearray) and add one to delivered[sid]. Return the position of the first frame not\n"
+"routed (len(frames) when all were).");
+
+static PyObject *
+route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[2]) ||
+        !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "route_msgs(frames: bytes, pos: int, routes: dict, delivered: dict)");
+        return NULL;
+    }
+    PyObject *routes = args[2];
+    PyObject *delivered = args[3];
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "route_msgs(): pos out of range");
+        return NULL;
+    }
+
+    PyObject *cur_sid = NULL; /* owned: the sid of the run being counted */
+    PyObject *out = NULL;     /* owned: that route's client._out */
+    const char *csid = NULL;  /* that route's client sid (borrowed from the routes dict's tuple) */
+    Py_ssize_t csid_len = 0;
+    Py_ssize_t count = 0;
+    const unsigned char *last_sid = NULL;
+    Py_ssize_t last_sid_len = 0;
+    PyObject *result = NULL;
+
+    msg_frame f;
+    Py_ssize_t len;
+    while ((len = parse_msg(buf + pos, n - pos, PY_SSIZE_T_MAX, &f)) > 0) {
+        if (cur_sid == NULL || f.sid_len != last_sid_len || memcmp(f.sid, last_sid, (size_t)f.sid_len) != 0) {
+            long long sid_value = 0;
+            for (Py_ssize_t i = 0; i < f.sid_len; i++) {
+                sid_value = sid_value * 10 + (f.sid[i] - '0');
+            }
+            PyObject *sid = PyLong_FromLongLong(sid_value);
+            if (sid == NULL) {
+                goto done;
+            }
+            PyObject *route = PyDict_GetItemWithError(routes, sid); /* borrowed */
+            if (route == NULL) {
+                Py_DECREF(sid);
+                if (PyErr_Occurred()) {
+                    goto done;
+                }
+                break; /* not ours to route: the caller handles this frame */
+            }
+            if (!PyTuple_CheckExact(route) || PyTuple_GET_SIZE(route) != 2 ||
+                !PyBytes_CheckExact(PyTuple_GET_ITEM(route, 1))) {
+                Py_DECREF(sid);
+                PyErr_SetString(PyExc_TypeError, "route_msgs(): a route is (client, client_sid: bytes)");
+                goto done;
+            }
+            PyObject *new_out = PyObject_GetAttr(PyTuple_GET_ITEM(route, 0), out_name);
+            if (new_out == NULL || !PyByteArray_CheckExact(new_out)) {
+                Py_DECREF(sid);
+                Py_XDECREF(new_out);
+                if (!PyErr_Occurred()) {
+                    PyErr_SetString(PyExc_TypeError, "route_msgs(): client._out must be a bytearray");
+                }
+                goto done;
+            }
+            if (cur_sid != NULL && add_delivered(delivered, cur_sid, count) < 0) {
+                Py_DECREF(sid);
+                Py_DECREF(new_out);
+                goto done;
+            }
+            Py_XDECREF(cur_sid);
+            Py_XDECREF(out);
+            cur_sid = sid;
+            out = new_out;
+            csid = PyBytes_AS_STRING(PyTuple_GET_ITEM(route, 1));
+            csid_len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(route, 1));
+            count = 0;
+            last_sid = f.sid;
+            last_sid_len = f.sid_len;
+        }
+        Py_ssize_t need = 4 + f.subj_len + 1 + csid_len + (f.reply ? 1 + f.reply_len : 0) + 1 + f.size_len + 2 +
+                          f.size + 2;
+        Py_ssize_t old = PyByteArray_GET_SIZE(out);
+        if (PyByteArray_Resize(out, old + need) < 0) {
+            goto done;
+        }
+        char *d = PyByteArray_AS_STRING(out) + old;
+        memcpy(d, "MSG ", 4);
+        d += 4;
+        memcpy(d, f.subj, (size_t)f.subj_len);
+        d += f.subj_len;
+        *d++ = ' ';
+        memcpy(d, csid, (size_t)csid_len);
+        d += csid_len;
+        if (f.reply) {
+            *d++ = ' ';
+            memcpy(d, f.reply, (size_t)f.reply_len);
+            d += f.reply_len;
+        }
+        *d++ = ' ';
+        memcpy(d, f.size_tok, (size_t)f.size_len);
+        d += f.size_len;
+        /* CRLF, body, CRLF: as received */
+        memcpy(d, buf + pos + f.line_len - 2, (size_t)(f.size + 4));
+        count++;
+        pos += len;
+    }
+    if (cur_sid != NULL && add_delivered(delivered, cur_sid, count) < 0) {
+        goto done;
+    }
+    result = PyLong_FromSsize_t(pos);
+done:
+    Py_XDECREF(cur_sid);
+    Py_XDECREF(out);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"scan_pubs", (PyCFunction)(void (*)(void))scan_pubs, METH_FASTCALL, scan_pubs_doc},
+    {"scan_msgs", (PyCFunction)(void (*)(void))scan_msgs, METH_FASTCALL, scan_msgs_doc},
+    {"route_msgs", (PyCFunction)(void (*)(void))route_msgs, METH_FASTCALL, route_msgs_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -182,5 +455,9 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    out_name = PyUnicode_InternFromString("_out");
+    if (out_name == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&speedups_module);
 }

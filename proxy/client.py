@@ -224,6 +224,8 @@ class ClientConnection(asyncio.Protocol):
         self.headers = bool(options.get("headers", False))
         self.no_responders = bool(options.get("no_responders", False)) and self.headers
         self.echo = bool(options.get("echo", True))
+        for sub in self.subs.values():
+            self.sidecar.route(sub)  # echo=false: its messages are matched against its own, one by one
         self.name = str(options.get("name", ""))[:256]
         if self.verbose:
             self.reply(OK_FRAME)
@@ -285,6 +287,12 @@ class ClientConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Queue bytes for the application; one write per loop iteration."""
         self._out += data
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.sidecar.loop.call_soon(self.flush)
+
+    def wake(self) -> None:
+        """Others (the C router) appended to `_out`: write it at the end of this loop iteration."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.sidecar.loop.call_soon(self.flush)

@@ -9,8 +9,10 @@ tail, and copy bytes only when a frame straddles two reads.
 Speed: in `batch` mode the client parser hands runs of plain PUBs to `scan_pubs` from the optional C
 module `proxy._speedups` when it is built (`SPEEDUPS`), which counts them without a Python object per
 frame; it stops at anything it is not sure about and the Python code below takes over, so the ops and
-errors are the same with and without it (the protocol tests run both). `KPI_SIDECAR_NO_EXTENSIONS=1` turns
-it off.
+errors are the same with and without it (the protocol tests run both). In the other direction the server
+parser in `batch` mode returns runs of plain MSG frames as one `MsgRun` (`scan_msgs`), which the sidecar
+hands to `route_msgs` to rewrite each frame's sid straight into its application's buffer.
+`KPI_SIDECAR_NO_EXTENSIONS=1` turns all of it off.
 
 Error conventions: a protocol error becomes `Err(text, fatal)` in sequence in the op list; after a fatal one
 the parser is dead and returns no more ops. `Err.text == ""` means nats-server closes the connection without
@@ -40,12 +42,16 @@ import msgspec
 from proxy.errors import ProtocolError
 
 ScanPubs = Callable[[bytes, int, dict, int, int], int]
+ScanMsgs = Callable[[bytes, int, int], int]
+RouteMsgs = Callable[[bytes, int, dict, dict], int]
 scan_pubs: ScanPubs | None = None
+scan_msgs: ScanMsgs | None = None
+route_msgs: RouteMsgs | None = None
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     try:
-        from proxy._speedups import scan_pubs
+        from proxy._speedups import route_msgs, scan_msgs, scan_pubs
     except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
-        scan_pubs = None
+        scan_pubs = scan_msgs = route_msgs = None
 SPEEDUPS = scan_pubs is not None
 
 __all__ = [
@@ -75,6 +81,7 @@ __all__ = [
     "Err",
     "Info",
     "Msg",
+    "MsgRun",
     "Ok",
     "Ping",
     "Pong",
@@ -95,6 +102,8 @@ __all__ = [
     "header_value",
     "is_valid_publish_subject",
     "is_valid_subject",
+    "next_msg",
+    "route_msgs",
     "split_pub",
     "status_message_headers",
 ]
@@ -199,6 +208,13 @@ class PubRun(msgspec.Struct, frozen=True, gc=False):
     n: int
 
 
+class MsgRun(msgspec.Struct, frozen=True, gc=False):
+    """Consecutive plain MSGs (no headers) from a server parser with `batch` on, as nats-server wrote
+    them: canonical frames, read one by one with `next_msg`, or routed in C with `route_msgs`."""
+
+    frames: bytes
+
+
 class Sub(msgspec.Struct, frozen=True, gc=False):
     """SUB from an application."""
 
@@ -248,7 +264,7 @@ class Msg(msgspec.Struct, frozen=True, gc=False):
 
 
 ClientOp = Connect | Ping | Pong | Pub | PubRun | Sub | Unsub | Err
-ServerOp = Info | Msg | Ping | Pong | Ok | Err
+ServerOp = Info | Msg | MsgRun | Ping | Pong | Ok | Err
 
 
 # --------------------------------------------------------------------------------------- op keywords
@@ -937,11 +953,16 @@ class ClientParser(_Parser):
 class ServerParser(_Parser):
     """Parses what the upstream nats-server sends; malformed data yields a fatal Err, never an exception."""
 
-    __slots__ = ()
+    __slots__ = ("_scan", "batch")
     _OPS = _SERVER_OPS
 
-    def __init__(self, max_control_line: int = MAX_SERVER_CONTROL_LINE) -> None:
+    def __init__(
+        self, max_control_line: int = MAX_SERVER_CONTROL_LINE, scan: ScanMsgs | None = scan_msgs
+    ) -> None:
         super().__init__(max_control_line)
+        # batch: runs of plain MSGs come out as MsgRun ops (only with a scanner: the C one by default).
+        self.batch = False
+        self._scan = scan
 
     def feed_data(self, data: bytes) -> list[ServerOp]:
         """Parse more bytes; return every op they complete, in order, ending with an Err if one is met."""
@@ -955,8 +976,16 @@ class ServerParser(_Parser):
         append = ops.append
         last_line = self._last_line
         last = self._last
+        scan = self._scan if self.batch else None
+        max_line = self.max_control_line
         try:
             while pos < n:
+                if scan is not None:
+                    end = scan(buf, pos, max_line)
+                    if end != pos:
+                        append(MsgRun(buf if pos == 0 and end == n else buf[pos:end]))
+                        pos = end
+                        continue
                 if not startswith(last_line, pos):
                     eol = find(b"\n", pos)
                     if eol < 0:
@@ -1121,6 +1150,16 @@ def encode_info(options: dict) -> bytes:
 def encode_connect(options: dict) -> bytes:
     """CONNECT with compact JSON options."""
     return b"CONNECT %s\r\n" % msgspec.json.encode(options)
+
+
+def next_msg(frames: bytes, pos: int) -> tuple[Msg, int]:
+    """The frame of a MsgRun at pos as a Msg, and where the next frame starts."""
+    eol = frames.index(b"\n", pos)
+    toks = frames[pos + 4 : eol - 1].split(b" ")
+    start = eol + 1
+    end = start + int(toks[-1])
+    reply = toks[2] if len(toks) == 4 else None
+    return Msg(toks[0], int(toks[1]), reply, -1, frames[start:end]), end + 2
 
 
 def split_pub(frame: bytes) -> tuple[bytes, bytes | None, int, bytes]:

@@ -27,6 +27,7 @@ from proxy.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
 from proxy.nats_protocol import (
     DEFAULT_MAX_PAYLOAD,
     Msg,
+    MsgRun,
     Pub,
     PubRun,
     Sub,
@@ -36,6 +37,8 @@ from proxy.nats_protocol import (
     encode_sub,
     encode_unsub,
     header_value,
+    next_msg,
+    route_msgs,
     split_pub,
 )
 from proxy.resources import ResourceMonitor
@@ -149,6 +152,9 @@ class Sidecar:
         self._held_clients: deque[ClientConnection] = deque()
         # Clients not read while the upstream socket is backed up (flow control, see flow_pause).
         self.flow_paused: set[ClientConnection] = set()
+        # Subscriptions whose plain MSGs the C router writes straight to their application (usid ->
+        # (client, client sid)): everything but echo=false clients and subscriptions with a max count.
+        self.routes: dict[int, tuple[ClientConnection, bytes]] = {}
         self.flow_pauses = 0
         self.upstream_stalled = False  # backed up for longer than upstream.flowControlMs
         self._flow_timer: asyncio.TimerHandle | None = None
@@ -390,6 +396,7 @@ class Sidecar:
         self.clients.discard(client)
         self.flow_paused.discard(client)
         for sub in client.subs.values():
+            self.routes.pop(sub.usid, None)
             if self.subs.pop(sub.usid, None) is not None:
                 self.upstream.unsubscribe(sub.usid)
         client.subs.clear()
@@ -451,7 +458,15 @@ class Sidecar:
         sub = ClientSub(client, op.sid, op.subject, op.queue, usid)
         client.subs[op.sid] = sub
         self.subs[usid] = sub
+        self.route(sub)
         self.upstream.subscribe(usid, op.subject, op.queue)
+
+    def route(self, sub: ClientSub) -> None:
+        """Let the C router deliver this subscription's plain MSGs, or stop it (see `routes`)."""
+        if route_msgs is not None and sub.client.echo and not sub.max_msgs and not sub.client.closed:
+            self.routes[sub.usid] = (sub.client, sub.sid_bytes)
+        else:
+            self.routes.pop(sub.usid, None)
 
     def unsubscribe(self, client: ClientConnection, sid: str, max_msgs: int | None) -> None:
         sub = client.subs.get(sid)
@@ -459,11 +474,13 @@ class Sidecar:
             return
         if max_msgs is not None and max_msgs > sub.delivered:
             sub.max_msgs = max_msgs
+            self.route(sub)  # counted one by one from now on
             # The upstream sub has counted the same deliveries, so the absolute max applies there too.
             self.upstream.unsubscribe(sub.usid, max_msgs)
             return
         del client.subs[sid]
         self.subs.pop(sub.usid, None)
+        self.routes.pop(sub.usid, None)
         self.upstream.unsubscribe(sub.usid)
 
     def resubscribe_frames(self) -> bytes:
@@ -530,6 +547,26 @@ class Sidecar:
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
             client.subs.pop(sub.sid, None)
             del self.subs[msg.sid]
+            self.routes.pop(msg.sid, None)
+
+    def on_upstream_msgs(self, run: MsgRun) -> None:
+        """A run of plain MSGs: routed in C where `routes` allows, the others one by one, in order."""
+        frames = run.frames
+        n = len(frames)
+        routes = self.routes
+        delivered: dict[int, int] = {}
+        pos = route_msgs(frames, 0, routes, delivered)  # type: ignore[misc]
+        while pos < n:
+            msg, pos = next_msg(frames, pos)
+            self.on_upstream_msg(msg)
+            if pos < n:
+                pos = route_msgs(frames, pos, routes, delivered)  # type: ignore[misc]
+        subs = self.subs
+        for usid, count in delivered.items():
+            sub = subs.get(usid)
+            if sub is not None:
+                sub.delivered += count
+                sub.client.wake()
 
     def _on_pub_ack(self, msg: Msg) -> None:
         token = msg.subject.decode().rpartition(".")[2]

@@ -32,10 +32,12 @@ from proxy.nats_protocol import (
     Err,
     Info,
     Msg,
+    MsgRun,
     ServerParser,
     encode_connect,
     encode_sub,
     encode_unsub,
+    route_msgs,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class UpstreamHandler(Protocol):
     def on_upstream_connected(self, info: dict[str, Any]) -> None: ...
     def on_upstream_lost(self) -> None: ...
     def on_upstream_msg(self, msg: Msg) -> None: ...
+    def on_upstream_msgs(self, run: MsgRun) -> None: ...
     def on_upstream_error(self, text: str) -> None: ...
     def on_upstream_writable(self) -> None: ...
     def resubscribe_frames(self) -> bytes: ...
@@ -62,6 +65,7 @@ class _UpstreamProtocol(asyncio.Protocol):
     def __init__(self, owner: Upstream) -> None:
         self.owner = owner
         self.parser = ServerParser()
+        self.parser.batch = route_msgs is not None  # MsgRuns only when the sidecar can route them in C
         self.transport: asyncio.Transport | None = None
         self.info: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.handshake: asyncio.Future[None] | None = None
@@ -76,7 +80,11 @@ class _UpstreamProtocol(asyncio.Protocol):
         owner = self.owner
         handler = owner.handler
         for op in self.parser.feed_data(data):
-            if type(op) is Msg:
+            kind = type(op)
+            if kind is MsgRun:
+                if owner.connected:
+                    handler.on_upstream_msgs(op)
+            elif kind is Msg:
                 if owner.connected:
                     handler.on_upstream_msg(op)
             elif op is PING:

@@ -1,0 +1,142 @@
+"""The upstream direction in C: runs of plain MSGs (`scan_msgs` -> `MsgRun`) and their routing
+(`route_msgs`), checked against the pure-Python parser and encoder they stand in for."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import nats_protocol
+from proxy.nats_protocol import Msg, MsgRun, ServerParser, encode_msg, next_msg
+from tests.protocol.chunkings import bytewise, feed_reads, split_offsets, two_reads
+from tests.protocol.test_roundtrip import cut, encode_server_op, server_ops
+from tests.protocol.test_server_parser import CASES
+
+SCAN = nats_protocol.scan_msgs
+ROUTE = nats_protocol.route_msgs
+pytestmark = pytest.mark.skipif(
+    SCAN is None and not nats_protocol.SPEEDUPS,
+    reason="KPI_SIDECAR_NO_EXTENSIONS (test_batch checks the build)",
+)
+
+
+def batch_parser() -> ServerParser:
+    parser = ServerParser()
+    parser.batch = True
+    return parser
+
+
+def expand(ops: list) -> list:
+    """Each MsgRun replaced by the Msgs of its frames, read with next_msg."""
+    out: list = []
+    for op in ops:
+        if type(op) is not MsgRun:
+            out.append(op)
+            continue
+        assert op.frames, "an empty run"
+        pos = 0
+        while pos < len(op.frames):
+            msg, pos = next_msg(op.frames, pos)
+            assert msg.hdr_size == -1
+            out.append(msg)
+        assert pos == len(op.frames)
+    return out
+
+
+@pytest.mark.parametrize(("data", "ops"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_batch_mode_reads_the_same_ops_in_every_chunking(data: bytes, ops: list) -> None:
+    assert expand(batch_parser().feed_data(data)) == ops
+    for at in split_offsets(data):
+        assert expand(feed_reads(batch_parser(), two_reads(data, at))) == ops, f"cut at {at}"
+    assert expand(feed_reads(batch_parser(), bytewise(data))) == ops
+
+
+odd_frames = st.sampled_from(
+    [
+        b"MSG a 1 2\r\nab\r\n",
+        b"MSG a  1 2\r\nab\r\n",  # two blanks: not as nats-server writes it, the Python parser's
+        b"MSG a 1 r 0\r\n\r\n",
+        b"MSG a\x7f 1 0\r\n\r\n",
+        b"MSG caf\xc3\xa9 12345678901234567 1\r\nx\r\n",
+        b"MSG a 1234567890123456789 1\r\nx\r\n",  # sid of 19 digits: a parser error
+        b"MSG a 1 0000000001\r\nx\r\n",
+        b"MSG a 1 2\r\nab\n\n",
+        b"msg a 1 1\r\nx\r\n",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(server_ops.map(lambda op: encode_server_op(op)[0]) | odd_frames, max_size=30),
+    offsets=st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_random_streams_batch_and_plain_agree(parts: list[bytes], offsets: list[int]) -> None:
+    reads = cut(b"".join(parts), offsets)
+    assert expand(feed_reads(batch_parser(), reads)) == feed_reads(ServerParser(), reads)
+
+
+class Client:
+    """What route_msgs needs of an application connection: an `_out` bytearray."""
+
+    def __init__(self) -> None:
+        self._out = bytearray()
+
+
+tokens = st.text(alphabet=string.ascii_letters + string.digits + "_-.$", min_size=1, max_size=12)
+msgs = st.tuples(st.integers(min_value=1, max_value=6), tokens, st.none() | tokens, st.binary(max_size=64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(msgs, min_size=1, max_size=40), routed=st.sets(st.integers(min_value=1, max_value=6)))
+def test_route_msgs_writes_what_the_python_path_would(
+    frames: list[tuple[int, str, str | None, bytes]], routed: set[int]
+) -> None:
+    clients = {sid: Client() for sid in routed}
+    routes = {sid: (clients[sid], b"c%d" % sid) for sid in routed}
+    expected = {sid: bytearray() for sid in routed}
+    data = b"".join(
+        encode_msg(subject.encode(), b"%d" % sid, reply and reply.encode(), -1, body)
+        for sid, subject, reply, body in frames
+    )
+    assert SCAN(data, 0, 4096) == len(data)  # type: ignore[misc]
+    delivered: dict[int, int] = {}
+    pos = ROUTE(data, 0, routes, delivered)  # type: ignore[misc]
+    count: dict[int, int] = {}
+    offset = 0
+    for sid, subject, reply, body in frames:
+        if sid not in routed:
+            break
+        expected[sid] += encode_msg(subject.encode(), b"c%d" % sid, reply and reply.encode(), -1, body)
+        count[sid] = count.get(sid, 0) + 1
+        offset = next_msg(data, offset)[1]
+    # It stops at the first frame for a sid it does not route, and not before.
+    assert pos == offset
+    assert delivered == count
+    assert {sid: bytes(c._out) for sid, c in clients.items()} == {s: bytes(b) for s, b in expected.items()}
+
+
+def test_route_msgs_appends_to_what_is_buffered_and_rejects_bad_routes() -> None:
+    client = Client()
+    client._out += b"PONG\r\n"
+    data = b"MSG a 7 2\r\nhi\r\nMSG b 7 r 0\r\n\r\n"
+    delivered = {7: 1}
+    assert ROUTE(data, 0, {7: (client, b"x")}, delivered) == len(data)  # type: ignore[misc]
+    assert bytes(client._out) == b"PONG\r\nMSG a x 2\r\nhi\r\nMSG b x r 0\r\n\r\n"
+    assert delivered == {7: 3}
+    with pytest.raises(AttributeError):
+        ROUTE(data, 0, {7: (object(), b"x")}, {})  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ROUTE(data, 0, {7: (client, "x")}, {})  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        ROUTE(data, len(data) + 1, {}, {})  # type: ignore[misc]
+
+
+def test_next_msg() -> None:
+    data = b"MSG a 1 2\r\nhi\r\nMSG b 22 _INBOX.x 0\r\n\r\n"
+    first, pos = next_msg(data, 0)
+    assert first == Msg(b"a", 1, None, -1, b"hi") and pos == 15
+    assert next_msg(data, pos) == (Msg(b"b", 22, b"_INBOX.x", -1, b""), len(data))
