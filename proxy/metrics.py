@@ -328,6 +328,11 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
         lambda v: len(v.sidecar.clients),
     ),
     (
+        "kpi_upstream_stalled",
+        "1 while the upstream socket has stayed backed up past upstream.flowControlMs (the engine queues).",
+        lambda v: 1.0 if v.sidecar.upstream_stalled else 0.0,
+    ),
+    (
         "kpi_sidecar_flow_paused_clients",
         "Application connections not read right now because the upstream socket is backed up.",
         lambda v: len(v.sidecar.flow_paused),

@@ -136,6 +136,7 @@ async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
         upstream = upstream_component(proc)
         status = proc.status()
         assert upstream["stalled"] is True
+        assert metric(proc, "kpi_upstream_stalled") == 1
         assert upstream["status"] == "warning"
         assert upstream["flowPausedClients"] == 0
         assert status["currentQueueSize"] > 0
@@ -147,6 +148,7 @@ async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
     assert got[0] == N
     upstream = upstream_component(proc)
     assert upstream["stalled"] is False and upstream["status"] == "ok"
+    assert metric(proc, "kpi_upstream_stalled") == 0
     assert proc.status()["droppedMessages"] == 0
     await hub.close()
 
