@@ -253,7 +253,7 @@ class Engine:
     def forward_batch(
         self, groups: list[tuple[str, int, Priority]], n: int, now: float, can_send: bool
     ) -> bool:
-        """Forward `n` non-critical, non-request messages given as (subject, count, priority) at once.
+        """Forward `n` non-critical messages given as (subject, count, priority) at once.
 
         Only when offer() could have returned nothing but FORWARD for each of them: the upstream takes
         writes, no batching, an empty queue, no breaker records, no shedding or sampling, and `n` tokens.

@@ -1,11 +1,12 @@
-/* kpi-sidecar: optional C accelerator for the client parser's hot loop (proxy/nats_protocol.py).
+/* kpi-sidecar: optional C accelerator for the NATS codec's hot loops (proxy/nats_protocol.py).
  *
- * scan_pubs() walks a run of plain PUB frames the way ClientParser._parse's fast path does, without
- * creating a Python object per frame; scan_msgs() and route_msgs() do the same for the MSG frames the
- * upstream sends, and write each to its application's output buffer with the application's sid. It only consumes frames it is sure about and
- * stops at the first byte it is not: the Python parser then handles that op exactly as it would have
- * without this module (same ops, same errors), so the two implementations are interchangeable and
- * tests run both (tests/protocol). Set KPI_SIDECAR_NO_EXTENSIONS=1 to run without it.
+ * scan_pubs() walks a run of PUB frames (and HPUBs not classified by a KPI-Priority header) the way
+ * ClientParser._parse's fast path does, counting them per subject without a Python object per frame.
+ * scan_msgs() does the same for the plain MSG frames the upstream sends, and route_msgs() writes each of
+ * them into its application's output buffer with the application's sid. The scanners only consume frames
+ * they are sure about and stop at the first byte they are not: the Python parser then handles that op
+ * exactly as it would have without this module (same ops, same errors), so the two implementations are
+ * interchangeable and the tests run both (tests/protocol). KPI_SIDECAR_NO_EXTENSIONS=1 runs without it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -68,17 +69,61 @@ subject_ok(const unsigned char *s, Py_ssize_t len)
     return 1;
 }
 
+/* Does the header block mention KPI-Priority (any case)? Such a message is classified by its header, so
+ * it is not part of a run; the Python parser applies the same test (ClientParser._plain). */
+static int
+mentions_priority(const unsigned char *h, Py_ssize_t len)
+{
+    static const char key[] = "kpi-priority";
+    const Py_ssize_t klen = (Py_ssize_t)sizeof(key) - 1;
+    for (Py_ssize_t i = 0; i + klen <= len; i++) {
+        Py_ssize_t j = 0;
+        while (j < klen) {
+            unsigned char c = h[i + j];
+            if (c >= 'A' && c <= 'Z') {
+                c = (unsigned char)(c + 32);
+            }
+            if (c != (unsigned char)key[j]) {
+                break;
+            }
+            j++;
+        }
+        if (j == klen) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int
+parse_digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t *value)
+{
+    if (len < 1 || len > 9) {
+        return 0;
+    }
+    Py_ssize_t v = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (t[i] < '0' || t[i] > '9') {
+            return 0;
+        }
+        v = v * 10 + (t[i] - '0');
+    }
+    *value = v;
+    return 1;
+}
+
 PyDoc_STRVAR(scan_pubs_doc,
-"scan_pubs(buf, pos, counts, limit, max_control_line) -> int\n\n"
-"Consume the complete plain PUB frames of buf from pos on ('PUB <subject> <size>\\r\\n' with blanks\n"
-"between the tokens, a 1-9 digit size <= limit, line <= max_control_line, body ending in CRLF), adding one\n"
-"per frame to counts[subject]; return the position after the last one (pos if none).");
+"scan_pubs(buf, pos, counts, limit, max_control_line, headers) -> int\n\n"
+"Consume the complete PUB frames of buf from pos on ('PUB <subject> [reply] <size>\\r\\n' with blanks\n"
+"between the tokens, a 1-9 digit size <= limit, line <= max_control_line, body ending in CRLF), and, when\n"
+"headers is true, the HPUB frames whose header block does not mention KPI-Priority; add one per frame\n"
+"to counts[subject]; return the position after the last one (pos if none).");
 
 static PyObject *
 scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "scan_pubs() takes exactly 5 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "scan_pubs() takes exactly 6 arguments");
         return NULL;
     }
     PyObject *bufobj = args[0];
@@ -90,6 +135,7 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     long long limit = PyLong_AsLongLong(args[3]);
     Py_ssize_t max_line = PyLong_AsSsize_t(args[4]);
+    int headers_ok = PyObject_IsTrue(args[5]);
     if (PyErr_Occurred()) {
         return NULL;
     }
@@ -106,45 +152,71 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     while (n - pos >= 11) { /* the shortest frame: "PUB a 0\r\n\r\n" */
         const unsigned char *p = buf + pos;
-        if (p[0] != 'P' || p[1] != 'U' || p[2] != 'B' || (p[3] != ' ' && p[3] != '\t')) {
+        int hpub;
+        const unsigned char *q;
+        if (p[0] == 'P' && p[1] == 'U' && p[2] == 'B' && (p[3] == ' ' || p[3] == '\t')) {
+            hpub = 0;
+            q = p + 4;
+        }
+        else if (headers_ok && p[0] == 'H' && p[1] == 'P' && p[2] == 'U' && p[3] == 'B' &&
+                 (p[4] == ' ' || p[4] == '\t')) {
+            hpub = 1;
+            q = p + 5;
+        }
+        else {
             break;
         }
         /* A control line longer than max_line is the Python parser's to reject: look no further. */
         const unsigned char *end = n - pos > max_line ? p + max_line : buf + n;
-        const unsigned char *q = p + 4;
-        while (q < end && (*q == ' ' || *q == '\t')) {
-            q++;
-        }
-        const unsigned char *subj = q;
-        while (q < end && *q > 0x20 && *q != 0x7f) {
-            q++;
-        }
-        Py_ssize_t subj_len = q - subj;
-        if (subj_len == 0 || q == end || (*q != ' ' && *q != '\t')) {
-            break;
+        const unsigned char *toks[4];
+        Py_ssize_t lens[4];
+        int ntok = 0;
+        int ok = 1;
+        for (;;) {
+            while (q < end && (*q == ' ' || *q == '\t')) {
+                q++;
+            }
+            const unsigned char *t = q;
+            while (q < end && *q > 0x20 && *q != 0x7f) {
+                q++;
+            }
+            if (q == t || q == end || ntok == 4) {
+                ok = 0;
+                break;
+            }
+            toks[ntok] = t;
+            lens[ntok] = q - t;
+            ntok++;
+            if (*q == '\r') {
+                break;
+            }
+            if (*q != ' ' && *q != '\t') {
+                ok = 0;
+                break;
+            }
         }
         /* Blanks between the tokens, as nats-server splits them: nats-py writes "PUB subject  size". */
-        while (q < end && (*q == ' ' || *q == '\t')) {
-            q++;
+        if (!ok || end - q < 2 || q[1] != '\n' || ntok < 2 + hpub || ntok > 3 + hpub) {
+            break;
         }
-        long long size = 0;
-        int digits = 0;
-        while (q < end && *q >= '0' && *q <= '9' && digits < 10) {
-            size = size * 10 + (*q - '0');
-            q++;
-            digits++;
-        }
-        if (digits == 0 || digits > 9 || end - q < 2 || q[0] != '\r' || q[1] != '\n') {
+        Py_ssize_t size, hdr = -1;
+        if (!parse_digits(toks[ntok - 1], lens[ntok - 1], &size) ||
+            (hpub && (!parse_digits(toks[ntok - 2], lens[ntok - 2], &hdr) || hdr > size))) {
             break;
         }
         Py_ssize_t line_len = (q + 2) - p;
         if (line_len > max_line || size > limit) {
             break;
         }
-        Py_ssize_t frame_end = pos + line_len + (Py_ssize_t)size + 2;
+        Py_ssize_t frame_end = pos + line_len + size + 2;
         if (frame_end > n || buf[frame_end - 2] != '\r' || buf[frame_end - 1] != '\n') {
             break;
         }
+        if (hpub && mentions_priority(p + line_len, hdr)) {
+            break;
+        }
+        const unsigned char *subj = toks[0];
+        Py_ssize_t subj_len = lens[0];
         if (run_count > 0 && subj_len == run_len && memcmp(subj, run_subject, (size_t)subj_len) == 0) {
             run_count++;
         }

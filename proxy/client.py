@@ -139,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
                     or not sidecar.publish_run(op, now)
                 ):
                     split = ClientParser(max_payload=-1)
+                    split.headers = True  # HPUBs in a run were accepted already
                     self.process(split.feed_data(op.frames) + list(ops[i + 1 :]), now)
                     return
                 continue

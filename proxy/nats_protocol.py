@@ -41,7 +41,7 @@ import msgspec
 
 from proxy.errors import ProtocolError
 
-ScanPubs = Callable[[bytes, int, dict, int, int], int]
+ScanPubs = Callable[[bytes, int, dict, int, int, bool], int]
 ScanMsgs = Callable[[bytes, int, int], int]
 RouteMsgs = Callable[[bytes, int, dict, dict], int]
 scan_pubs: ScanPubs | None = None
@@ -200,8 +200,8 @@ class Pub(msgspec.Struct, frozen=True, gc=False):
 
 
 class PubRun(msgspec.Struct, frozen=True, gc=False):
-    """Consecutive plain PUBs (no reply, no headers) from a parser with `batch` on: their frames as one
-    bytes object, the count per subject, and the total."""
+    """Consecutive PUBs and HPUBs whose priority does not depend on a KPI-Priority header, from a parser
+    with `batch` on: their frames as one bytes object, the count per subject, and the total."""
 
     frames: bytes
     counts: dict[str, int]
@@ -352,6 +352,12 @@ def _parse_uint(tok: bytes) -> int:
 def _parse_size(tok: bytes) -> int:
     """nats-server's parseSize: 1 to 9 ASCII digits, else -1."""
     return _parse_uint(tok) if len(tok) <= 9 else -1
+
+
+def _mentions_priority(buf: bytes, start: int, hdr_size: int) -> bool:
+    """Whether a header block mentions KPI-Priority (any case): such a message is classified by its
+    header, so it never joins a PubRun. The C scanner applies the same test."""
+    return b"kpi-priority" in buf[start : start + hdr_size].lower()
 
 
 def _str(b: bytes) -> str:
@@ -706,7 +712,7 @@ class ClientParser(_Parser):
         try:
             while pos < n:
                 if scan is not None:
-                    end = scan(buf, pos, self._run_counts, limit, max_line)
+                    end = scan(buf, pos, self._run_counts, limit, max_line, self.headers)
                     if end != pos:
                         if self._run_start < 0:
                             self._run_start = pos
@@ -743,7 +749,7 @@ class ClientParser(_Parser):
                     return
                 if buf[end - 2] != _CR or buf[end - 1] != _LF:
                     raise ProtocolError(ERR_UNKNOWN_OP)
-                if reply is None and hdr < 0 and self.batch:
+                if self.batch and (hdr < 0 or not _mentions_priority(buf, pos + line_len, hdr)):
                     if self._run_start < 0:
                         self._run_start = pos
                     counts = self._run_counts
@@ -772,7 +778,9 @@ class ClientParser(_Parser):
             raise
         if self.batch and end > 0 and len(found) == 1:
             op = found[0]
-            if type(op) is Pub and op.reply is None and op.hdr_size < 0:
+            if type(op) is Pub and (
+                op.hdr_size < 0 or not _mentions_priority(op.frame, op.body_start, op.hdr_size)
+            ):
                 if self._run_start < 0:
                     self._run_start = pos
                 counts = self._run_counts

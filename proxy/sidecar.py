@@ -659,8 +659,8 @@ class Sidecar:
         return self.offer(msg, now).verdict is not BLOCK
 
     def publish_run(self, op: PubRun, now: float) -> bool:
-        """Consecutive plain PUBs (no reply, no headers) forwarded as one write, when the engine would have
-        forwarded each of them at once; False: the caller offers them one by one."""
+        """Consecutive publishes classified by subject alone (PubRun) forwarded as one write, when the
+        engine would have forwarded each of them at once; False: the caller offers them one by one."""
         classify = self.engine.classify
         groups: list[tuple[str, int, Priority]] = []
         for subject, count in op.counts.items():

@@ -107,8 +107,15 @@ class NatsServer:
                 self.proc.wait(5)
 
     def pause(self) -> None:
+        """SIGSTOP, and wait until the kernel reports the process stopped (the signal is asynchronous:
+        without the wait, the server may still answer a PING sent right after)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.proc.pid}/stat")
+        deadline = time.monotonic() + 5
+        while stat.read_text().rpartition(")")[2].split()[0] != "T":
+            assert time.monotonic() < deadline, "nats-server did not stop"
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.proc is not None

@@ -46,8 +46,12 @@ def expand(ops: list) -> list:
         if type(op) is not PubRun:
             out.append(op)
             continue
-        pubs = ClientParser(max_payload=-1).feed_data(op.frames)
-        assert all(type(p) is Pub and p.reply is None and p.hdr_size < 0 for p in pubs), pubs
+        split = ClientParser(max_payload=-1)
+        split.headers = True
+        pubs = split.feed_data(op.frames)
+        assert all(type(p) is Pub for p in pubs), pubs
+        # Only messages classified by subject alone: no KPI-Priority header.
+        assert all(p.headers is None or b"kpi-priority" not in p.headers.lower() for p in pubs), pubs
         counts: dict[str, int] = {}
         for p in pubs:
             counts[p.subject] = counts.get(p.subject, 0) + 1
@@ -78,12 +82,19 @@ def test_cases_in_batch_mode(case: Case) -> None:
 
 
 def test_a_run_is_one_op_with_counts_per_subject() -> None:
-    frames = encode_pub("a", None, b"1") + encode_pub("b", None, b"22") + encode_pub("a", None, b"")
-    request = encode_pub("a", "inbox", b"q")
-    ops = batch_parser().feed_data(frames + request + frames)
+    frames = (
+        encode_pub("a", None, b"1")
+        + encode_pub("b", "inbox.1", b"22")  # requests too
+        + encode_pub("a", None, b"", b"NATS/1.0\r\nTrace: x\r\n\r\n")  # and headers
+    )
+    by_header = encode_pub("a", None, b"q", b"NATS/1.0\r\nkpi-PRIORITY: low\r\n\r\n")
+    parser = batch_parser()
+    parser.headers = True
+    ops = parser.feed_data(frames + by_header + frames)
+    hdr = by_header.index(b"\r\n\r\n") + 4 - (by_header.index(b"\n") + 1)
     assert ops == [
         PubRun(frames, {"a": 2, "b": 1}, 3),
-        Pub("a", "inbox", -1, request, request.index(b"\n") + 1),
+        Pub("a", None, hdr, by_header, by_header.index(b"\n") + 1),
         PubRun(frames, {"a": 2, "b": 1}, 3),
     ]
 
@@ -109,6 +120,12 @@ raw_lines = st.sampled_from(
         b"PUB a 1 \r\nx\r\n",
         b"PUB a\x7f 1\r\nx\r\n",
         b"PUB a 1\nx\r\n",
+        b"PUB a r 1\r\nx\r\n",
+        b"PUB a \xff 1\r\nx\r\n",
+        b"HPUB a 12 13\r\nNATS/1.0\r\n\r\nx\r\n",
+        encode_pub("a", "r", b"", b"NATS/1.0\r\nKPI-Priority: high\r\n\r\n"),
+        encode_pub("a", None, b"x", b"NATS/1.0\r\nX: kpi-priority\r\n\r\n"),
+        b"HPUB a 4 2\r\nab\r\n",
         b"PING\r\n",
         b"pub a 1\r\nx\r\n",
         b"PUB  \r\n",
@@ -149,19 +166,28 @@ def test_random_streams_same_ops_with_and_without_the_scanner(
 class TestScanPubs:
     def scan(self, data: bytes, limit: int = 1 << 62, max_line: int = 4096) -> tuple[int, dict]:
         counts: dict[str, int] = {}
-        end = SCAN(data, 0, counts, limit, max_line)  # type: ignore[misc]
+        end = SCAN(data, 0, counts, limit, max_line, True)  # type: ignore[misc]
         return end, counts
 
     def test_stops_at_the_first_frame_it_does_not_own(self) -> None:
         one = b"PUB s 2\r\nhi\r\n"
         for tail in (
-            b"PUB s r 2\r\nhi\r\n",
+            b"PUB s r x 2\r\nhi\r\n",
             b"HPUB s 12 14\r\n",
+            encode_pub("s", None, b"", b"NATS/1.0\r\nKpi-Priority: 1\r\n\r\n"),
+            b"HPUB s 3 2\r\nabc\r\n",
             b"SUB s 1\r\n",
             b"PUB s 2\r\nh",
             b"PUB s 2\r\nhi\n\n",
         ):
             assert self.scan(one + one + tail) == (2 * len(one), {"s": 2})
+
+    def test_requests_and_headers_join_the_run(self) -> None:
+        frames = b"PUB s _INBOX.1 2\r\nhi\r\nHPUB t r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
+        assert self.scan(frames) == (len(frames), {"s": 1, "t": 1})
+        counts: dict[str, int] = {}
+        # Unless the connection did not negotiate headers: the Python parser reports that.
+        assert SCAN(frames, 0, counts, 100, 100, False) == frames.index(b"HPUB")  # type: ignore[misc]
 
     def test_payload_limit_and_size_digits(self) -> None:
         frame = b"PUB s 8\r\n12345678\r\n"
@@ -187,11 +213,11 @@ class TestScanPubs:
     def test_adds_to_the_counts_it_is_given(self) -> None:
         counts = {"s": 5}
         data = b"xxPUB s 0\r\n\r\n"
-        assert SCAN(data, 2, counts, 100, 100) == len(data)  # type: ignore[misc]
+        assert SCAN(data, 2, counts, 100, 100, False) == len(data)  # type: ignore[misc]
         assert counts == {"s": 6}
 
     def test_rejects_bad_arguments(self) -> None:
         with pytest.raises(TypeError):
-            SCAN(bytearray(b"PUB s 0\r\n\r\n"), 0, {}, 1, 100)  # type: ignore[misc]
+            SCAN(bytearray(b"PUB s 0\r\n\r\n"), 0, {}, 1, 100, False)  # type: ignore[misc]
         with pytest.raises(ValueError):
-            SCAN(b"PUB", 4, {}, 1, 100)  # type: ignore[misc]
+            SCAN(b"PUB", 4, {}, 1, 100, False)  # type: ignore[misc]
