@@ -238,6 +238,8 @@ def status_data(sidecar: Sidecar) -> dict[str, Any]:
         "samplingRate": snap.sampling_rate,
         "batchSize": snap.batch_size,
         "upstreamConnected": sidecar.upstream.connected,
+        "upstreamStalled": sidecar.upstream_stalled,
+        "flowPausedClients": len(sidecar.flow_paused),
         "receivedMessages": snap.received,
         "forwardedMessages": snap.forwarded,
         "spooledMessages": snap.spooled,

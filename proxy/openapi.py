@@ -84,6 +84,8 @@ def _status_schema() -> dict[str, Any]:
             "samplingRate": NUM,
             "batchSize": {"type": "integer", "minimum": 1},
             "upstreamConnected": BOOL,
+            "upstreamStalled": BOOL,
+            "flowPausedClients": NNINT,
             "receivedMessages": NNINT,
             "forwardedMessages": NNINT,
             "spooledMessages": NNINT,

@@ -53,6 +53,10 @@ def format_status(admin: str, status: dict[str, Any], health: dict[str, Any] | N
     drops = g("droppedByReason") or {}
     drop_text = ", ".join(f"{reason} {count}" for reason, count in sorted(drops.items()))
     upstream = "connected" if g("upstreamConnected") else "DISCONNECTED"
+    if g("upstreamStalled"):
+        upstream += ", STALLED (backed up past upstream.flowControlMs: the engine queues)"
+    elif g("flowPausedClients"):
+        upstream += f", backed up: {g('flowPausedClients')} application(s) paused by flow control"
     lines = [
         f"kpi-sidecar at {admin}: {state} (level {g('degradationLevel', '?')}, load "
         f"{g('loadPercent', 0.0):.0f}% from {g('dominantSignal', '?')})",

@@ -131,6 +131,10 @@ def test_status_formatting_and_url_normalization() -> None:
     )
     assert text.splitlines()[0] == "kpi-sidecar at http://x: DEGRADED (level high, load 163% from queue)"
     assert "DISCONNECTED" in text and "800 / 1000 (80%)" in text and "(low_priority 2, sampling 5)" in text
+    paused = format_status("http://x", {"upstreamConnected": True, "flowPausedClients": 2}, None)
+    assert "upstream   connected, backed up: 2 application(s) paused by flow control" in paused
+    stalled = format_status("http://x", {"upstreamConnected": True, "upstreamStalled": True}, None)
+    assert "upstream   connected, STALLED" in stalled
 
 
 def test_run_with_a_port_already_taken_fails_with_one_line(tmp_path: Path) -> None:

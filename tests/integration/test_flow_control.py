@@ -111,6 +111,7 @@ async def test_a_backed_up_upstream_pauses_the_application_and_loses_nothing(
         assert publisher.is_alive()
         assert status["currentQueueSize"] == 0
         assert status["droppedMessages"] == 0
+        assert status["flowPausedClients"] == 1 and status["upstreamStalled"] is False
         assert metric(proc, "kpi_sidecar_flow_paused_clients") == 1
     finally:
         nats_server.resume()
@@ -140,6 +141,7 @@ async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
         assert upstream["status"] == "warning"
         assert upstream["flowPausedClients"] == 0
         assert status["currentQueueSize"] > 0
+        assert status["upstreamStalled"] is True
     finally:
         nats_server.resume()
     publisher.join(30)
