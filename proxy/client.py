@@ -288,12 +288,10 @@ class ClientConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Queue bytes for the application; one write per loop iteration."""
         self._out += data
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.sidecar.loop.call_soon(self.flush)
+        self.wake()
 
     def wake(self) -> None:
-        """Others (the C router) appended to `_out`: write it at the end of this loop iteration."""
+        """Write `_out` at the end of this loop iteration (the C router appends to it directly)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.sidecar.loop.call_soon(self.flush)
