@@ -22,7 +22,6 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
-import nats
 from msgspec import Meta
 
 from policies.engine import Verdict
@@ -239,6 +238,9 @@ class LoadTest:
 
     async def _connect_receiver(self, spec: LoadTestSpec) -> Any:
         """A nats-py connection to the upstream servers subscribed to the test's subjects, or None."""
+        # Imported here, not at the top: nats-py costs the sidecar about 3 MB of RSS, which only a load
+        # test needs (idle sidecar: 46.9 MB with the import here, 49.9 MB with it at the top).
+        import nats
 
         async def quiet(*_: Any) -> None:
             return None
