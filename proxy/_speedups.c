@@ -95,13 +95,14 @@ mentions_priority(const unsigned char *h, Py_ssize_t len)
     return 0;
 }
 
+/* A decimal of 1 to max_len ASCII digits (9: nats-server's sizes, 18: its sids) into *value. */
 static int
-parse_digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t *value)
+parse_digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t max_len, long long *value)
 {
-    if (len < 1 || len > 9) {
+    if (len < 1 || len > max_len) {
         return 0;
     }
-    Py_ssize_t v = 0;
+    long long v = 0;
     for (Py_ssize_t i = 0; i < len; i++) {
         if (t[i] < '0' || t[i] > '9') {
             return 0;
@@ -110,6 +111,44 @@ parse_digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t *value)
     }
     *value = v;
     return 1;
+}
+
+/* The arguments of a control line from q to its CR (at most 4 tokens of bytes above 0x20 but DEL): their
+ * number, with the CR at *cr, or 0 when the line is anything else or does not end in CRLF before end.
+ * Between tokens, `runs` takes runs of spaces and tabs as nats-server's parser does for a client (and
+ * blanks before the first), otherwise exactly one space, as nats-server writes. */
+static int
+split_args(const unsigned char *q, const unsigned char *end, int runs, const unsigned char **toks,
+           Py_ssize_t *lens, const unsigned char **cr)
+{
+    int ntok = 0;
+    for (;;) {
+        while (runs && q < end && (*q == ' ' || *q == '\t')) {
+            q++;
+        }
+        const unsigned char *t = q;
+        while (q < end && *q > 0x20 && *q != 0x7f) {
+            q++;
+        }
+        if (q == t || q == end || ntok == 4) {
+            return 0;
+        }
+        toks[ntok] = t;
+        lens[ntok] = q - t;
+        ntok++;
+        if (*q == '\r') {
+            break;
+        }
+        if (*q != ' ' && !(runs && *q == '\t')) {
+            return 0;
+        }
+        q++;
+    }
+    if (end - q < 2 || q[1] != '\n') {
+        return 0;
+    }
+    *cr = q;
+    return ntok;
 }
 
 PyDoc_STRVAR(scan_pubs_doc,
@@ -170,49 +209,25 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         const unsigned char *end = n - pos > max_line ? p + max_line : buf + n;
         const unsigned char *toks[4];
         Py_ssize_t lens[4];
-        int ntok = 0;
-        int ok = 1;
-        for (;;) {
-            while (q < end && (*q == ' ' || *q == '\t')) {
-                q++;
-            }
-            const unsigned char *t = q;
-            while (q < end && *q > 0x20 && *q != 0x7f) {
-                q++;
-            }
-            if (q == t || q == end || ntok == 4) {
-                ok = 0;
-                break;
-            }
-            toks[ntok] = t;
-            lens[ntok] = q - t;
-            ntok++;
-            if (*q == '\r') {
-                break;
-            }
-            if (*q != ' ' && *q != '\t') {
-                ok = 0;
-                break;
-            }
-        }
         /* Blanks between the tokens, as nats-server splits them: nats-py writes "PUB subject  size". */
-        if (!ok || end - q < 2 || q[1] != '\n' || ntok < 2 + hpub || ntok > 3 + hpub) {
+        int ntok = split_args(q, end, 1, toks, lens, &q);
+        if (ntok < 2 + hpub || ntok > 3 + hpub) {
             break;
         }
-        Py_ssize_t size, hdr = -1;
-        if (!parse_digits(toks[ntok - 1], lens[ntok - 1], &size) ||
-            (hpub && (!parse_digits(toks[ntok - 2], lens[ntok - 2], &hdr) || hdr > size))) {
+        long long size, hdr = -1;
+        if (!parse_digits(toks[ntok - 1], lens[ntok - 1], 9, &size) ||
+            (hpub && (!parse_digits(toks[ntok - 2], lens[ntok - 2], 9, &hdr) || hdr > size))) {
             break;
         }
         Py_ssize_t line_len = (q + 2) - p;
         if (line_len > max_line || size > limit) {
             break;
         }
-        Py_ssize_t frame_end = pos + line_len + size + 2;
+        Py_ssize_t frame_end = pos + line_len + (Py_ssize_t)size + 2;
         if (frame_end > n || buf[frame_end - 2] != '\r' || buf[frame_end - 1] != '\n') {
             break;
         }
-        if (hpub && mentions_priority(p + line_len, hdr)) {
+        if (hpub && mentions_priority(p + line_len, (Py_ssize_t)hdr)) {
             break;
         }
         const unsigned char *subj = toks[0];
@@ -244,8 +259,7 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 typedef struct {
     const unsigned char *subj;
     Py_ssize_t subj_len;
-    const unsigned char *sid;
-    Py_ssize_t sid_len;
+    long long sid;
     const unsigned char *reply; /* NULL when none */
     Py_ssize_t reply_len;
     const unsigned char *size_tok;
@@ -263,51 +277,14 @@ parse_msg(const unsigned char *p, Py_ssize_t avail, Py_ssize_t max_line, msg_fra
         return 0;
     }
     const unsigned char *end = p + (avail > max_line ? max_line : avail);
-    const unsigned char *q = p + 4;
     const unsigned char *toks[4];
     Py_ssize_t lens[4];
-    int ntok = 0;
-    for (;;) {
-        const unsigned char *t = q;
-        while (q < end && *q > 0x20 && *q != 0x7f) {
-            q++;
-        }
-        if (q == t || q == end || ntok == 4) {
-            return 0;
-        }
-        toks[ntok] = t;
-        lens[ntok] = q - t;
-        ntok++;
-        if (*q == ' ') {
-            q++;
-            continue;
-        }
-        if (*q != '\r') {
-            return 0;
-        }
-        break;
-    }
-    if (ntok < 3 || end - q < 2 || q[1] != '\n') {
+    const unsigned char *q;
+    int ntok = split_args(p + 4, end, 0, toks, lens, &q);
+    long long sid, size;
+    if (ntok < 3 || !parse_digits(toks[1], lens[1], 18, &sid) ||
+        !parse_digits(toks[ntok - 1], lens[ntok - 1], 9, &size)) {
         return 0;
-    }
-    const unsigned char *sid = toks[1];
-    Py_ssize_t sid_len = lens[1];
-    const unsigned char *size_tok = toks[ntok - 1];
-    Py_ssize_t size_len = lens[ntok - 1];
-    if (sid_len > 18 || size_len > 9) {
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < sid_len; i++) {
-        if (sid[i] < '0' || sid[i] > '9') {
-            return 0;
-        }
-    }
-    Py_ssize_t size = 0;
-    for (Py_ssize_t i = 0; i < size_len; i++) {
-        if (size_tok[i] < '0' || size_tok[i] > '9') {
-            return 0;
-        }
-        size = size * 10 + (size_tok[i] - '0');
     }
     Py_ssize_t line_len = (q + 2) - p;
     Py_ssize_t frame_len = line_len + size + 2;
@@ -317,13 +294,12 @@ parse_msg(const unsigned char *p, Py_ssize_t avail, Py_ssize_t max_line, msg_fra
     f->subj = toks[0];
     f->subj_len = lens[0];
     f->sid = sid;
-    f->sid_len = sid_len;
     f->reply = ntok == 4 ? toks[2] : NULL;
     f->reply_len = ntok == 4 ? lens[2] : 0;
-    f->size_tok = size_tok;
-    f->size_len = size_len;
+    f->size_tok = toks[ntok - 1];
+    f->size_len = lens[ntok - 1];
     f->line_len = line_len;
-    f->size = size;
+    f->size = (Py_ssize_t)size;
     return frame_len;
 }
 
@@ -418,19 +394,14 @@ route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *csid = NULL;  /* that route's client sid (borrowed from the routes dict's tuple) */
     Py_ssize_t csid_len = 0;
     Py_ssize_t count = 0;
-    const unsigned char *last_sid = NULL;
-    Py_ssize_t last_sid_len = 0;
+    long long last_sid = -1;
     PyObject *result = NULL;
 
     msg_frame f;
     Py_ssize_t len;
     while ((len = parse_msg(buf + pos, n - pos, PY_SSIZE_T_MAX, &f)) > 0) {
-        if (cur_sid == NULL || f.sid_len != last_sid_len || memcmp(f.sid, last_sid, (size_t)f.sid_len) != 0) {
-            long long sid_value = 0;
-            for (Py_ssize_t i = 0; i < f.sid_len; i++) {
-                sid_value = sid_value * 10 + (f.sid[i] - '0');
-            }
-            PyObject *sid = PyLong_FromLongLong(sid_value);
+        if (f.sid != last_sid) {
+            PyObject *sid = PyLong_FromLongLong(f.sid);
             if (sid == NULL) {
                 goto done;
             }
@@ -470,7 +441,6 @@ route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             csid_len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(route, 1));
             count = 0;
             last_sid = f.sid;
-            last_sid_len = f.sid_len;
         }
         Py_ssize_t need = 4 + f.subj_len + 1 + csid_len + (f.reply ? 1 + f.reply_len : 0) + 1 + f.size_len + 2 +
                           f.size + 2;
