@@ -81,9 +81,8 @@ class ClientConnection(asyncio.Protocol):
         self.pings_out = 0
         self.closed = False
         self.held: list[Any] = []
-        # Reading stops while ops are held (engine backpressure) or the upstream socket is backed up.
-        self.flow_paused = False
-        self._reading_paused = False
+        # Reading stops while ops are held (engine backpressure) or the upstream socket is backed up
+        # (the sidecar's flow_paused set).
         self._out = bytearray()
         self._flush_scheduled = False
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -199,15 +198,14 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def sync_reading(self) -> None:
-        """Pause or resume reading from the application to match `held` and `flow_paused`."""
-        pause = bool(self.held) or self.flow_paused
+        """Pause or resume reading from the application to match `held` and the sidecar's flow control."""
         transport = self.transport
-        if pause is self._reading_paused or transport is None or self.closed:
+        if transport is None or self.closed:
             return
-        self._reading_paused = pause
-        if pause:
+        pause = bool(self.held) or self in self.sidecar.flow_paused
+        if pause and transport.is_reading():
             transport.pause_reading()
-        else:
+        elif not pause and not transport.is_reading():
             transport.resume_reading()
 
     def on_connect(self, options: dict[str, Any]) -> bool:

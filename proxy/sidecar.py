@@ -411,13 +411,12 @@ class Sidecar:
         than the application costs nothing more; one that stays backed up for `upstream.flowControlMs`
         is a stalled upstream: the applications are read again and the engine queues (and, as the queue
         fills, sheds by level) as it does while the upstream is away."""
-        if self.upstream_stalled or client.flow_paused or client.closed:
+        if self.upstream_stalled or client in self.flow_paused or client.closed:
             return
         budget = self.config.upstream.flow_control_ms / 1000
         if budget <= 0:
             self.upstream_stalled = True
             return
-        client.flow_paused = True
         self.flow_paused.add(client)
         self.flow_pauses += 1
         client.sync_reading()
@@ -439,7 +438,6 @@ class Sidecar:
     def _flow_release(self) -> None:
         clients, self.flow_paused = self.flow_paused, set()
         for client in clients:
-            client.flow_paused = False
             client.sync_reading()
 
     def _flow_end(self) -> None:
