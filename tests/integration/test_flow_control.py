@@ -8,10 +8,12 @@ way nothing is lost: every message arrives once the hub reads again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -20,11 +22,15 @@ from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
 
 N = 64 * 320  # messages, sent in chunks of 64
 SIZE = 1024
+FRAME_OF = b"PUB %s %d\r\n%s\r\n"
+FRAME = FRAME_OF % (b"flow.paused", SIZE, b"x" * SIZE)
+MAX_PENDING = 65536  # upstream.maxPendingBytes of these tests
+READ_SIZE = 256 * 1024  # the largest read uvloop hands the sidecar
 
 
 def publish_all(port: int, subject: str, sent: list[int]) -> threading.Thread:
     """N plain PUBs of SIZE bytes on a raw socket, blocking as TCP tells it; sent[0] counts the bytes."""
-    frame = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), SIZE, b"x" * SIZE)
+    frame = FRAME_OF % (subject.encode(), SIZE, b"x" * SIZE)
     chunk = frame * 64
 
     def run() -> None:
@@ -82,22 +88,40 @@ def flow_config(server: NatsServer, flow_control_ms: int) -> dict[str, Any]:
         # No stale-connection detection while the hub is stopped: this is about a slow, live upstream.
         upstream={
             "servers": [server.url],
-            "maxPendingBytes": 65536,
+            "maxPendingBytes": MAX_PENDING,
             "flowControlMs": flow_control_ms,
             "pingIntervalMs": 600_000,
         },
     )
 
 
+@contextlib.asynccontextmanager
+async def publishing_to_a_stopped_hub(
+    nats_server: NatsServer, proc: SidecarProcess, subject: str
+) -> AsyncIterator[tuple[threading.Thread, list[int]]]:
+    """The hub stopped (SIGSTOP), the publisher sending its N messages through the sidecar; on leaving,
+    the hub resumes and all N must arrive on it."""
+    hub, got = await count_on_hub(nats_server, subject)
+    nats_server.pause()
+    sent = [0]
+    try:
+        publisher = publish_all(proc.ports["nats"], subject, sent)
+        yield publisher, sent
+    finally:
+        nats_server.resume()
+    publisher.join(30)
+    assert not publisher.is_alive()
+    await wait_for(lambda: got[0] >= N, timeout=30)
+    assert got[0] == N
+    assert proc.status()["droppedMessages"] == 0
+    await hub.close()
+
+
 async def test_a_backed_up_upstream_pauses_the_application_and_loses_nothing(
     nats_server: NatsServer, sidecar_factory: Any
 ) -> None:
     proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 60_000))
-    hub, got = await count_on_hub(nats_server, "flow.paused")
-    nats_server.pause()
-    sent = [0]
-    try:
-        publisher = publish_all(proc.ports["nats"], "flow.paused", sent)
+    async with publishing_to_a_stopped_hub(nats_server, proc, "flow.paused") as (publisher, sent):
         await wait_for(lambda: upstream_component(proc)["flowPausedClients"] == 1, timeout=10)
         await asyncio.sleep(0.5)  # the kernel's socket buffers fill
         before = sent[0]
@@ -110,29 +134,19 @@ async def test_a_backed_up_upstream_pauses_the_application_and_loses_nothing(
         assert sent[0] == before
         assert publisher.is_alive()
         assert status["currentQueueSize"] == 0
-        assert status["droppedMessages"] == 0
         assert status["flowPausedClients"] == 1 and status["upstreamStalled"] is False
         assert metric(proc, "kpi_sidecar_flow_paused_clients") == 1
-    finally:
-        nats_server.resume()
-    publisher.join(30)
-    assert not publisher.is_alive()
-    await wait_for(lambda: got[0] >= N, timeout=30)
-    assert got[0] == N
+        # The bound: maxPendingBytes plus at most the one read that crossed it (256 KiB).
+        assert upstream["pendingBytes"] <= MAX_PENDING + READ_SIZE + len(FRAME) * 64
     assert upstream_component(proc)["flowPausedClients"] == 0
     assert metric(proc, "kpi_sidecar_flow_pauses_total") >= 1
-    await hub.close()
 
 
 async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
     nats_server: NatsServer, sidecar_factory: Any
 ) -> None:
     proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 300))
-    hub, got = await count_on_hub(nats_server, "flow.stalled")
-    nats_server.pause()
-    sent = [0]
-    try:
-        publisher = publish_all(proc.ports["nats"], "flow.stalled", sent)
+    async with publishing_to_a_stopped_hub(nats_server, proc, "flow.stalled"):
         await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
         upstream = upstream_component(proc)
         status = proc.status()
@@ -142,34 +156,16 @@ async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
         assert upstream["flowPausedClients"] == 0
         assert status["currentQueueSize"] > 0
         assert status["upstreamStalled"] is True
-    finally:
-        nats_server.resume()
-    publisher.join(30)
-    assert not publisher.is_alive()
-    await wait_for(lambda: got[0] >= N, timeout=30)
-    assert got[0] == N
     upstream = upstream_component(proc)
     assert upstream["stalled"] is False and upstream["status"] == "ok"
     assert metric(proc, "kpi_upstream_stalled") == 0
-    assert proc.status()["droppedMessages"] == 0
-    await hub.close()
 
 
 async def test_flow_control_off_queues_at_once(nats_server: NatsServer, sidecar_factory: Any) -> None:
     proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 0))
-    hub, got = await count_on_hub(nats_server, "flow.off")
-    nats_server.pause()
-    sent = [0]
-    try:
-        publisher = publish_all(proc.ports["nats"], "flow.off", sent)
+    async with publishing_to_a_stopped_hub(nats_server, proc, "flow.off"):
         await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
         assert metric(proc, "kpi_sidecar_flow_pauses_total") == 0
-    finally:
-        nats_server.resume()
-    publisher.join(30)
-    await wait_for(lambda: got[0] >= N, timeout=30)
-    assert got[0] == N
-    await hub.close()
 
 
 async def test_losing_the_upstream_releases_paused_applications_and_nothing_is_lost(
