@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from proxy.cli import wait_ready
+from proxy.cli import spawn_run
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -98,19 +97,7 @@ class Sidecar:
         with open(self.log, "a") as log:
             log.write(f"--- sidecar started {time.strftime('%H:%M:%S')} ---\n")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                env=env,
-                cwd=str(root),
-            )
-        ports = wait_ready(self.proc, 30)
-        if not ports:
-            self.proc.kill()
-            raise RuntimeError(f"sidecar did not start; log:\n{self.log.read_text()[-4000:]}")
-        self.ports = ports
+        self.proc, self.ports = spawn_run(self.config_path, self.log, env=env, cwd=root, timeout=30)
         # Keep draining stdout so that the sidecar never blocks on a full pipe.
         threading.Thread(target=self._drain, daemon=True).start()
 

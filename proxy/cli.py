@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -104,6 +105,27 @@ def wait_ready(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, int]:
     reader.start()
     reader.join(timeout)
     return ports
+
+
+def spawn_run(
+    config_path: Path, log_path: Path, *, env: dict[str, str], cwd: Path, timeout: float
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """Start `python -m proxy run --config config_path` (stderr appended to log_path) and wait for its
+    ports; RuntimeError with the log's tail if it does not come up. For the test fixture and the bench."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            cwd=str(cwd),
+        )
+    ports = wait_ready(proc, timeout)
+    if not ports:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"sidecar did not start; log:\n{log_path.read_text()[-4000:]}")
+    return proc, ports
 
 
 def _bound_port(runner: web.AppRunner) -> int:

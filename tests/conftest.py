@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.cli import wait_ready
+from proxy.cli import spawn_run
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -164,19 +163,9 @@ class SidecarProcess:
         self.start()
 
     def start(self, timeout: float = 20.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=self.env,
-            cwd=str(ROOT),
+        self.proc, self.ports = spawn_run(
+            self.config_path, self.log_path, env=self.env, cwd=ROOT, timeout=timeout
         )
-        ready = wait_ready(self.proc, timeout)
-        if not ready:
-            self.proc.kill()
-            raise RuntimeError(f"sidecar did not start; log:\n{self.log_path.read_text()[-4000:]}")
-        self.ports = ready
 
     @property
     def nats_url(self) -> str:

@@ -11,14 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import free_port
+
 NATS_SERVER = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (bound to port 0, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_accepting(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
