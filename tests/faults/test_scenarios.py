@@ -22,7 +22,7 @@ import psutil
 
 from tests.conftest import ROOT, NatsServer, SidecarProcess, settle, sidecar_config
 from tests.faults.relay import FreezableRelay
-from tests.faults.test_zero_loss import add_stream, connect, stored_payloads
+from tests.faults.test_zero_loss import add_stream, assert_each_once, connect
 
 
 def rss_mb(proc: SidecarProcess) -> float:
@@ -137,8 +137,7 @@ async def test_network_partition_detected_queued_spooled_and_delivered_after_hea
     assert proc.status()["spooledMessages"] > 0
     relay.heal()
     await publish(100)
-    payloads = await stored_payloads(upstream.url, "PART", seq, timeout=30)
-    assert sorted(payloads, key=int) == [str(i).encode() for i in range(seq)]
+    await assert_each_once(upstream.url, "PART", seq)
     await app.close()
     await relay.close()
 

@@ -42,6 +42,12 @@ async def stored_payloads(url: str, stream: str, want: int, timeout: float) -> l
     return payloads
 
 
+async def assert_each_once(url: str, stream: str, total: int) -> None:
+    """The stream holds payloads "0" to str(total - 1), each exactly once (in any order)."""
+    payloads = await stored_payloads(url, stream, total, timeout=30)
+    assert sorted(payloads, key=int) == [str(i).encode() for i in range(total)]
+
+
 def zero_loss_config(upstream: NatsServer, workdir: Path, **overrides: Any) -> dict[str, Any]:
     return sidecar_config(
         upstream.url,
@@ -75,9 +81,7 @@ async def test_upstream_kill9_mid_stream_loses_no_critical_message(
         if i == 1000:
             upstream.start()
     await app.flush()
-    payloads = await stored_payloads(upstream.url, "CRIT", total, timeout=30)
-    assert sorted(payloads, key=int) == [str(i).encode() for i in range(total)]
-    assert len(payloads) == total  # no duplicates: JetStream removed resends by Nats-Msg-Id
+    await assert_each_once(upstream.url, "CRIT", total)  # once: JetStream removed resends by Nats-Msg-Id
     await app.close()
 
 
@@ -102,8 +106,7 @@ async def test_sigterm_with_upstream_down_then_restart_delivers_everything(
     upstream.start()
     proc.start()  # same config, same spool path: replays on start
     payloads = await stored_payloads(upstream.url, "CRIT", total, timeout=30)
-    assert sorted(payloads) == sorted(f"p{i}".encode() for i in range(total))
-    assert payloads == [f"p{i}".encode() for i in range(total)]  # replayed in order
+    assert payloads == [f"p{i}".encode() for i in range(total)]  # each once, replayed in order
 
 
 async def test_core_critical_messages_confirmed_by_ping_survive_reconnect(
@@ -122,8 +125,7 @@ async def test_core_critical_messages_confirmed_by_ping_survive_reconnect(
     await app.flush()
     await asyncio.sleep(0.5)
     upstream.start()
-    payloads = await stored_payloads(upstream.url, "CORE", 300, timeout=30)
-    assert sorted(payloads, key=int) == [str(i).encode() for i in range(300)]
+    await assert_each_once(upstream.url, "CORE", 300)
     await app.close()
 
 
@@ -150,8 +152,7 @@ async def test_pending_pubacks_are_bounded_and_the_rest_waits_in_the_queue(
     assert "kpi_sidecar_pending_acks 5.0" in metrics
     # Once a stream captures the subject, the resends are acknowledged and everything drains.
     await add_stream(upstream.url, "UNACKED", ["unacked.>"])
-    payloads = await stored_payloads(upstream.url, "UNACKED", 20, timeout=30)
-    assert sorted(payloads, key=int) == [str(i).encode() for i in range(20)]
+    await assert_each_once(upstream.url, "UNACKED", 20)
     await app.close()
 
 
@@ -181,8 +182,7 @@ async def test_full_spool_stops_reading_the_application_then_delivers_everything
     detailed = proc.get("/api/backpressure/health/detailed")["data"]["components"]["spool"]
     assert 0 < detailed["bytes"] <= 1024, detailed
     upstream.start()
-    payloads = await stored_payloads(upstream.url, "FULL", total, timeout=30)
-    # Complete and without duplicates (queue and spool drain side by side, so not necessarily in order).
-    assert sorted(payloads, key=int) == [str(i).encode() for i in range(total)]
+    # Queue and spool drain side by side: complete and without duplicates, not necessarily in order.
+    await assert_each_once(upstream.url, "FULL", total)
     await app.flush(timeout=10)  # reading resumed
     await app.close()
