@@ -186,6 +186,14 @@ class SidecarProcess:
     def status(self) -> dict[str, Any]:
         return self.get("/api/backpressure/status")["data"]
 
+    def metric(self, name: str) -> float:
+        """The value of an unlabelled sample on /metrics."""
+        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"{name} not in /metrics")
+
     def terminate(self, timeout: float = 40.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

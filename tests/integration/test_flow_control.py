@@ -12,7 +12,6 @@ import contextlib
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,14 +53,6 @@ def publish_all(port: int, subject: str, sent: list[int]) -> threading.Thread:
 
 def upstream_component(proc: SidecarProcess) -> dict[str, Any]:
     return proc.get("/api/backpressure/health/detailed")["data"]["components"]["upstream"]
-
-
-def metric(proc: SidecarProcess, name: str) -> float:
-    with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 async def count_on_hub(server: NatsServer, subject: str) -> tuple[nats.NATS, list[int]]:
@@ -135,11 +126,11 @@ async def test_a_backed_up_upstream_pauses_the_application_and_loses_nothing(
         assert publisher.is_alive()
         assert status["currentQueueSize"] == 0
         assert status["flowPausedClients"] == 1 and status["upstreamStalled"] is False
-        assert metric(proc, "kpi_sidecar_flow_paused_clients") == 1
+        assert proc.metric("kpi_sidecar_flow_paused_clients") == 1
         # The bound: maxPendingBytes plus at most the one read that crossed it (256 KiB).
         assert upstream["pendingBytes"] <= MAX_PENDING + READ_SIZE + len(FRAME) * 64
     assert upstream_component(proc)["flowPausedClients"] == 0
-    assert metric(proc, "kpi_sidecar_flow_pauses_total") >= 1
+    assert proc.metric("kpi_sidecar_flow_pauses_total") >= 1
 
 
 async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
@@ -151,21 +142,21 @@ async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
         upstream = upstream_component(proc)
         status = proc.status()
         assert upstream["stalled"] is True
-        assert metric(proc, "kpi_upstream_stalled") == 1
+        assert proc.metric("kpi_upstream_stalled") == 1
         assert upstream["status"] == "warning"
         assert upstream["flowPausedClients"] == 0
         assert status["currentQueueSize"] > 0
         assert status["upstreamStalled"] is True
     upstream = upstream_component(proc)
     assert upstream["stalled"] is False and upstream["status"] == "ok"
-    assert metric(proc, "kpi_upstream_stalled") == 0
+    assert proc.metric("kpi_upstream_stalled") == 0
 
 
 async def test_flow_control_off_queues_at_once(nats_server: NatsServer, sidecar_factory: Any) -> None:
     proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 0))
     async with publishing_to_a_stopped_hub(nats_server, proc, "flow.off"):
         await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
-        assert metric(proc, "kpi_sidecar_flow_pauses_total") == 0
+        assert proc.metric("kpi_sidecar_flow_pauses_total") == 0
 
 
 async def test_losing_the_upstream_releases_paused_applications_and_nothing_is_lost(
