@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,14 @@ async def settle(nc: Any) -> None:
     too); the second flush's PING follows them on the wire."""
     await nc.flush()
     await nc.flush()
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll (every 20 ms) until predicate() is true; AssertionError if it is not within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
 
-from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
+from tests.conftest import NatsServer, SidecarProcess, eventually, settle, sidecar_config
 
 N = 64 * 320  # messages, sent in chunks of 64
 SIZE = 1024
@@ -67,12 +66,6 @@ async def count_on_hub(server: NatsServer, subject: str) -> tuple[nats.NATS, lis
     return nc, got
 
 
-async def wait_for(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        await asyncio.sleep(0.05)
-
-
 def flow_config(server: NatsServer, flow_control_ms: int) -> dict[str, Any]:
     return sidecar_config(
         server.url,
@@ -102,7 +95,7 @@ async def publishing_to_a_stopped_hub(
         nats_server.resume()
     publisher.join(30)
     assert not publisher.is_alive()
-    await wait_for(lambda: got[0] >= N, timeout=30)
+    await eventually(lambda: got[0] >= N, timeout=30)
     assert got[0] == N
     assert proc.status()["droppedMessages"] == 0
     await hub.close()
@@ -113,7 +106,7 @@ async def test_a_backed_up_upstream_pauses_the_application_and_loses_nothing(
 ) -> None:
     proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 60_000))
     async with publishing_to_a_stopped_hub(nats_server, proc, "flow.paused") as (publisher, sent):
-        await wait_for(lambda: upstream_component(proc)["flowPausedClients"] == 1, timeout=10)
+        await eventually(lambda: upstream_component(proc)["flowPausedClients"] == 1, timeout=10)
         await asyncio.sleep(0.5)  # the kernel's socket buffers fill
         before = sent[0]
         await asyncio.sleep(1.0)
@@ -138,7 +131,7 @@ async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
 ) -> None:
     proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 300))
     async with publishing_to_a_stopped_hub(nats_server, proc, "flow.stalled"):
-        await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
+        await eventually(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
         upstream = upstream_component(proc)
         status = proc.status()
         assert upstream["stalled"] is True
@@ -155,7 +148,7 @@ async def test_past_flow_control_ms_a_stalled_upstream_fills_the_queue(
 async def test_flow_control_off_queues_at_once(nats_server: NatsServer, sidecar_factory: Any) -> None:
     proc: SidecarProcess = sidecar_factory(flow_config(nats_server, 0))
     async with publishing_to_a_stopped_hub(nats_server, proc, "flow.off"):
-        await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
+        await eventually(lambda: proc.status()["currentQueueSize"] > 0, timeout=10)
         assert proc.metric("kpi_sidecar_flow_pauses_total") == 0
 
 
@@ -166,19 +159,19 @@ async def test_losing_the_upstream_releases_paused_applications_and_nothing_is_l
     nats_server.pause()
     sent = [0]
     publisher = publish_all(proc.ports["nats"], "flow.lost", sent)
-    await wait_for(lambda: upstream_component(proc)["flowPausedClients"] == 1, timeout=10)
+    await eventually(lambda: upstream_component(proc)["flowPausedClients"] == 1, timeout=10)
     # The server dies while the sidecar holds its application back: the connection is lost, the
     # application is read again, and what it sends waits in the queue for the next server.
     nats_server.kill()
-    await wait_for(lambda: not proc.status()["upstreamConnected"], timeout=10)
-    await wait_for(lambda: upstream_component(proc)["flowPausedClients"] == 0, timeout=5)
-    assert upstream_component(proc)["flowPausedClients"] == 0
-    await wait_for(lambda: proc.status()["currentQueueSize"] > 0, timeout=5)
-    assert proc.status()["currentQueueSize"] > 0
+    await eventually(lambda: not proc.status()["upstreamConnected"], timeout=10)
+    await eventually(lambda: upstream_component(proc)["flowPausedClients"] == 0, timeout=5)
+    await eventually(lambda: proc.status()["currentQueueSize"] > 0, timeout=5)
     nats_server.start()
     publisher.join(30)
     assert not publisher.is_alive()
-    await wait_for(lambda: proc.status()["upstreamConnected"] and proc.status()["currentQueueSize"] == 0, 15)
+    await eventually(
+        lambda: proc.status()["upstreamConnected"] and proc.status()["currentQueueSize"] == 0, 15
+    )
     status = proc.status()
     # What was written to the dead server's socket went with it (core NATS: at most once); everything
     # read after the loss was queued, then forwarded to the new server. Every message is accounted for.

@@ -16,7 +16,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from tests.conftest import SidecarProcess, settle
+from tests.conftest import SidecarProcess, eventually, settle
 
 GO_SOURCE = Path(__file__).resolve().parent.parent / "go" / "natsgo_client.go"
 GOPATH = "/usr/share/gocode"
@@ -77,10 +77,7 @@ async def test_nats_go_request_reply_queue_groups_publish_and_drain(
     queue = results["queue"]
     assert queue["a"] + queue["b"] == 200 and queue["a"] > 0 and queue["b"] > 0
     # Flush() returned, so the sidecar took every publish in charge: all of them reach the hub.
-    for _ in range(100):
-        if got >= count:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: got >= count)
     assert got == count
     assert sidecar.status()["droppedMessages"] == 0
     # Drain() unsubscribed and closed: nothing of this application is left subscribed upstream.

@@ -10,20 +10,11 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.js.api import StreamConfig
 
-from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
+from tests.conftest import NatsServer, SidecarProcess, eventually, settle, sidecar_config
 
 
 async def connect(url: str, **kwargs: object) -> nats.NATS:
     return await nats.connect(url, allow_reconnect=False, connect_timeout=3, **kwargs)
-
-
-async def wait_until(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def test_publish_in_order_reaches_direct_subscriber(sidecar: SidecarProcess) -> None:
@@ -39,7 +30,7 @@ async def test_publish_in_order_reaches_direct_subscriber(sidecar: SidecarProces
     for i in range(2000):
         await app.publish("orders.created", str(i).encode())
     await settle(app)
-    await wait_until(lambda: len(got) == 2000)
+    await eventually(lambda: len(got) == 2000)
     assert got == [str(i).encode() for i in range(2000)]
     await app.close()
     await direct.close()
@@ -117,7 +108,7 @@ async def test_queue_group_delivers_each_message_once(sidecar: SidecarProcess) -
     for i in range(600):
         await publisher.publish("work.q", str(i).encode())
     await publisher.flush()
-    await wait_until(lambda: sum(counts) >= 600)
+    await eventually(lambda: sum(counts) >= 600)
     await asyncio.sleep(0.2)
     assert sum(counts) == 600
     assert counts[0] + counts[1] > 0  # the sidecar's members take part in the group
@@ -141,7 +132,7 @@ async def test_unsubscribe_with_max(sidecar: SidecarProcess) -> None:
     await settle(direct)
     await asyncio.sleep(0.5)
     assert got == [b"0", b"1", b"2"]
-    await wait_until(lambda: "limited" not in sidecar.upstream.subscriptions_of("kpi-sidecar"))
+    await eventually(lambda: "limited" not in sidecar.upstream.subscriptions_of("kpi-sidecar"))
     await app.close()
     await direct.close()
 
@@ -173,14 +164,14 @@ async def test_no_leaked_upstream_subscriptions(sidecar: SidecarProcess) -> None
     await apps[0].close()
     # An abrupt disconnect (no UNSUB sent) must clean up too.
     apps[1]._transport.close()
-    await wait_until(
+    await eventually(
         lambda: (
             sorted(s for s in sidecar.upstream.subscriptions_of("kpi-sidecar") if s.startswith("leak."))
             == ["leak.2.a", "leak.2.b"]
         )
     )
     await apps[2].close()
-    await wait_until(
+    await eventually(
         lambda: not [s for s in sidecar.upstream.subscriptions_of("kpi-sidecar") if s.startswith("leak.")]
     )
 
@@ -236,7 +227,7 @@ async def test_no_echo_is_per_application(sidecar: SidecarProcess) -> None:
         await direct.publish("echo.test", f"direct{i}".encode())
     for nc in (quiet, chatty, direct):
         await nc.flush()
-    await wait_until(lambda: len(got_chatty) == 15 and len(got_quiet) == 10)
+    await eventually(lambda: len(got_chatty) == 15 and len(got_quiet) == 10)
     await asyncio.sleep(0.2)
     # The no-echo application gets everyone's messages but its own; the other one gets all 15.
     assert sorted(got_quiet) == sorted(

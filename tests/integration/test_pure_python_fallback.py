@@ -3,15 +3,13 @@ behaves the same: the data path both ways, in order, and it says in its log whic
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from typing import Any
 
 import nats
 import pytest
 
-from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
+from tests.conftest import NatsServer, SidecarProcess, eventually, settle, sidecar_config
 
 
 @pytest.mark.parametrize(
@@ -50,9 +48,7 @@ async def test_publish_subscribe_request_in_order_with_either_parser(
     await app.flush()
     await hub.flush()
     reply = await app.request("fb.svc", b"q", timeout=3)
-    deadline = time.monotonic() + 10
-    while (len(up) < n or len(down) < n) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: len(up) >= n and len(down) >= n, timeout=10)
     assert up == [b"%d" % i for i in range(n)]
     assert down == [b"%d" % i for i in range(n)]
     assert reply.data == b"re:q"

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from policies.engine import Verdict
 from proxy.config import build_config
 from proxy.sidecar import Sidecar
-from tests.conftest import NatsServer, sidecar_config
-
-
-async def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+from tests.conftest import NatsServer, eventually, sidecar_config
 
 
 async def test_a_message_written_after_a_ping_waits_for_the_next_pong(
@@ -37,14 +28,14 @@ async def test_a_message_written_after_a_ping_waits_for_the_next_pong(
         nats_server.pause()  # no PONG can come back until resume()
         first = sidecar.publish_message("conf.a", None, b"A", None, sidecar.clock())
         assert first.verdict is Verdict.FORWARD
-        await wait_for(lambda: upstream.pings_written == 1)
+        await eventually(lambda: upstream.pings_written == 1)
         second = sidecar.publish_message("conf.a", None, b"B", None, sidecar.clock())
         assert second.verdict is Verdict.FORWARD
         # B went out after the first PING: it needs a PING of its own, and stays unconfirmed until then.
-        await wait_for(lambda: upstream.pings_written == 2)
+        await eventually(lambda: upstream.pings_written == 2)
         assert sorted(len(batch) for batch in sidecar._inflight.values()) == [1, 1]
         nats_server.resume()
-        await wait_for(lambda: not sidecar._inflight)
+        await eventually(lambda: not sidecar._inflight)
     finally:
         nats_server.resume()
         await sidecar.shutdown()
