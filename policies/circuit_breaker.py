@@ -16,6 +16,8 @@ import msgspec
 if TYPE_CHECKING:
     import random
 
+    from policies.config import BackpressureConfig
+
 DEFAULT_MAX_TRACKED = 1000
 CHANGES_SIZE = 1000
 
@@ -104,42 +106,19 @@ class BreakerBoard:
         "records",
     )
 
-    def __init__(
-        self,
-        *,
-        failure_threshold: int,
-        half_open_fraction: float,
-        half_open_successes: int,
-        base_delay_ms: int,
-        cap_ms: int,
-        max_tracked: int = DEFAULT_MAX_TRACKED,
-    ) -> None:
+    def __init__(self, config: BackpressureConfig, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
         self.records: dict[str, Breaker] = {}
         self._max_tracked = max_tracked
         self._changes: deque[BreakerChange] = deque(maxlen=CHANGES_SIZE)
-        self.configure(
-            failure_threshold=failure_threshold,
-            half_open_fraction=half_open_fraction,
-            half_open_successes=half_open_successes,
-            base_delay_ms=base_delay_ms,
-            cap_ms=cap_ms,
-        )
+        self.configure(config)
 
-    def configure(
-        self,
-        *,
-        failure_threshold: int,
-        half_open_fraction: float,
-        half_open_successes: int,
-        base_delay_ms: int,
-        cap_ms: int,
-    ) -> None:
+    def configure(self, config: BackpressureConfig) -> None:
         """New settings; breakers already open keep their current backoff and next attempt time."""
-        self._failure_threshold = failure_threshold
-        self._half_open_fraction = half_open_fraction
-        self._half_open_successes = half_open_successes
-        self._base_delay_ms = base_delay_ms
-        self._cap_ms = cap_ms
+        self._failure_threshold = config.breaker_failure_threshold
+        self._half_open_fraction = config.breaker_half_open_fraction
+        self._half_open_successes = config.breaker_half_open_successes
+        self._base_delay_ms = config.recovery_delay_ms
+        self._cap_ms = config.backoff_cap_ms
 
     # -- per message ---------------------------------------------------------------------------------
     def gate(self, subject: str, now: float, rng: random.Random, critical: bool) -> int:

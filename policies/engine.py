@@ -196,7 +196,7 @@ class Engine:
         window_s = config.publish_rate_window_ms / 1000.0
         self._meter = RateMeter(window_s, now)
         self._traffic = SubjectTraffic(window_s, now, max_traffic_subjects)
-        self._breakers = BreakerBoard(**_breaker_settings(config), max_tracked=max_breakers)
+        self._breakers = BreakerBoard(config, max_tracked=max_breakers)
         # The same dict object for the engine's lifetime: `if self._breaker_records` is the hot-path test.
         self._breaker_records = self._breakers.records
         self._levels = LevelTracker(
@@ -616,7 +616,7 @@ class Engine:
             window_s = config.publish_rate_window_ms / 1000.0
             self._meter = RateMeter(window_s, now)
             self._traffic.configure(window_s)
-        self._breakers.configure(**_breaker_settings(config))
+        self._breakers.configure(config)
         if old.enable_circuit_breaker and not config.enable_circuit_breaker:
             self._breakers.forget_automatic(now)
             self._release_parked(now)
@@ -760,13 +760,3 @@ class Engine:
 
 def _burst(config: BackpressureConfig) -> float:
     return max(1.0, config.max_publish_rate * config.rate_burst_seconds)
-
-
-def _breaker_settings(config: BackpressureConfig) -> dict[str, Any]:
-    return {
-        "failure_threshold": config.breaker_failure_threshold,
-        "half_open_fraction": config.breaker_half_open_fraction,
-        "half_open_successes": config.breaker_half_open_successes,
-        "base_delay_ms": config.recovery_delay_ms,
-        "cap_ms": config.backoff_cap_ms,
-    }
