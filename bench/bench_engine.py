@@ -13,6 +13,7 @@ import time
 
 from policies.config import BackpressureConfig, Level, PolicyRule, Priority
 from policies.engine import Engine
+from policies.roles import Role
 
 SUBJECTS = [f"kpi.{team}.metric{i}" for team in ("marketing", "payment", "onboarding") for i in range(20)]
 PRIORITIES = (Priority.LOW, Priority.MEDIUM, Priority.MEDIUM, Priority.HIGH, Priority.CRITICAL)
@@ -21,12 +22,12 @@ PRIORITIES = (Priority.LOW, Priority.MEDIUM, Priority.MEDIUM, Priority.HIGH, Pri
 class Msg:
     """A minimal engine item."""
 
-    __slots__ = ("is_request", "priority", "size", "subject")
+    __slots__ = ("priority", "role", "size", "subject")
 
-    def __init__(self, subject: str, priority: Priority, is_request: bool = False) -> None:
+    def __init__(self, subject: str, priority: Priority, role: Role = Role.DATA) -> None:
         self.subject = subject
         self.priority = priority
-        self.is_request = is_request
+        self.role = role
         self.size = 128
 
 

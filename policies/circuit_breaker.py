@@ -174,8 +174,13 @@ class BreakerBoard:
 
     # -- timers and the critical level ---------------------------------------------------------------
     def advance(self, now: float, level_critical: bool) -> None:
-        """Turn due open breakers half-open; close critical-level ones that earned it once below critical."""
+        """Turn due open breakers half-open; below critical, close every breaker the critical level opened."""
         for breaker in list(self.records.values()):
+            if breaker.reason == REASON_CRITICAL and not level_critical:
+                if breaker.state is not BreakerState.CLOSED:
+                    self._set_state(breaker, BreakerState.CLOSED, now)
+                del self.records[breaker.subject]
+                continue
             if breaker.state is BreakerState.OPEN:
                 due = breaker.next_attempt_at
                 if due is not None and now >= due:
@@ -184,7 +189,8 @@ class BreakerBoard:
                 self._maybe_close(breaker, now, level_critical)
 
     def open_busiest(self, subjects: Iterable[str], now: float, limit: int) -> None:
-        """Open (reason critical_level) the closed ones among `subjects`; at most `limit` such breakers."""
+        """Open (reason critical_level) the closed ones among `subjects` (the heavy hitters); at most
+        `limit` such breakers open or half-open at once."""
         active = sum(
             1
             for b in self.records.values()

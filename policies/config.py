@@ -73,8 +73,11 @@ class BackpressureConfig(Base, frozen=True):
     breaker_half_open_fraction: Fraction = 0.1
     # Successful trial messages that close a half-open breaker.
     breaker_half_open_successes: PositiveInt = 3
-    # At critical level, how many of the busiest non-critical subjects get their breaker opened.
+    # At critical level, at most this many heavy-hitter subjects get their breaker opened at once.
     breaker_critical_top_subjects: NonNegativeInt = 3
+    # A heavy hitter carries at least this share of the offered application load (data and requests),
+    # counted against at least maxPublishRate: a quiet subject is never one.
+    breaker_critical_share: Fraction = 0.2
 
     @property
     def backoff_cap_ms(self) -> int:

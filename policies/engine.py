@@ -8,6 +8,10 @@ CONTRACT (the asyncio shell in proxy/ calls exactly this; keep signatures stable
     items = engine.take(now)                                  # what may be written upstream now
     engine.next_deadline()                                    # float | None: call take() again at that time
     transition = engine.tick(now, memory_mb=..., cpu_percent=...)   # once a second (and on demand)
+    for t in engine.pop_transitions(): log(t)                 # level changes, also those between ticks
+
+Each item carries its protocol role (policies.roles): replies and control messages are never sampled,
+shed or broken and go ahead of queued data; only data is sampled.
 
 Every public call keeps `received == forwarded + dropped + queue_size + spooled`. The semantics of each
 level, switch and counter are written down in docs/backpressure.md.
@@ -28,9 +32,10 @@ from policies.circuit_breaker import DEFAULT_MAX_TRACKED as DEFAULT_MAX_BREAKERS
 from policies.circuit_breaker import DROP as GATE_DROP
 from policies.circuit_breaker import BreakerBoard, BreakerChange, BreakerSnapshot, BreakerState
 from policies.config import BackpressureConfig, Level, PolicyRule, Priority
-from policies.levels import HISTORY_SIZE, LevelTracker, Transition
-from policies.queue import PriorityQueue
+from policies.levels import HISTORY_SIZE, LOWER_BOUNDS, LevelTracker, Transition
+from policies.queue import CRITICAL_LANE, FINISH_LANE, PriorityQueue, lane_of
 from policies.rate import RateMeter, TokenBucket
+from policies.roles import DATA, REPLY, Role, subject_role
 from policies.sampling import sampling_rate
 from policies.subjects import DEFAULT_CACHE_SIZE, SubjectClassifier
 from policies.traffic import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRAFFIC_SUBJECTS
@@ -52,6 +57,10 @@ REASON_CLEARED = "cleared"
 REASON_SHUTDOWN = "shutdown"
 
 SIGNALS = ("memory", "cpu", "queue", "publish_rate")
+# Between ticks, offers re-evaluate the level (escalation only) at most this often, and at once when the
+# queue crosses into a higher band or a message is dropped queue_full.
+CHECK_INTERVAL_S = 0.05
+PENDING_TRANSITIONS = 100
 # KPI-Priority header values, exact spellings first so the common case skips lower().
 _HEADER_PRIORITIES: dict[str, Priority] = {}
 for _p in Priority:
@@ -73,7 +82,7 @@ class Item(Protocol):
 
     subject: str
     priority: Priority
-    is_request: bool
+    role: Role
     size: int
 
 
@@ -123,6 +132,7 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     sampled: int
     spooled: int
     dropped_by_reason: dict[str, int]
+    by_role: dict[str, dict[str, int]]
     open_breakers: int
 
 
@@ -150,12 +160,15 @@ class Engine:
         "_cpu_percent",
         "_cpu_quota",
         "_dominant",
+        "_escalate_queue_at",
         "_handed",
+        "_hold",
         "_last_now",
         "_levels",
         "_load_percent",
         "_memory_mb",
         "_meter",
+        "_next_check",
         "_parked",
         "_parked_count",
         "_prioritize",
@@ -167,6 +180,7 @@ class Engine:
         "_shed_low",
         "_track_traffic",
         "_traffic",
+        "_transitions",
     )
 
     def __init__(
@@ -209,12 +223,20 @@ class Engine:
         self._ratios = (0.0, 0.0, 0.0, 0.0)
         self._load_percent = 0.0
         self._dominant = SIGNALS[0]
+        self._next_check = now
+        self._escalate_queue_at = 0
+        self._hold = False
+        self._transitions: deque[Transition] = deque(maxlen=PENDING_TRANSITIONS)
         self._apply_config(config)
 
     # -- classification --------------------------------------------------------------------------------
-    def classify(self, subject: str, header_priority: str | None) -> tuple[Priority, PolicyRule | None]:
-        """Priority and rule of a message: a valid KPI-Priority header, else the first rule's, else MEDIUM."""
-        entry = self._classifier.entry(subject)
+    def classify(
+        self, subject: str, header_priority: str | None, cache: bool = True
+    ) -> tuple[Priority, PolicyRule | None]:
+        """Priority and rule of a message: a valid KPI-Priority header, else the first rule's, else MEDIUM.
+
+        `cache=False` for subjects used once (replies, acks): matched without entering the cache."""
+        entry = self._classifier.entry(subject) if cache else self._classifier.match(subject)
         if header_priority is None:
             return entry.default
         priority = _HEADER_PRIORITIES.get(header_priority)
@@ -226,9 +248,14 @@ class Engine:
 
     # -- the publish path ------------------------------------------------------------------------------
     def offer(self, item: Item, now: float, can_send: bool) -> Decision:
-        """Decide one offered message: breaker, priority shedding, sampling, then forward or queue."""
-        self._meter.add(now)
+        """Decide one offered message: role, breaker, priority shedding, sampling, then forward or queue."""
+        role = item.role
         priority = item.priority if self._prioritize else MEDIUM
+        if role >= REPLY:
+            return self._offer_finishing(item, priority, now, can_send)
+        self._meter.add(now)
+        if now >= self._next_check:
+            self._check_level(now)
         if self._track_traffic and priority < CRITICAL:
             self._traffic.add(item.subject)
         if self._breaker_records:
@@ -240,20 +267,43 @@ class Engine:
         if self._shed_low and priority <= LOW:
             return self._drop(item, _DROP_LOW_PRIORITY)
         rate = self._sampling_rate
-        if rate < 1.0 and priority <= MEDIUM and not item.is_request and self._rng.random() >= rate:
+        if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
             self._acc.sampled += 1
             return self._drop(item, _DROP_SAMPLING)
         if can_send and self._batch_size == 1 and not self._queue.size and self._bucket.try_take(now):
             acc = self._acc
-            acc.receive(item.priority)
-            acc.forward(item.subject, item.priority)
+            acc.receive(item.priority, role)
+            acc.forward(item.subject, item.priority, role)
             return _FORWARD
         return self._enqueue(item, priority, now)
 
+    def _offer_finishing(self, item: Item, priority: Priority, now: float, can_send: bool) -> Decision:
+        """A reply or control message: never sampled, shed or broken; not part of the publish-rate signal.
+
+        It goes at once when the upstream takes writes and none of its kind waits, spending a rate token
+        even if that leaves the bucket in debt (queued data then waits longer: finishing work goes first).
+        A critical one keeps the critical path (queue order, confirmation) without the checks above.
+        """
+        queue = self._queue
+        if priority >= CRITICAL:
+            if can_send and self._batch_size == 1 and not queue.size and self._bucket.try_take(now):
+                return self._forward_now(item)
+            return self._enqueue(item, priority, now)
+        if can_send and not queue.lane_size(FINISH_LANE):
+            self._bucket.spend(now)
+            return self._forward_now(item)
+        return self._enqueue(item, priority, now)
+
+    def _forward_now(self, item: Item) -> Decision:
+        acc = self._acc
+        acc.receive(item.priority, item.role)
+        acc.forward(item.subject, item.priority, item.role)
+        return _FORWARD
+
     def forward_batch(
-        self, groups: list[tuple[str, int, Priority]], n: int, now: float, can_send: bool
+        self, groups: list[tuple[str, int, Priority, Role]], n: int, now: float, can_send: bool
     ) -> bool:
-        """Forward `n` non-critical messages given as (subject, count, priority) at once.
+        """Forward `n` non-critical messages given as (subject, count, priority, role) at once.
 
         Only when offer() could have returned nothing but FORWARD for each of them: the upstream takes
         writes, no batching, an empty queue, no breaker records, no shedding or sampling, and `n` tokens.
@@ -272,44 +322,55 @@ class Engine:
         if bucket.refill(now) < n:
             return False
         bucket.take(n)
-        self._meter.add_many(now, n)
-        acc = self._acc
-        acc.forward_many(groups, n)
+        offered = n
+        for _, k, _, role in groups:
+            if role >= REPLY:
+                offered -= k  # replies and control messages are not part of the publish-rate signal
+        self._meter.add_many(now, offered)
+        self._acc.forward_many(groups, n)
         if self._track_traffic:
-            for subject, k, _ in groups:
-                self._traffic.add_many(subject, k)
+            for subject, k, _, role in groups:
+                if role < REPLY:
+                    self._traffic.add_many(subject, k)
+        if now >= self._next_check:
+            self._check_level(now)
         return True
 
     def _drop(self, item: Item, decision: Decision) -> Decision:
         acc = self._acc
-        acc.receive(item.priority)
-        acc.drop(item.subject, decision.reason)  # type: ignore[arg-type]
+        acc.receive(item.priority, item.role)
+        acc.drop(item.subject, decision.reason, item.role)  # type: ignore[arg-type]
         return decision
 
-    def _make_room(self, priority: Priority) -> tuple[bool, tuple[Any, ...]]:
-        """Room for one more message of `priority`: (room, evicted)."""
+    def _make_room(self, lane: int, now: float) -> tuple[bool, tuple[Any, ...]]:
+        """Room for one more message of `lane`: (room, evicted)."""
         queue = self._queue
         if queue.size + self._parked_count < self._capacity:
             return True, ()
-        victim = queue.evict_below(priority)
+        self._check_level(now)  # a full queue: the level follows now, not at the next tick
+        victim = queue.evict_below(lane)
         if victim is None:
             return False, ()
-        self._acc.drop(victim.subject, REASON_QUEUE_FULL)
+        self._acc.drop(victim.subject, REASON_QUEUE_FULL, victim.role)
         return True, (victim,)
 
     def _enqueue(self, item: Item, priority: Priority, now: float) -> Decision:
-        room, evicted = self._make_room(priority)
+        role = item.role
+        room, evicted = self._make_room(lane_of(priority, role), now)
         if not room:
             if priority >= CRITICAL:
                 return _BLOCK
             return self._drop(item, _DROP_QUEUE_FULL)
-        self._queue.push(item, priority, now)
-        self._acc.receive(item.priority)
+        queue = self._queue
+        queue.push(item, priority, now, role)
+        self._acc.receive(item.priority, role)
+        if queue.size + self._parked_count >= self._escalate_queue_at:
+            self._check_level(now)
         return Decision(Verdict.QUEUE, None, evicted) if evicted else _QUEUE
 
     def _park(self, item: Item) -> Decision:
         # A critical message for an open breaker waits beside the queue until the breaker is not open.
-        room, evicted = self._make_room(CRITICAL)
+        room, evicted = self._make_room(CRITICAL_LANE, self._last_now)
         if not room:
             return _BLOCK
         parked = self._parked.get(item.subject)
@@ -317,7 +378,7 @@ class Engine:
             parked = self._parked[item.subject] = deque()
         parked.append(item)
         self._parked_count += 1
-        self._acc.receive(item.priority)
+        self._acc.receive(item.priority, item.role)
         return Decision(Verdict.QUEUE, None, evicted) if evicted else _QUEUE
 
     def _release_parked(self, now: float) -> None:
@@ -328,52 +389,76 @@ class Engine:
             items = self._parked.pop(subject)
             self._parked_count -= len(items)
             for item in items:
-                self._queue.push(item, CRITICAL, now)
+                self._queue.push(item, CRITICAL, now, item.role)
 
     def take(self, now: float, limit: int | None = None) -> list[Any]:
-        """Queued messages due now, highest priority first, within the rate ceiling; counted forwarded.
+        """Queued messages due now, in lane order, within the rate ceiling; counted forwarded.
 
+        Replies and control messages go first, without waiting for a token (they may leave the bucket in
+        debt). A queued request makes the batching delay count as expired: requests never wait for a
+        batch to fill. While `hold_below_critical` (a spool replay), only critical messages go.
         `limit` caps how many one call releases (the shell writes in slices while the upstream takes them).
         """
         queue = self._queue
-        size = queue.size
-        if not size:
+        if not queue.size:
             return []
+        out: list[Any] = []
+        finishing = queue.lane_size(FINISH_LANE)
+        if finishing:
+            count = finishing if limit is None else min(finishing, limit)
+            bucket = self._bucket
+            for _ in range(count):
+                bucket.spend(now)
+                out.append(queue.pop_lane(FINISH_LANE))
+            if limit is not None:
+                limit -= count
+                if limit <= 0:
+                    return self._forward_all(out)
+        size = queue.lane_size(CRITICAL_LANE) if self._hold else queue.size - queue.lane_size(FINISH_LANE)
+        if not size:
+            return self._forward_all(out)
         size_target = self._batch_size
         delay_expired = True
-        if size_target > 1:
+        if size_target > 1 and not queue.has_requests:
             oldest = queue.oldest_time()
             # Same expression as next_deadline(), so that take(next_deadline()) releases.
             delay_expired = oldest is not None and now >= oldest + self._batch_delay_s
             if size < size_target and not delay_expired:
-                return []
+                return self._forward_all(out)
         # The epsilon absorbs float error in the refill so that a whole token reads as one.
         tokens = int(self._bucket.refill(now) + 1e-9)
         count = release_count(size, tokens, size_target, delay_expired)
         if limit is not None and count > limit:
             # Whole batches only, unless a single batch is already larger than the limit.
             count = max(limit - limit % size_target, min(limit, count))
-        if count <= 0:
-            return []
-        self._bucket.take(count)
-        return self._forward_all([queue.pop() for _ in range(count)])
+        if count > 0:
+            self._bucket.take(count)
+            if self._hold:
+                out.extend(queue.pop_lane(CRITICAL_LANE) for _ in range(count))
+            else:
+                out.extend(queue.pop() for _ in range(count))
+        return self._forward_all(out)
 
     def _forward_all(self, items: list[Any]) -> list[Any]:
         if items:
             acc = self._acc
             for item in items:
-                acc.forward(item.subject, item.priority)
-            acc.record_batch([item.subject for item in items], len(items))
+                acc.forward(item.subject, item.priority, item.role)
+            acc.record_batch(items, len(items))
         return items
 
     def next_deadline(self) -> float | None:
-        """When take() may return more (may be in the past: call it now); None while the queue is empty."""
+        """When take() may return more (may be in the past: call it now); None while nothing can be due."""
         queue = self._queue
         if not queue.size:
             return None
         bucket = self._bucket
+        if queue.lane_size(FINISH_LANE):
+            return bucket.stamp  # never after now: the last refill
+        if self._hold and not queue.lane_size(CRITICAL_LANE):
+            return None  # the spool replay lifts the hold and pumps again
         size_target = self._batch_size
-        if size_target <= 1:
+        if size_target <= 1 or queue.has_requests:
             return bucket.time_for(1)
         oldest = queue.oldest_time()
         assert oldest is not None
@@ -382,17 +467,36 @@ class Engine:
             return min(by_delay, bucket.time_for(size_target))
         return by_delay
 
+    @property
+    def hold_below_critical(self) -> bool:
+        """While True, take() releases only critical messages (and replies and control messages)."""
+        return self._hold
+
+    @hold_below_critical.setter
+    def hold_below_critical(self, hold: bool) -> None:
+        self._hold = hold
+
+    def take_tokens(self, now: float, count: int) -> int:
+        """Spend up to `count` rate tokens for messages sent outside the queue (spool replay): how many."""
+        bucket = self._bucket
+        granted = min(count, int(bucket.refill(now) + 1e-9))
+        if granted <= 0:
+            return 0
+        bucket.take(granted)
+        return granted
+
     def drain(self, now: float) -> list[Any]:
         """Everything held (queue and parked), ignoring batching and the rate ceiling; counted forwarded."""
         self._last_now = now
         return self._forward_all(self._pop_everything())
 
     def clear(self) -> list[Any]:
-        """Remove every queued non-critical message, counted dropped with reason "cleared"."""
-        removed = self._queue.remove_if(lambda item: item.priority < CRITICAL)
+        """Remove every queued non-critical data message and request, counted dropped "cleared" (replies
+        and control messages stay: they finish work already admitted)."""
+        removed = self._queue.remove_if(lambda item: item.priority < CRITICAL and item.role < REPLY)
         acc = self._acc
         for item in removed:
-            acc.drop(item.subject, REASON_CLEARED)
+            acc.drop(item.subject, REASON_CLEARED, item.role)
         return removed
 
     def drain_all_for_shutdown(self) -> list[Any]:
@@ -415,13 +519,13 @@ class Engine:
     def requeue_handed(self, item: Any, now: float) -> None:
         """Put back a message handed over by hand_over_critical() that the shell could not place."""
         self._handed.pop(id(item), None)
-        self._queue.push(item, CRITICAL, now)
+        self._queue.push(item, CRITICAL, now, item.role)
 
     def drop_queued(self, predicate: Callable[[Any], bool], reason: str) -> list[Any]:
         """Remove queued messages matching `predicate`, counted as dropped for `reason`."""
         items = self._queue.remove_if(predicate)
         for item in items:
-            self._acc.drop(item.subject, reason)
+            self._acc.drop(item.subject, reason, item.role)
         return items
 
     def critical_queued(self) -> int:
@@ -440,17 +544,17 @@ class Engine:
     def _settle(self, item: Any) -> None:
         # An item handed out for shutdown was received already; anything else (e.g. BLOCK) was not.
         if self._handed.pop(id(item), None) is None:
-            self._acc.receive(item.priority)
+            self._acc.receive(item.priority, item.role)
 
     def note_forwarded(self, item: Item) -> None:
         """The shell forwarded a message the engine had not counted (BLOCK, shutdown hand-off)."""
         self._settle(item)
-        self._acc.forward(item.subject, item.priority)
+        self._acc.forward(item.subject, item.priority, item.role)
 
     def note_dropped(self, item: Item, reason: str) -> None:
         """The shell dropped a message the engine had not counted (BLOCK, shutdown hand-off)."""
         self._settle(item)
-        self._acc.drop(item.subject, reason)
+        self._acc.drop(item.subject, reason, item.role)
 
     def note_spooled(self, item: Item) -> None:
         """The shell spooled to disk a message the engine had not counted (BLOCK, shutdown hand-off)."""
@@ -468,16 +572,16 @@ class Engine:
     def note_unspooled(self, item: Item) -> None:
         """A spooled message was replayed upstream: it moves from spooled to forwarded."""
         self._unspool()
-        self._acc.forward(item.subject, item.priority)
+        self._acc.forward(item.subject, item.priority, item.role)
 
     def note_spool_dropped(self, item: Item, reason: str) -> None:
         """A spooled message was lost (spool full, corrupt, expired): it moves from spooled to dropped."""
         self._unspool()
-        self._acc.drop(item.subject, reason)
+        self._acc.drop(item.subject, reason, item.role)
 
-    def observe_latency(self, subject: str, seconds: float) -> None:
+    def observe_latency(self, subject: str, seconds: float, role: Role = DATA) -> None:
         """Time a message spent in the sidecar before its upstream write, for the latency histogram."""
-        self._acc.observe_latency(subject, seconds)
+        self._acc.observe_latency(subject, seconds, role)
 
     # -- signals and levels --------------------------------------------------------------------------------
     def tick(
@@ -500,15 +604,20 @@ class Engine:
         if cpu_quota_cores is not KEEP:
             self._cpu_quota = cpu_quota_cores
         self._traffic.rotate(now)
+        self._acc.expire_idle(now)
         self._evaluate(now)
         transition = self._levels.observe(now, self._load_percent, self._dominant)
         if transition is not None:
             self._apply_level()
+            self._transitions.append(transition)
         critical = self._levels.level is Level.CRITICAL
         config = self._config
         if critical and config.enable_circuit_breaker and config.breaker_critical_top_subjects:
             top = config.breaker_critical_top_subjects
-            self._breakers.open_busiest(self._traffic.top(top), now, top)
+            heavy = self._traffic.heavy_hitters(
+                now, config.breaker_critical_share, config.max_publish_rate, top
+            )
+            self._breakers.open_busiest(heavy, now, top)
         if self._breaker_records:
             self._breakers.advance(now, critical)
         self._release_parked(now)
@@ -538,17 +647,48 @@ class Engine:
         self._load_percent = load
         self._dominant = SIGNALS[percents.index(load)]
 
+    def _check_level(self, now: float) -> None:
+        """Between ticks: re-evaluate the load with the last memory and CPU samples and escalate at once if
+        it is in a higher band (recovery waits for the tick)."""
+        self._next_check = now + CHECK_INTERVAL_S
+        self._evaluate(now)
+        transition = self._levels.escalate(now, self._load_percent, self._dominant)
+        if transition is not None:
+            self._apply_level()
+            self._transitions.append(transition)
+
+    @property
+    def has_transitions(self) -> bool:
+        """True while pop_transitions() has something to return."""
+        return bool(self._transitions)
+
+    def pop_transitions(self) -> list[Transition]:
+        """Level changes since the last call (at ticks and between them), oldest first, for the shell to
+        log once each (at most PENDING_TRANSITIONS kept)."""
+        transitions = list(self._transitions)
+        self._transitions.clear()
+        return transitions
+
     def _apply_level(self) -> None:
         level = self._levels.level
         config = self._config
         self._sampling_rate = sampling_rate(level, config.enable_sampling)
         self._batch_size = batch_size(level, config.batch_size_multiplier, config.enable_batching)
         self._shed_low = config.enable_prioritization and level >= Level.HIGH
+        # The queue length that moves the load into the next band: crossing it re-evaluates at once.
+        if level is Level.CRITICAL:
+            self._escalate_queue_at = 1 << 62
+        else:
+            floor = LOWER_BOUNDS[Level(level + 1)]
+            self._escalate_queue_at = max(1, -(-int(floor * config.max_queue_size) // 100))
 
     # -- circuit breakers --------------------------------------------------------------------------------
     def breaker_failure(self, subject: str, now: float) -> None:
-        """A forward to `subject` failed (permission violation, JetStream error or timeout, max payload)."""
-        if self._config.enable_circuit_breaker:
+        """A forward to `subject` failed (permission violation, JetStream error or timeout, max payload).
+
+        Replies and control subjects are never broken (each is used once: a record would only fill the
+        table)."""
+        if self._config.enable_circuit_breaker and subject_role(subject) is None:
             self._breakers.failure(subject, now)
 
     def breaker_success(self, subject: str, now: float) -> None:
@@ -704,6 +844,22 @@ class Engine:
         """Drops keyed by (reason, subject label)."""
         return self._acc.dropped_by_subject()
 
+    def forwarded_by_subject_role(self) -> dict[tuple[str, str, str], int]:
+        """Forwards keyed by (subject label, priority label, role label)."""
+        return self._acc.forwarded_by_subject_role()
+
+    def dropped_by_subject_role(self) -> dict[tuple[str, str, str], int]:
+        """Drops keyed by (reason, subject label, role label)."""
+        return self._acc.dropped_by_subject_role()
+
+    def by_role(self) -> dict[str, dict[str, int]]:
+        """Received, forwarded and dropped per role label."""
+        return self._acc.by_role()
+
+    def freed_by_labels(self) -> tuple[int, int]:
+        """Forwards and drops counted by subject labels since freed (idle subjects)."""
+        return self._acc.freed_forwarded, self._acc.freed_dropped
+
     def dropped_by_reason(self) -> dict[str, int]:
         """Drops keyed by reason."""
         return self._acc.dropped_by_reason()
@@ -754,6 +910,7 @@ class Engine:
             sampled=acc.sampled,
             spooled=acc.spooled,
             dropped_by_reason=acc.dropped_by_reason(),
+            by_role=acc.by_role(),
             open_breakers=self._breakers.open_count(),
         )
 

@@ -1,4 +1,11 @@
-"""Load percent -> degradation level, with immediate escalation and step-by-step, delayed recovery."""
+"""Load percent -> degradation level: immediate escalation, and recovery that returns.
+
+Recovery rule (docs/backpressure.md, section 2): once the load has stayed below the current level's
+*leave bound* for `recoveryDelayMs`, the level goes straight to the level the load alone gives. The leave
+bound of `low` is `recoveryThresholdPercent` (the load under which the sidecar returns to none, capped at
+70); that of a higher level is its band's floor less a HYSTERESIS margin (medium 90, high 135, critical 180).
+A level reached by recovery is never `none` while the load is at or above `recoveryThresholdPercent`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from typing import NamedTuple
 
 from policies.config import Level
 
-# Lower bound of each level, in load percent (the seed's table). NONE has no bound: it never recovers.
+# Lower bound of each level, in load percent (the seed's table).
 LOWER_BOUNDS: dict[Level, float] = {
     Level.NONE: 0.0,
     Level.LOW: 70.0,
@@ -15,6 +22,8 @@ LOWER_BOUNDS: dict[Level, float] = {
     Level.HIGH: 150.0,
     Level.CRITICAL: 200.0,
 }
+# Below medium, high and critical, the load must fall this share under the band's floor to leave it.
+HYSTERESIS = 0.1
 HISTORY_SIZE = 1000
 
 
@@ -41,10 +50,26 @@ def level_for_load(load_percent: float) -> Level:
     return Level.NONE
 
 
-def recovery_threshold(level: Level, recovery_threshold_percent: float) -> float:
-    """Load below which `level` may step down: a percent of its lower bound, never above the bound itself."""
-    bound = LOWER_BOUNDS[level]
-    return min(bound, bound * recovery_threshold_percent / 100.0)
+def none_threshold(recovery_threshold_percent: float) -> float:
+    """The load under which the sidecar returns to none: recoveryThresholdPercent, at most 70."""
+    return min(recovery_threshold_percent, LOWER_BOUNDS[Level.LOW])
+
+
+def leave_bound(level: Level, recovery_threshold_percent: float) -> float:
+    """The load below which `level` may be left (after the recovery delay); 0 for none."""
+    if level is Level.NONE:
+        return 0.0
+    if level is Level.LOW:
+        return none_threshold(recovery_threshold_percent)
+    return LOWER_BOUNDS[level] * (1.0 - HYSTERESIS)
+
+
+def recovered_level(load_percent: float, recovery_threshold_percent: float) -> Level:
+    """The level recovery moves to: the load's own level, but `low` until below the none threshold."""
+    level = level_for_load(load_percent)
+    if level is Level.NONE and load_percent >= none_threshold(recovery_threshold_percent):
+        return Level.LOW
+    return level
 
 
 class LevelTracker:
@@ -71,28 +96,32 @@ class LevelTracker:
 
     @property
     def below_since(self) -> float | None:
-        """Since when the load has stayed below the current level's recovery threshold, or None."""
+        """Since when the load has stayed below the current level's leave bound, or None."""
         return self._below_since
 
+    def escalate(self, now: float, load_percent: float, dominant_signal: str) -> Transition | None:
+        """Move up at once if the load's level is above the current one (no recovery: between ticks)."""
+        target = level_for_load(load_percent)
+        if target > self.level:
+            return self._move(now, target, load_percent, dominant_signal)
+        return None
+
     def observe(self, now: float, load_percent: float, dominant_signal: str) -> Transition | None:
-        """Escalate at once to the load's level, or step down one level after a full recovery delay."""
+        """Escalate at once to the load's level, or recover once below the leave bound for the delay."""
         current = self.level
         target = level_for_load(load_percent)
         if target > current:
             return self._move(now, target, load_percent, dominant_signal)
-        if current is Level.NONE or load_percent >= recovery_threshold(current, self._threshold_percent):
+        if current is Level.NONE or load_percent >= leave_bound(current, self._threshold_percent):
             self._below_since = None
             return None
         if self._below_since is None:
             self._below_since = now
         if now - self._below_since < self._delay_s:
             return None
-        lower = Level(current - 1)
-        transition = self._move(now, lower, load_percent, dominant_signal)
-        # Each step down needs its own full delay below the new level's threshold, counted from now.
-        if lower is not Level.NONE and load_percent < recovery_threshold(lower, self._threshold_percent):
-            self._below_since = now
-        return transition
+        return self._move(
+            now, recovered_level(load_percent, self._threshold_percent), load_percent, dominant_signal
+        )
 
     def _move(self, now: float, to_level: Level, load_percent: float, dominant_signal: str) -> Transition:
         transition = Transition(now, self.level, to_level, load_percent, dominant_signal)

@@ -49,6 +49,13 @@ class TokenBucket:
         self.tokens = tokens
         return False
 
+    def spend(self, now: float) -> None:
+        """Spend one token for a message that never waits (replies, control): the bucket may go into
+        debt, at most one burst deep, and queued data then waits for it to refill."""
+        self.refill(now)
+        tokens = self.tokens - 1.0
+        self.tokens = tokens if tokens > -self.burst else -self.burst
+
     def take(self, count: int) -> None:
         """Spend `count` tokens (after `refill`); the caller checked they were available."""
         self.tokens -= count

@@ -91,6 +91,10 @@ class SubjectClassifier:
         self._young[subject] = entry
         return entry
 
+    def match(self, subject: str) -> RuleEntry:
+        """The classification of `subject`, without reading or filling the cache."""
+        return self._match(subject)
+
     def _match(self, subject: str) -> RuleEntry:
         tokens = subject.split(".")
         for pattern_tokens, entry in self._compiled:

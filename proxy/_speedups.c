@@ -151,24 +151,41 @@ split_args(const unsigned char *q, const unsigned char *end, int runs, const uns
     return ntok;
 }
 
+/* The counts of one run of frames of equal subject: all of them, and those with a reply subject. */
+static int
+add_run(PyObject *counts, PyObject *requests, const unsigned char *subject, Py_ssize_t len, Py_ssize_t count,
+        Py_ssize_t with_reply)
+{
+    if (add_count(counts, (const char *)subject, len, count) < 0) {
+        return -1;
+    }
+    if (requests != NULL && with_reply > 0) {
+        return add_count(requests, (const char *)subject, len, with_reply);
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(scan_pubs_doc,
-"scan_pubs(buf, pos, counts, limit, max_control_line, headers) -> int\n\n"
+"scan_pubs(buf, pos, counts, limit, max_control_line, headers[, requests]) -> int\n\n"
 "Consume the complete PUB frames of buf from pos on ('PUB <subject> [reply] <size>\\r\\n' with blanks\n"
 "between the tokens, a 1-9 digit size <= limit, line <= max_control_line, body ending in CRLF), and, when\n"
 "headers is true, the HPUB frames whose header block does not mention KPI-Priority; add one per frame\n"
-"to counts[subject]; return the position after the last one (pos if none).");
+"to counts[subject], and one per frame with a reply subject to requests[subject] when requests is a\n"
+"dict; return the position after the last one (pos if none).");
 
 static PyObject *
 scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "scan_pubs() takes exactly 6 arguments");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "scan_pubs() takes 6 or 7 arguments");
         return NULL;
     }
     PyObject *bufobj = args[0];
     PyObject *counts = args[2];
-    if (!PyBytes_CheckExact(bufobj) || !PyDict_CheckExact(counts)) {
-        PyErr_SetString(PyExc_TypeError, "scan_pubs() needs bytes and a dict");
+    PyObject *requests = nargs == 7 && args[6] != Py_None ? args[6] : NULL;
+    if (!PyBytes_CheckExact(bufobj) || !PyDict_CheckExact(counts) ||
+        (requests != NULL && !PyDict_CheckExact(requests))) {
+        PyErr_SetString(PyExc_TypeError, "scan_pubs() needs bytes and dicts");
         return NULL;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
@@ -188,6 +205,7 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *run_subject = NULL; /* subject of the pending count */
     Py_ssize_t run_len = 0;
     Py_ssize_t run_count = 0;
+    Py_ssize_t run_requests = 0; /* of run_count, the frames with a reply subject */
 
     while (n - pos >= 11) { /* the shortest frame: "PUB a 0\r\n\r\n" */
         const unsigned char *p = buf + pos;
@@ -232,23 +250,26 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         const unsigned char *subj = toks[0];
         Py_ssize_t subj_len = lens[0];
+        int request = ntok == 3 + hpub;
         if (run_count > 0 && subj_len == run_len && memcmp(subj, run_subject, (size_t)subj_len) == 0) {
             run_count++;
+            run_requests += request;
         }
         else {
             if (!subject_ok(subj, subj_len)) {
                 break;
             }
-            if (run_count > 0 && add_count(counts, (const char *)run_subject, run_len, run_count) < 0) {
+            if (run_count > 0 && add_run(counts, requests, run_subject, run_len, run_count, run_requests) < 0) {
                 return NULL;
             }
             run_subject = subj;
             run_len = subj_len;
             run_count = 1;
+            run_requests = request;
         }
         pos = frame_end;
     }
-    if (run_count > 0 && add_count(counts, (const char *)run_subject, run_len, run_count) < 0) {
+    if (run_count > 0 && add_run(counts, requests, run_subject, run_len, run_count, run_requests) < 0) {
         return NULL;
     }
     return PyLong_FromSsize_t(pos);
@@ -337,6 +358,14 @@ scan_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *out_name; /* interned "_out" */
 
+/* policies.roles.ROLE_PREFIXES: a publish to such a subject has its role by the subject alone. */
+static int
+known_reply_prefix(const unsigned char *r, Py_ssize_t len)
+{
+    return (len >= 7 && memcmp(r, "_INBOX.", 7) == 0) || (len >= 8 && memcmp(r, "$JS.ACK.", 8) == 0) ||
+           (len >= 7 && memcmp(r, "$JS.FC.", 7) == 0);
+}
+
 static int
 add_delivered(PyObject *delivered, PyObject *sid, Py_ssize_t count)
 {
@@ -365,8 +394,10 @@ PyDoc_STRVAR(route_msgs_doc,
 "route_msgs(frames, pos, routes, delivered) -> int\n\n"
 "For each plain MSG frame of frames from pos on (frames as scan_msgs takes them), while its sid is a\n"
 "key of routes ({sid: (client, client_sid)}): append the frame with client_sid in place of the sid to\n"
-"client._out (a bytearray) and add one to delivered[sid]. Return the position of the first frame not\n"
-"routed (len(frames) when all were).");
+"client._out (a bytearray) and add one to delivered[sid]. A frame whose reply subject has none of the\n"
+"prefixes that name a role by themselves (_INBOX., $JS.ACK., $JS.FC.) is not routed: the caller remembers\n"
+"it as a reply subject of that client. Return the position of the first frame not routed (len(frames)\n"
+"when all were).");
 
 static PyObject *
 route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -400,6 +431,9 @@ route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     msg_frame f;
     Py_ssize_t len;
     while ((len = parse_msg(buf + pos, n - pos, PY_SSIZE_T_MAX, &f)) > 0) {
+        if (f.reply != NULL && !known_reply_prefix(f.reply, f.reply_len)) {
+            break;
+        }
         if (f.sid != last_sid) {
             PyObject *sid = PyLong_FromLongLong(f.sid);
             if (sid == NULL) {

@@ -248,6 +248,8 @@ def status_data(sidecar: Sidecar) -> dict[str, Any]:
         "queuedBytes": snap.queued_bytes,
         "oldestQueuedAgeSeconds": finite(snap.oldest_queued_age),
         "droppedByReason": snap.dropped_by_reason,
+        "byRole": snap.by_role,
+        "refusedRequests": dict(sidecar.refused),
         "signals": {
             "memory": finite(snap.memory_ratio * 100),
             "cpu": finite(snap.cpu_ratio * 100),

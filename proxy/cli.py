@@ -72,11 +72,12 @@ async def serve(config_path: str | None, preset: str | None) -> int:
     # showed collections triggered on the publish path walking these objects).
     gc.collect()
     gc.freeze()
-    # One machine-readable line so scripts and tests learn the ports (0 in the config means "any free").
-    print(json.dumps({"event": "ready", "ports": ports}), flush=True)
     log.info(
         "kpi-sidecar ready: %s (parser: %s)", ports, "C scanner" if nats_protocol.SPEEDUPS else "pure Python"
     )
+    # One machine-readable line so scripts and tests learn the ports (0 in the config means "any free"),
+    # after the log line: whoever reads the ports finds the log complete.
+    print(json.dumps({"event": "ready", "ports": ports}), flush=True)
     await stop.wait()
     log.info("signal received, shutting down")
     for ingest_runner in runners[1:]:

@@ -7,6 +7,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from policies.roles import ReplyMemory
 from proxy.nats_protocol import (
     OK_FRAME,
     PING,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTH_TIMEOUT_S = 2.0
+# The description of a refusal's status line: "NATS/1.0 503 refused by kpi-sidecar: <reason>".
+REFUSED_BY = "refused by kpi-sidecar:"
 
 
 class ClientSub:
@@ -86,6 +89,8 @@ class ClientConnection(asyncio.Protocol):
         self._out = bytearray()
         self._flush_scheduled = False
         self._auth_timer: asyncio.TimerHandle | None = None
+        # Reply subjects under a custom inbox prefix delivered to this application (None until one is).
+        self.replies: ReplyMemory | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -135,7 +140,7 @@ class ClientConnection(asyncio.Protocol):
                     or self.pedantic
                     or not self.echo
                     or (not self.connect_received and sidecar.client_auth_required)
-                    or not sidecar.publish_run(op, now)
+                    or not sidecar.publish_run(op, now, self)
                 ):
                     split = ClientParser(max_payload=-1)
                     split.headers = True  # HPUBs in a run were accepted already
@@ -321,14 +326,22 @@ class ClientConnection(asyncio.Protocol):
             return
         self.send(encode_msg(subject, sub.sid_bytes, reply, hdr_size, body))
 
+    def remember_reply(self, subject: str, now: float) -> None:
+        """A message with this (custom-prefix) reply subject was delivered: a publish to it is a reply."""
+        replies = self.replies
+        if replies is None:
+            replies = self.replies = ReplyMemory()
+        replies.remember(subject, now)
+
     def send_status(self, reply: str, code: int, reason: str) -> None:
-        """Answer a request on its reply subject with a status message (503 when refused by policy)."""
+        """Answer a request on its reply subject with a status message (503 when refused by policy): the
+        status line names the sidecar and the reason, and so does the KPI-Refused header."""
         if not self.headers or self.closed:
             return
         sub = self.sidecar.local_sub_for(self, reply)
         if sub is None:
             return
-        headers = status_message_headers(code, "")
+        headers = status_message_headers(code, f"{REFUSED_BY} {reason}")
         headers = headers[:-2] + f"KPI-Refused: {reason}\r\n\r\n".encode()
         self.send(encode_msg(reply.encode(), sub.sid_bytes, None, len(headers), headers))
 

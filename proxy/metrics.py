@@ -151,13 +151,19 @@ class SidecarCollector:
         )
         published = CounterMetricFamily(
             "kpi_nats_messages_published",
-            "Messages written to the upstream NATS server (status=success), by subject and priority.",
-            labels=["subject", "status", "priority"],
+            "Messages written to the upstream NATS server (status=success), by subject, priority and role "
+            "(replies and control messages under the subjects _reply and _control).",
+            labels=["subject", "status", "priority", "role"],
         )
         dropped = CounterMetricFamily(
             "kpi_streaming_messages_dropped",
-            "Messages dropped by the sidecar, by reason and subject.",
-            labels=["reason", "subject"],
+            "Messages dropped by the sidecar, by reason, subject and role.",
+            labels=["reason", "subject", "role"],
+        )
+        refused = CounterMetricFamily(
+            "kpi_sidecar_requests_refused",
+            "Requests refused by policy and answered at once with a 503 status, by reason.",
+            labels=["reason"],
         )
         received = CounterMetricFamily(
             "kpi_streaming_messages_received",
@@ -187,10 +193,12 @@ class SidecarCollector:
         if v is not None:
             for subject, is_open in sorted(v.breakers_open().items()):
                 breaker_open.add_metric([subject], is_open)
-            for (subject, priority), count in sorted(v.engine.forwarded_by_subject().items()):
-                published.add_metric([subject, "success", priority], count)
-            for (reason, subject), count in sorted(v.engine.dropped_by_subject().items()):
-                dropped.add_metric([reason, subject], count)
+            for (subject, priority, role), count in sorted(v.engine.forwarded_by_subject_role().items()):
+                published.add_metric([subject, "success", priority, role], count)
+            for (reason, subject, role), count in sorted(v.engine.dropped_by_subject_role().items()):
+                dropped.add_metric([reason, subject, role], count)
+            for reason, count in sorted(sidecar.refused.items()):  # type: ignore[union-attr]
+                refused.add_metric([reason], count)
             for priority, count in sorted(v.engine.received_by_priority().items()):
                 received.add_metric([priority], count)
             for subject, hist in sorted(v.engine.latency_by_subject().items()):
@@ -210,6 +218,7 @@ class SidecarCollector:
             breaker_open,
             published,
             dropped,
+            refused,
             received,
             latency,
             batches,

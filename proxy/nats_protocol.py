@@ -41,7 +41,7 @@ import msgspec
 
 from proxy.errors import ProtocolError
 
-ScanPubs = Callable[[bytes, int, dict, int, int, bool], int]
+ScanPubs = Callable[[bytes, int, dict, int, int, bool, dict], int]
 ScanMsgs = Callable[[bytes, int, int], int]
 RouteMsgs = Callable[[bytes, int, dict, dict], int]
 scan_pubs: ScanPubs | None = None
@@ -199,13 +199,18 @@ class Pub(msgspec.Struct, frozen=True, gc=False):
         return len(self.frame) - self.body_start - 2
 
 
+_NO_REQUESTS: dict[str, int] = {}
+
+
 class PubRun(msgspec.Struct, frozen=True, gc=False):
     """Consecutive PUBs and HPUBs whose priority does not depend on a KPI-Priority header, from a parser
-    with `batch` on: their frames as one bytes object, the count per subject, and the total."""
+    with `batch` on: their frames as one bytes object, the count per subject, the total, and per subject
+    the count of those with a reply subject (requests, by their protocol role)."""
 
     frames: bytes
     counts: dict[str, int]
     n: int
+    requests: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class MsgRun(msgspec.Struct, frozen=True, gc=False):
@@ -652,6 +657,7 @@ class ClientParser(_Parser):
 
     __slots__ = (
         "_run_counts",
+        "_run_requests",
         "_run_start",
         "_scan",
         "_want_headers",
@@ -691,6 +697,7 @@ class ClientParser(_Parser):
         self.batch = False
         self._run_start = -1
         self._run_counts = {}
+        self._run_requests = {}
 
     def feed_data(self, data: bytes) -> list[ClientOp]:
         """Parse more bytes; return every op they complete, in order, ending with an Err if one is met."""
@@ -712,7 +719,7 @@ class ClientParser(_Parser):
         try:
             while pos < n:
                 if scan is not None:
-                    end = scan(buf, pos, self._run_counts, limit, max_line, self.headers)
+                    end = scan(buf, pos, self._run_counts, limit, max_line, self.headers, self._run_requests)
                     if end != pos:
                         if self._run_start < 0:
                             self._run_start = pos
@@ -754,6 +761,9 @@ class ClientParser(_Parser):
                         self._run_start = pos
                     counts = self._run_counts
                     counts[subject] = counts.get(subject, 0) + 1
+                    if reply is not None:
+                        requests = self._run_requests
+                        requests[subject] = requests.get(subject, 0) + 1
                 else:
                     self._flush_run(buf, pos, ops)
                     append(Pub(subject, reply, hdr, buf[pos:end], line_len))
@@ -785,6 +795,9 @@ class ClientParser(_Parser):
                     self._run_start = pos
                 counts = self._run_counts
                 counts[op.subject] = counts.get(op.subject, 0) + 1
+                if op.reply is not None:
+                    requests = self._run_requests
+                    requests[op.subject] = requests.get(op.subject, 0) + 1
                 return end
         self._flush_run(buf, pos, ops)
         ops.extend(found)
@@ -796,8 +809,13 @@ class ClientParser(_Parser):
             self._run_start = -1
             counts = self._run_counts
             self._run_counts = {}  # always a fresh dict while no run is open
+            requests = self._run_requests
+            if requests:
+                self._run_requests = {}
+            else:
+                requests = _NO_REQUESTS  # shared, never written: the common run has no request
             frames = buf if start == 0 and pos == len(buf) else buf[start:pos]  # a whole read: no copy
-            ops.append(PubRun(frames, counts, sum(counts.values())))
+            ops.append(PubRun(frames, counts, sum(counts.values()), requests))
         return pos
 
     def _quick(self, line: bytes) -> tuple | None:

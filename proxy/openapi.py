@@ -94,6 +94,13 @@ def _status_schema() -> dict[str, Any]:
             "queuedBytes": NNINT,
             "oldestQueuedAgeSeconds": NUM,
             "droppedByReason": COUNTS,
+            "byRole": _obj(
+                {
+                    role: _obj({"received": NNINT, "forwarded": NNINT, "dropped": NNINT})
+                    for role in ("data", "request", "reply", "control")
+                }
+            ),
+            "refusedRequests": COUNTS,
             "signals": _obj({"memory": NUM, "cpu": NUM, "queue": NUM, "publishRate": NUM}),
             "spoolMessages": NNINT,
             "spoolBytes": NNINT,

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from policies import roles
 from policies.circuit_breaker import BreakerState
 from policies.config import BatchMode, Delivery, Priority
 from policies.engine import Decision, Engine, Verdict
+from policies.roles import DATA, REPLY, REQUEST, Role, role_of, subject_role
 from policies.subjects import subject_matches
 from proxy import __version__
 from proxy.client import ClientConnection, ClientSub
@@ -59,6 +61,8 @@ ENVELOPE = BatchMode.ENVELOPE
 SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
 TOO_BIG = Decision(Verdict.DROP, "max_payload", ())
 TICK_INTERVAL_S = 1.0
+# Reply subjects under these prefixes have their role by themselves; others are remembered per client.
+ROLE_PREFIXES = tuple(prefix.encode() for prefix, _ in roles.ROLE_PREFIXES)
 # The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
 ACK_SID = 0
 # Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
@@ -78,10 +82,10 @@ class OutMsg:
         "ack_token",
         "client",
         "frame",
-        "is_request",
         "priority",
         "received_at",
         "reply",
+        "role",
         "rule",
         "size",
         "subject",
@@ -97,10 +101,11 @@ class OutMsg:
         client: ClientConnection | None,
         received_at: float,
         rule: Any,
+        role: Role = DATA,
     ) -> None:
         self.subject = subject
         self.reply = reply
-        self.is_request = reply is not None
+        self.role = role
         self.priority = priority
         self.size = size
         self.frame = frame
@@ -182,6 +187,8 @@ class Sidecar:
         self._replay_wakeup = asyncio.Event()
         self._replay_task: asyncio.Task[None] | None = None
         self.replayed = 0
+        # Requests refused by policy (answered with a 503 status), by reason.
+        self.refused: dict[str, int] = {}
         # Called with `now` after every tick (history ring, load test bookkeeping).
         self.tick_listeners: list[Callable[[float], None]] = []
 
@@ -311,7 +318,13 @@ class Sidecar:
             await self._replay_wakeup.wait()
             self._replay_wakeup.clear()
             while spool.messages and self.upstream.can_send and not self.shutting_down:
-                rows = await spool.read(0, batch_size)
+                # Critical messages on disk go before queued lower priorities (the pump holds those, see
+                # _pump), at the full rate ceiling: rate tokens first, then the rows.
+                granted = self.engine.take_tokens(self.clock(), min(batch_size, spool.messages))
+                if not granted:
+                    await asyncio.sleep(min(0.05, max(0.001, 1 / self.engine.config.max_publish_rate)))
+                    continue
+                rows = await spool.read(0, granted)
                 if not rows:
                     break
                 now = self.clock()
@@ -337,9 +350,7 @@ class Sidecar:
                     if msg.size > self.max_payload:
                         self.engine.note_spool_dropped(msg, "max_payload")
                 self.replayed += len(rows)
-                self._schedule_pump()
-                # Replay takes at most half the publish-rate ceiling; live traffic keeps the other half.
-                await asyncio.sleep(len(rows) / (self.engine.config.max_publish_rate / 2))
+            self._schedule_pump()  # the hold on lower priorities ends with the spool
             if spool.messages == 0 and self.replayed:
                 log.info("spool drained (%d messages replayed so far)", self.replayed)
 
@@ -540,7 +551,11 @@ class Sidecar:
         if echoes and echoes[0] == (msg.subject, msg.reply, msg.body):
             echoes.popleft()
             return
-        client.deliver(sub, msg.subject, msg.reply, msg.hdr_size, msg.body)
+        reply = msg.reply
+        if reply is not None and not reply.startswith(ROLE_PREFIXES):
+            # A custom inbox prefix: what the application publishes there is a reply (policies.roles).
+            client.remember_reply(reply.decode("utf-8", "replace"), self.clock())
+        client.deliver(sub, msg.subject, reply, msg.hdr_size, msg.body)
         sub.delivered += 1
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
             client.subs.pop(sub.sid, None)
@@ -648,24 +663,40 @@ class Sidecar:
         """Offer an application's PUB/HPUB to the engine. False: no room, the caller must hold it."""
         headers = op.headers if op.hdr_size > 0 else None
         header_priority = header_value(headers, "KPI-Priority") if headers is not None else None
-        priority, rule = self.engine.classify(op.subject, header_priority)
+        role = role_of(op.subject, op.reply is not None, client.replies if client is not None else None, now)
+        priority, rule = self.engine.classify(op.subject, header_priority, role < REPLY)
         frame = op.frame
         if priority is CRITICAL:
-            msg = self._critical_msg(op.subject, op.reply, op.payload, headers, frame, client, rule, now)
+            msg = self._critical_msg(
+                op.subject, op.reply, op.payload, headers, frame, client, rule, now, role
+            )
         else:
-            msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule)
+            msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule, role)
         return self.offer(msg, now).verdict is not BLOCK
 
-    def publish_run(self, op: PubRun, now: float) -> bool:
+    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> bool:
         """Consecutive publishes classified by subject alone (PubRun) forwarded as one write, when the
         engine would have forwarded each of them at once; False: the caller offers them one by one."""
         classify = self.engine.classify
-        groups: list[tuple[str, int, Priority]] = []
+        replies = client.replies if client is not None else None
+        requests = op.requests
+        groups: list[tuple[str, int, Priority, Role]] = []
         for subject, count in op.counts.items():
-            priority, rule = classify(subject, None)
+            role = subject_role(subject)
+            if role is None and replies and replies.contains(subject, now):
+                role = REPLY
+            priority, rule = classify(subject, None, role is None)
             if priority is CRITICAL or (rule is not None and rule.batch_mode is ENVELOPE):
                 return False  # critical: Msg-Id and confirmation; envelope: packed per subject
-            groups.append((subject, count, priority))
+            if role is None:
+                asked = requests.get(subject, 0) if requests else 0
+                if asked:
+                    groups.append((subject, asked, priority, REQUEST))
+                    count -= asked
+                    if not count:
+                        continue
+                role = DATA
+            groups.append((subject, count, priority, role))
         upstream = self.upstream
         # can_stream, not can_send: a backed-up socket pauses the client after this read (flow_pause)
         # rather than sending its messages through the queue one by one.
@@ -686,6 +717,7 @@ class Sidecar:
         client: ClientConnection | None,
         rule: Any,
         now: float,
+        role: Role = DATA,
     ) -> OutMsg:
         """A critical message gets a Nats-Msg-Id, and a PubAck reply subject under `delivery: jetstream`."""
         token = None
@@ -700,7 +732,7 @@ class Sidecar:
         if not frame:
             frame = encode_pub(subject, wire_reply, payload, headers)
         size = len(payload) + len(headers or b"")
-        msg = OutMsg(subject, reply, CRITICAL, size, frame, client, now, rule)
+        msg = OutMsg(subject, reply, CRITICAL, size, frame, client, now, rule, role)
         msg.ack_token = token
         return msg
 
@@ -713,13 +745,14 @@ class Sidecar:
         validity and size against `max_payload` first. A BLOCK verdict means no room for a critical message.
         """
         header_priority = header_value(headers, "KPI-Priority") if headers is not None else None
-        priority, rule = self.engine.classify(subject, header_priority)
+        role = role_of(subject, reply is not None)
+        priority, rule = self.engine.classify(subject, header_priority, role < REPLY)
         frame = encode_pub(subject, reply, payload, headers)
         if priority is CRITICAL:
-            msg = self._critical_msg(subject, reply, payload, headers, frame, None, rule, now)
+            msg = self._critical_msg(subject, reply, payload, headers, frame, None, rule, now, role)
         else:
             size = len(payload) + (len(headers) if headers is not None else 0)
-            msg = OutMsg(subject, reply, priority, size, frame, None, now, rule)
+            msg = OutMsg(subject, reply, priority, size, frame, None, now, rule, role)
         return self.offer(msg, now)
 
     def offer(self, msg: OutMsg, now: float) -> Decision:
@@ -748,8 +781,13 @@ class Sidecar:
         return decision
 
     def _refused(self, msg: OutMsg, reason: str) -> None:
+        """A request the sidecar did not forward fails fast: a 503 status message on its reply subject."""
+        if msg.reply is None or msg.role >= REPLY:
+            return
+        refused = self.refused
+        refused[reason] = refused.get(reason, 0) + 1
         client = msg.client
-        if msg.reply is not None and client is not None and not client.closed:
+        if client is not None and not client.closed:
             client.send_status(msg.reply, 503, reason)
 
     def _write(self, msg: OutMsg, now: float) -> None:
@@ -761,7 +799,7 @@ class Sidecar:
         client = msg.client
         if client is not None and not client.echo:
             self._expect_echo(client, msg)
-        self.engine.observe_latency(msg.subject, now - msg.received_at)
+        self.engine.observe_latency(msg.subject, now - msg.received_at, msg.role)
         if msg.ack_token is not None:
             acks = self._acks
             acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
@@ -880,8 +918,20 @@ class Sidecar:
             self._pump_scheduled = True
             self.loop.call_soon(self._pump)
 
+    def _log_transitions(self) -> None:
+        for transition in self.engine.pop_transitions():
+            log.warning(
+                "degradation level %s -> %s (load %.0f%%, dominant signal %s)",
+                transition.from_level.label,
+                transition.to_level.label,
+                transition.load_percent,
+                transition.dominant_signal,
+            )
+
     def after_ingest(self) -> None:
         """Called after each batch of application input: release queued work that is due."""
+        if self.engine.has_transitions:
+            self._log_transitions()  # the level moved between ticks (a burst)
         if self.engine.queue_size:
             if self.spool is not None and self.engine.critical_queued() and self.spool_mode:
                 self._spool_queued_critical()
@@ -894,6 +944,9 @@ class Sidecar:
             self._pump_timer = None
         now = self.clock()
         upstream = self.upstream
+        spool = self.spool
+        # While critical messages wait on disk, only critical ones (and replies) leave the queue.
+        self.engine.hold_below_critical = spool is not None and spool.messages > 0 and not self.shutting_down
         if upstream.can_send:
             self._resend_unconfirmed()
             # In slices, so that a paused upstream stops the release instead of buffering megabytes.
@@ -946,20 +999,13 @@ class Sidecar:
         """Sample the signals, let the engine re-evaluate its level, and release due work."""
         now = self.clock()
         sample = self.resources.sample()
-        transition = self.engine.tick(
+        self.engine.tick(
             now,
             memory_mb=sample.memory_mb,
             cpu_percent=sample.cpu_percent,
             cpu_quota_cores=sample.cpu_quota_cores,
         )
-        if transition is not None:
-            log.warning(
-                "degradation level %s -> %s (load %.0f%%, dominant signal %s)",
-                transition.from_level.label,
-                transition.to_level.label,
-                transition.load_percent,
-                transition.dominant_signal,
-            )
+        self._log_transitions()
         if self._acks:
             self._expire_acks(now)
         if self._last_failure:

@@ -192,6 +192,17 @@ class SidecarProcess:
         with urllib.request.urlopen(self.admin_url + path, timeout=5) as resp:
             return json.loads(resp.read())
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST a JSON body to the admin API (no token: the tests' admin port is on loopback)."""
+        req = urllib.request.Request(
+            self.admin_url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+
     def status(self) -> dict[str, Any]:
         return self.get("/api/backpressure/status")["data"]
 
@@ -216,6 +227,11 @@ class SidecarProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+def open_breaker(proc: SidecarProcess, subject: str) -> None:
+    """Open the subject's circuit breaker by hand: the sidecar then refuses its requests with a 503."""
+    proc.post("/api/backpressure/circuit-breaker", {"subject": subject, "action": "open"})
 
 
 def sidecar_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:

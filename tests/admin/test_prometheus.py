@@ -29,8 +29,8 @@ SEED_METRICS = {
 }
 LABELS = {
     "kpi_circuit_breaker_open": {"subject"},
-    "kpi_nats_messages_published": {"subject", "status", "priority"},
-    "kpi_streaming_messages_dropped": {"reason", "subject"},
+    "kpi_nats_messages_published": {"subject", "status", "priority", "role"},
+    "kpi_streaming_messages_dropped": {"reason", "subject", "role"},
     "kpi_streaming_messages_received": {"priority"},
     "kpi_nats_publish_latency_seconds": {"subject", "le"},
     "kpi_streaming_batches_processed": {"subject", "size"},
@@ -92,9 +92,10 @@ def test_counters_follow_the_traffic(stack_factory: Any) -> None:
             expected = labels if sample.name.endswith("_bucket") else labels - {"le"}
             assert set(sample.labels) == expected, (name, sample.labels)
     published = samples(exported["kpi_nats_messages_published"], "kpi_nats_messages_published_total")
-    assert published[(("priority", "high"), ("status", "success"), ("subject", "kpi.metrics.a"))] == 10
-    assert published[(("priority", "medium"), ("status", "success"), ("subject", "kpi.metrics.b"))] == 4
-    assert published[(("priority", "low"), ("status", "success"), ("subject", "kpi.metrics.c"))] == 6
+    data = ("role", "data")
+    assert published[(("priority", "high"), data, ("status", "success"), ("subject", "kpi.metrics.a"))] == 10
+    assert published[(("priority", "medium"), data, ("status", "success"), ("subject", "kpi.metrics.b"))] == 4
+    assert published[(("priority", "low"), data, ("status", "success"), ("subject", "kpi.metrics.c"))] == 6
     received = samples(exported["kpi_streaming_messages_received"], "kpi_streaming_messages_received_total")
     assert sum(received.values()) == 20
     latency = exported["kpi_nats_publish_latency_seconds"]
@@ -125,7 +126,10 @@ def test_subject_labels_are_bounded_by_max_subjects(stack_factory: Any) -> None:
     published = samples(exported["kpi_nats_messages_published"], "kpi_nats_messages_published_total")
     subjects = {dict(k)["subject"] for k in published}
     assert subjects == {"kpi.many.s0", "kpi.many.s1", "kpi.many.s2", "_other"}
-    assert published[(("priority", "medium"), ("status", "success"), ("subject", "_other"))] == 5
+    assert (
+        published[(("priority", "medium"), ("role", "data"), ("status", "success"), ("subject", "_other"))]
+        == 5
+    )
     breakers = samples(exported["kpi_circuit_breaker_open"], "kpi_circuit_breaker_open")
     assert {dict(k)["subject"] for k in breakers} == {"_other"} and set(breakers.values()) == {1.0}
 

@@ -43,6 +43,7 @@ CATALOGUE: dict[str, str] = {
     "kpi_sidecar_flow_paused_clients": "gauge",
     "kpi_upstream_stalled": "gauge",
     "kpi_sidecar_flow_pauses": "counter",
+    "kpi_sidecar_requests_refused": "counter",
 }
 
 # A sample name is its family's name plus one of these suffixes, by family type.

@@ -3,6 +3,8 @@
 //
 // - request/reply with headers both ways (responder behind the sidecar, requester direct, and back);
 // - no responders: nats.ErrNoResponders, and how long it took;
+// - a request the sidecar refuses (the test opened go.refused's breaker; a responder exists upstream): the
+//   same error, as fast;
 // - a queue group of two members behind the sidecar: each message to exactly one of them;
 // - <count> publishes then Flush(): the test counts them on the hub;
 // - Drain() at the end, as a well-behaved service would stop.
@@ -69,6 +71,14 @@ func main() {
 	results["noResponders"] = map[string]any{
 		"isNoResponders": errors.Is(err, nats.ErrNoResponders),
 		"ms":             time.Since(started).Milliseconds(),
+	}
+
+	started = time.Now()
+	_, err = app.Request("go.refused", []byte("?"), 5*time.Second)
+	results["refused"] = map[string]any{
+		"isNoResponders": errors.Is(err, nats.ErrNoResponders),
+		"ms":             time.Since(started).Milliseconds(),
+		"error":          fmt.Sprint(err),
 	}
 
 	var a, b int64

@@ -12,11 +12,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 
-from tests.conftest import SidecarProcess, eventually, settle
+from tests.conftest import SidecarProcess, eventually, open_breaker, settle
 
 GO_SOURCE = Path(__file__).resolve().parent.parent / "go" / "natsgo_client.go"
 GOPATH = "/usr/share/gocode"
@@ -56,7 +57,13 @@ async def test_nats_go_request_reply_queue_groups_publish_and_drain(
         got += 1
 
     await hub.subscribe("go.count", cb=on_msg)
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(b"answered")
+
+    await hub.subscribe("go.refused", cb=answer)  # there is a responder: only the sidecar refuses
     await settle(hub)
+    open_breaker(sidecar, "go.refused")
     proc = await asyncio.create_subprocess_exec(
         str(natsgo_client),
         sidecar.nats_url,
@@ -73,13 +80,18 @@ async def test_nats_go_request_reply_queue_groups_publish_and_drain(
     assert results["toDirect"] == {"data": "direct:two", "seen": "from-app"}
     assert results["noResponders"]["isNoResponders"] is True
     assert results["noResponders"]["ms"] < 1000
+    # A request the sidecar refuses is reported as nats.ErrNoResponders, at once.
+    assert results["refused"]["isNoResponders"] is True, results["refused"]
+    assert results["refused"]["ms"] < 1000
     # Every message to exactly one member of the queue group, and both members used.
     queue = results["queue"]
     assert queue["a"] + queue["b"] == 200 and queue["a"] > 0 and queue["b"] > 0
     # Flush() returned, so the sidecar took every publish in charge: all of them reach the hub.
     await eventually(lambda: got >= count)
     assert got == count
-    assert sidecar.status()["droppedMessages"] == 0
+    status = sidecar.status()
+    assert status["droppedByReason"] == {"circuit_breaker": 1}  # the refused request, and nothing else
+    assert status["refusedRequests"] == {"circuit_breaker": 1}
     # Drain() unsubscribed and closed: nothing of this application is left subscribed upstream.
     left = [s for s in sidecar.upstream.subscriptions_of("kpi-sidecar") if s.startswith("go.")]  # type: ignore[attr-defined]
     assert left == []

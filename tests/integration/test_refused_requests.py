@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from typing import Any
 
 import nats
@@ -12,17 +10,6 @@ import pytest
 from nats.errors import NoRespondersError
 
 from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
-
-
-def admin_post(proc: SidecarProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        proc.admin_url + path,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 async def test_request_to_an_open_breaker_fails_fast_with_503(
@@ -38,7 +25,7 @@ async def test_request_to_an_open_breaker_fails_fast_with_503(
     await settle(responder)
     app = await nats.connect(proc.nats_url)
     assert (await app.request("svc.guarded", b"ping", timeout=3)).data == b"pong"
-    admin_post(proc, "/api/backpressure/circuit-breaker", {"subject": "svc.guarded", "action": "open"})
+    proc.post("/api/backpressure/circuit-breaker", {"subject": "svc.guarded", "action": "open"})
     started = time.monotonic()
     with pytest.raises(NoRespondersError):
         await app.request("svc.guarded", b"ping", timeout=5)
@@ -50,7 +37,7 @@ async def test_request_to_an_open_breaker_fails_fast_with_503(
     await app.publish("svc.guarded", b"ping", reply=inbox)
     status = await sub.next_msg(timeout=2)
     assert status.headers is not None and status.headers.get("KPI-Refused") == "circuit_breaker"
-    admin_post(proc, "/api/backpressure/circuit-breaker", {"subject": "svc.guarded", "action": "close"})
+    proc.post("/api/backpressure/circuit-breaker", {"subject": "svc.guarded", "action": "close"})
     assert (await app.request("svc.guarded", b"ping", timeout=3)).data == b"pong"
     await app.close()
     await responder.close()

@@ -47,6 +47,15 @@ try {
   results.noResponders = { code: err.code, isNoResponders: err.code === ErrorCode.NoResponders, ms: Date.now() - started };
 }
 
+// A request the sidecar refuses (the test opened js.refused's breaker; a responder exists upstream).
+const refusedAt = Date.now();
+try {
+  await app.request("js.refused", sc.encode("?"), { timeout: 5000 });
+  results.refused = { error: null };
+} catch (err) {
+  results.refused = { code: err.code, isNoResponders: err.code === ErrorCode.NoResponders, ms: Date.now() - refusedAt, message: String(err.message) };
+}
+
 await app.drain();
 await direct.drain();
 console.log(JSON.stringify(results));

@@ -8,6 +8,7 @@ from typing import Any
 
 from policies.config import BackpressureConfig, PolicyRule, Priority
 from policies.engine import Engine
+from policies.roles import Role
 
 SEED = 1234
 
@@ -15,7 +16,7 @@ SEED = 1234
 class Msg:
     """An engine item, as the shell's message class provides it."""
 
-    __slots__ = ("is_request", "priority", "size", "subject")
+    __slots__ = ("priority", "role", "size", "subject")
 
     def __init__(
         self,
@@ -23,14 +24,19 @@ class Msg:
         priority: Priority = Priority.MEDIUM,
         is_request: bool = False,
         size: int = 100,
+        role: Role | None = None,
     ) -> None:
         self.subject = subject
         self.priority = priority
-        self.is_request = is_request
+        self.role = role if role is not None else (Role.REQUEST if is_request else Role.DATA)
         self.size = size
 
+    @property
+    def is_request(self) -> bool:
+        return self.role is Role.REQUEST
+
     def __repr__(self) -> str:
-        return f"Msg({self.subject!r}, {self.priority.name}, req={self.is_request})"
+        return f"Msg({self.subject!r}, {self.priority.name}, {self.role.label})"
 
 
 class Clock:

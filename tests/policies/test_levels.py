@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policies.config import Level
-from policies.levels import LevelTracker, Transition, level_for_load, recovery_threshold
+from policies.levels import LevelTracker, Transition, leave_bound, level_for_load, recovered_level
 from tests.policies.fakes import Clock, Msg, make_engine, tick_load
 
 BOUNDARIES = [
@@ -53,7 +55,9 @@ def test_dominant_signal(
     signals: dict[str, float], queued: int, offered_per_s: int, dominant: str, load: float
 ) -> None:
     clock = Clock()
-    engine = make_engine(clock, max_publish_rate=1000, max_queue_size=100, rate_burst_seconds=0.001)
+    engine = make_engine(
+        clock, max_publish_rate=1000, max_queue_size=100, rate_burst_seconds=0.001, enable_sampling=False
+    )
     for _ in range(queued):
         engine.offer(Msg(), clock.now, False)
     if offered_per_s:
@@ -119,66 +123,87 @@ def test_escalation_is_immediate_and_may_skip_levels() -> None:
 @pytest.mark.parametrize(
     ("level", "threshold_percent", "expected"),
     [
-        (Level.LOW, 70, 49.0),
-        (Level.MEDIUM, 70, 70.0),
-        (Level.HIGH, 70, 105.0),
-        (Level.CRITICAL, 70, 140.0),
-        (Level.HIGH, 50, 75.0),
-        (Level.HIGH, 100, 150.0),
-        (Level.HIGH, 150, 150.0),  # above 100 % it would flap: capped at the lower bound
+        (Level.LOW, 70, 70.0),  # the seed's default: back to none below 70
+        (Level.LOW, 60, 60.0),  # production
+        (Level.LOW, 150, 70.0),  # never above the band's own floor
+        (Level.MEDIUM, 70, 90.0),
+        (Level.HIGH, 60, 135.0),
+        (Level.CRITICAL, 70, 180.0),
+        (Level.NONE, 70, 0.0),
     ],
 )
-def test_recovery_threshold_is_relative_to_the_current_level(
-    level: Level, threshold_percent: float, expected: float
+def test_leave_bound(level: Level, threshold_percent: float, expected: float) -> None:
+    assert leave_bound(level, threshold_percent) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("load", "threshold_percent", "level"),
+    [
+        (10, 70, Level.NONE),
+        (65, 70, Level.NONE),
+        (65, 60, Level.LOW),
+        (95, 70, Level.LOW),
+        (140, 70, Level.MEDIUM),
+    ],
+)
+def test_recovery_goes_to_the_level_the_load_alone_gives(
+    load: float, threshold_percent: float, level: Level
 ) -> None:
-    assert recovery_threshold(level, threshold_percent) == pytest.approx(expected)
+    assert recovered_level(load, threshold_percent) is level
 
 
-def _tracker_at(level_load: float, delay_ms: int = 5000) -> LevelTracker:
-    tracker = LevelTracker(70, delay_ms)
+def _tracker_at(level_load: float, delay_ms: int = 5000, threshold_percent: float = 70) -> LevelTracker:
+    tracker = LevelTracker(threshold_percent, delay_ms)
     tracker.observe(0.0, level_load, "memory")
     return tracker
 
 
-def test_stays_at_level_until_below_threshold_for_the_whole_delay() -> None:
-    tracker = _tracker_at(160)  # high; recovery threshold 105
+def test_stays_at_level_until_below_its_leave_bound_for_the_whole_delay() -> None:
+    tracker = _tracker_at(160)  # high; leave bound 135
     assert tracker.level is Level.HIGH
-    # Below the level's bound but above the threshold: no recovery, however long.
+    # Below the level's floor but within the hysteresis margin: no recovery, however long.
     for t in range(1, 60):
-        assert tracker.observe(float(t), 120.0, "memory") is None
+        assert tracker.observe(float(t), 140.0, "memory") is None
     assert tracker.level is Level.HIGH
-    # Below the threshold: the delay runs from the first sample below it.
-    assert tracker.observe(60.0, 104.9, "memory") is None
-    assert tracker.observe(64.999, 104.9, "memory") is None
-    transition = tracker.observe(65.0, 104.9, "memory")
-    assert transition == Transition(65.0, Level.HIGH, Level.MEDIUM, 104.9, "memory")
+    # Below the bound: the delay runs from the first sample below it, then straight to the load's level.
+    assert tracker.observe(60.0, 80.0, "memory") is None
+    assert tracker.observe(64.999, 80.0, "memory") is None
+    transition = tracker.observe(65.0, 80.0, "memory")
+    assert transition == Transition(65.0, Level.HIGH, Level.LOW, 80.0, "memory")
 
 
-def test_recovery_goes_one_level_at_a_time_each_with_its_own_delay() -> None:
+def test_critical_returns_to_none_in_one_delay() -> None:
     tracker = _tracker_at(250)
-    assert tracker.level is Level.CRITICAL
     steps = []
     for t in range(1, 40):
-        transition = tracker.observe(float(t), 0.0, "memory")
+        transition = tracker.observe(float(t), 10.0, "memory")
         if transition is not None:
             steps.append((t, transition.from_level, transition.to_level))
-    assert steps == [
-        (6, Level.CRITICAL, Level.HIGH),
-        (11, Level.HIGH, Level.MEDIUM),
-        (16, Level.MEDIUM, Level.LOW),
-        (21, Level.LOW, Level.NONE),
-    ]
+    assert steps == [(6, Level.CRITICAL, Level.NONE)]
 
 
-def test_a_bounce_above_the_threshold_restarts_the_recovery_timer() -> None:
+def test_a_load_between_the_threshold_and_the_low_band_holds_low_and_below_it_returns_to_none() -> None:
+    tracker = _tracker_at(250, threshold_percent=60)  # production: back to none below 60
+    for t in range(1, 7):
+        tracker.observe(float(t), 65.0, "memory")
+    assert tracker.level is Level.LOW
+    for t in range(7, 60):
+        tracker.observe(float(t), 65.0, "memory")
+    assert tracker.level is Level.LOW
+    for t in range(60, 66):
+        tracker.observe(float(t), 55.0, "memory")
+    assert tracker.level is Level.NONE
+
+
+def test_a_bounce_above_the_bound_restarts_the_recovery_timer() -> None:
     tracker = _tracker_at(160)
     tracker.observe(1.0, 50.0, "memory")
     tracker.observe(5.0, 50.0, "memory")
-    tracker.observe(5.5, 110.0, "memory")  # above 105: the timer is reset
+    tracker.observe(5.5, 140.0, "memory")  # above 135: the timer is reset
     assert tracker.observe(6.0, 50.0, "memory") is None
     assert tracker.observe(10.9, 50.0, "memory") is None
     transition = tracker.observe(11.0, 50.0, "memory")
-    assert transition is not None and transition.to_level is Level.MEDIUM
+    assert transition is not None and transition.to_level is Level.NONE
 
 
 def test_a_higher_load_during_recovery_escalates_at_once() -> None:
@@ -189,13 +214,75 @@ def test_a_higher_load_during_recovery_escalates_at_once() -> None:
     assert tracker.below_since is None
 
 
-def test_zero_recovery_delay_steps_down_on_each_sample() -> None:
+def test_escalate_moves_up_only() -> None:
+    tracker = _tracker_at(160)
+    assert tracker.escalate(1.0, 10.0, "queue") is None
+    assert tracker.level is Level.HIGH
+    transition = tracker.escalate(1.5, 230.0, "queue")
+    assert transition == Transition(1.5, Level.HIGH, Level.CRITICAL, 230.0, "queue")
+
+
+def test_zero_recovery_delay_recovers_on_the_first_sample_below() -> None:
     tracker = _tracker_at(250, delay_ms=0)
-    levels = []
-    for t in range(1, 6):
-        tracker.observe(float(t), 0.0, "memory")
-        levels.append(tracker.level)
-    assert levels == [Level.HIGH, Level.MEDIUM, Level.LOW, Level.NONE, Level.NONE]
+    tracker.observe(1.0, 0.0, "memory")
+    assert tracker.level is Level.NONE
+
+
+@pytest.mark.parametrize(("low", "high"), [(95.0, 105.0), (85.0, 105.0), (60.0, 75.0), (170.0, 210.0)])
+def test_a_load_oscillating_around_a_boundary_does_not_flap(low: float, high: float) -> None:
+    tracker = LevelTracker(70, 5000)
+    changes = 0
+    for t in range(200):  # one sample a second, alternating
+        if tracker.observe(float(t), high if t % 2 == 0 else low, "memory") is not None:
+            changes += 1
+    assert changes == 1  # up once, and it stays
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    loads=st.lists(st.floats(min_value=0, max_value=400, allow_nan=False), min_size=1, max_size=120),
+    delay_ms=st.sampled_from([0, 1000, 5000]),
+    threshold=st.sampled_from([50.0, 60.0, 70.0]),
+)
+def test_recovery_properties(loads: list[float], delay_ms: int, threshold: float) -> None:
+    """For any load sampled once a second: a step down comes only after a full delay below the leave
+    bound with no step up in between, and lands on the level the load alone gives; escalation is
+    immediate."""
+    tracker = LevelTracker(threshold, delay_ms)
+    delay_s = delay_ms / 1000
+    last_up: float | None = None
+    below_from: float | None = None
+    for t, load in enumerate(loads):
+        before = tracker.level
+        bound = leave_bound(before, threshold)
+        if before is Level.NONE or load >= bound:
+            below_from = None
+        elif below_from is None:
+            below_from = float(t)
+        transition = tracker.observe(float(t), load, "memory")
+        if level_for_load(load) > before:
+            assert transition is not None and transition.to_level is level_for_load(load)
+            last_up = float(t)
+            below_from = None
+        elif transition is not None:
+            assert transition.to_level < before
+            assert below_from is not None and t - below_from >= delay_s
+            assert last_up is None or t - last_up >= delay_s
+            assert transition.to_level is recovered_level(load, threshold)
+            below_from = None
+
+
+def test_after_an_overload_a_load_below_the_threshold_is_untouched_within_two_delays() -> None:
+    clock = Clock()
+    engine = make_engine(clock, recovery_delay_ms=5000)
+    for _ in range(5):
+        tick_load(engine, clock.advance(1), 300)
+    assert engine.level is Level.CRITICAL
+    end = clock.now
+    while engine.level is not Level.NONE:
+        tick_load(engine, clock.advance(1), 60)
+        assert clock.now - end <= 2 * 5.0
+    assert engine.sampling_rate == 1.0
 
 
 def test_engine_hysteresis_and_history() -> None:
@@ -203,10 +290,10 @@ def test_engine_hysteresis_and_history() -> None:
     engine = make_engine(clock, recovery_delay_ms=2000)
     tick_load(engine, clock.now, 120)
     assert engine.level is Level.MEDIUM
-    tick_load(engine, clock.advance(1), 60)  # below 70 (70 % of 100): timer starts
-    tick_load(engine, clock.advance(1), 60)
+    tick_load(engine, clock.advance(1), 80)  # below 90: timer starts
+    tick_load(engine, clock.advance(1), 80)
     assert engine.level is Level.MEDIUM
-    tick_load(engine, clock.advance(1), 60)
+    tick_load(engine, clock.advance(1), 80)
     assert engine.level is Level.LOW
     history = engine.history()
     assert [(t.from_level, t.to_level) for t in history] == [
@@ -214,6 +301,32 @@ def test_engine_hysteresis_and_history() -> None:
         (Level.MEDIUM, Level.LOW),
     ]
     assert history[-1].timestamp_monotonic == clock.now
+    assert engine.pop_transitions() == history
+    assert engine.pop_transitions() == []
+
+
+def test_a_queue_crossing_a_band_raises_the_level_between_ticks() -> None:
+    clock = Clock()
+    engine = make_engine(clock, max_queue_size=100)
+    tick_load(engine, clock.now, 0)
+    for _ in range(69):
+        engine.offer(Msg(), clock.now, False)
+    assert engine.level is Level.NONE
+    engine.offer(Msg(), clock.now, False)  # 70 queued: 70 %, the low band, no tick needed
+    assert engine.level is Level.LOW
+    for _ in range(130):
+        engine.offer(Msg(), clock.now, False)  # 100 queued, then queue_full drops
+    assert engine.level is Level.MEDIUM
+    assert [t.to_level for t in engine.pop_transitions()] == [Level.LOW, Level.MEDIUM]
+
+
+def test_the_publish_rate_raises_the_level_between_ticks() -> None:
+    clock = Clock()
+    engine = make_engine(clock, max_publish_rate=1000)
+    tick_load(engine, clock.now, 0)
+    for _ in range(3000):  # 3000 msg/s for one second, no tick
+        engine.offer(Msg(), clock.advance(1 / 3000), True)
+    assert engine.level is Level.CRITICAL
 
 
 def test_history_is_bounded_to_1000_transitions() -> None:

@@ -16,6 +16,9 @@ L, M, H, C = Priority.LOW, Priority.MEDIUM, Priority.HIGH, Priority.CRITICAL
 
 
 def _full_engine(clock: Clock, contents: list[Msg], **overrides: Any) -> Engine:
+    # A filling queue raises the level at once (sampling, batching): held still, these tests are about
+    # the queue's own order.
+    overrides = {"enable_sampling": False, "enable_batching": False, **overrides}
     engine = make_engine(clock, max_queue_size=len(contents), **overrides)
     for msg in contents:
         assert engine.offer(msg, clock.now, False) == Decision(Verdict.QUEUE)
@@ -136,7 +139,9 @@ def test_clear_removes_non_critical_and_counts_them() -> None:
 
 def test_drain_ignores_the_rate_ceiling_and_batching() -> None:
     clock = Clock()
-    engine = make_engine(clock, max_publish_rate=1, rate_burst_seconds=1)
+    engine = make_engine(
+        clock, max_publish_rate=1, rate_burst_seconds=1, enable_batching=False, enable_sampling=False
+    )
     for _ in range(50):
         engine.offer(Msg(), clock.now, False)
     assert len(engine.take(clock.now)) == 1
@@ -195,7 +200,7 @@ def test_priority_queue_bytes_and_oldest() -> None:
 
 def test_shrinking_max_queue_size_keeps_what_is_queued() -> None:
     clock = Clock()
-    engine = make_engine(clock, max_queue_size=10)
+    engine = make_engine(clock, max_queue_size=10, enable_sampling=False)
     for _ in range(10):
         engine.offer(Msg(priority=L), clock.now, False)
     engine.update_config(msgspec.structs.replace(engine.config, max_queue_size=5), now=clock.now)

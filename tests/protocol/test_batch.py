@@ -93,9 +93,9 @@ def test_a_run_is_one_op_with_counts_per_subject() -> None:
     ops = parser.feed_data(frames + by_header + frames)
     hdr = by_header.index(b"\r\n\r\n") + 4 - (by_header.index(b"\n") + 1)
     assert ops == [
-        PubRun(frames, {"a": 2, "b": 1}, 3),
+        PubRun(frames, {"a": 2, "b": 1}, 3, {"b": 1}),  # b's one frame is a request
         Pub("a", None, hdr, by_header, by_header.index(b"\n") + 1),
-        PubRun(frames, {"a": 2, "b": 1}, 3),
+        PubRun(frames, {"a": 2, "b": 1}, 3, {"b": 1}),
     ]
 
 
@@ -209,6 +209,17 @@ class TestScanPubs:
         assert self.scan(frames) == (len(frames), {"café": 3, "b": 1})
         assert self.scan(b"PUB \xff 0\r\n\r\n") == (0, {})
         assert self.scan(b"PUB a\x7f 0\r\n\r\n") == (0, {})
+
+    def test_counts_requests_per_subject_when_given_a_dict(self) -> None:
+        frames = (
+            b"PUB s _INBOX.1 2\r\nhi\r\nPUB s 2\r\nhi\r\nPUB s r 0\r\n\r\n"
+            b"HPUB t r 12 12\r\nNATS/1.0\r\n\r\n\r\n"
+        )
+        counts: dict[str, int] = {}
+        requests: dict[str, int] = {}
+        assert SCAN(frames, 0, counts, 100, 100, True, requests) == len(frames)  # type: ignore[misc]
+        assert (counts, requests) == ({"s": 3, "t": 1}, {"s": 2, "t": 1})
+        assert SCAN(frames, 0, {}, 100, 100, True, None) == len(frames)  # type: ignore[misc]
 
     def test_adds_to_the_counts_it_is_given(self) -> None:
         counts = {"s": 5}

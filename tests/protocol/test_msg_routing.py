@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies.roles import CONTROL_PREFIXES, INBOX_PREFIX
 from proxy import nats_protocol
 from proxy.nats_protocol import Msg, MsgRun, ServerParser, encode_msg, next_msg
 from tests.protocol.chunkings import bytewise, feed_reads, split_offsets, two_reads
@@ -17,6 +18,7 @@ from tests.protocol.test_server_parser import CASES
 
 SCAN = nats_protocol.scan_msgs
 ROUTE = nats_protocol.route_msgs
+ROLE_PREFIXES = (INBOX_PREFIX, *CONTROL_PREFIXES)
 pytestmark = pytest.mark.skipif(
     SCAN is None and not nats_protocol.SPEEDUPS,
     reason="KPI_SIDECAR_NO_EXTENSIONS (test_batch checks the build)",
@@ -87,7 +89,8 @@ class Client:
 
 
 tokens = st.text(alphabet=string.ascii_letters + string.digits + "_-.$", min_size=1, max_size=12)
-msgs = st.tuples(st.integers(min_value=1, max_value=6), tokens, st.none() | tokens, st.binary(max_size=64))
+replies = st.none() | tokens | st.builds(lambda p, t: p + t, st.sampled_from(ROLE_PREFIXES), tokens)
+msgs = st.tuples(st.integers(min_value=1, max_value=6), tokens, replies, st.binary(max_size=64))
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,12 +111,13 @@ def test_route_msgs_writes_what_the_python_path_would(
     count: dict[int, int] = {}
     offset = 0
     for sid, subject, reply, body in frames:
-        if sid not in routed:
+        if sid not in routed or (reply is not None and not reply.startswith(ROLE_PREFIXES)):
             break
         expected[sid] += encode_msg(subject.encode(), b"c%d" % sid, reply and reply.encode(), -1, body)
         count[sid] = count.get(sid, 0) + 1
         offset = next_msg(data, offset)[1]
-    # It stops at the first frame for a sid it does not route, and not before.
+    # It stops at the first frame for a sid it does not route, or with a reply subject under a custom
+    # prefix (the Python path remembers it for the reply's role), and not before.
     assert pos == offset
     assert delivered == count
     assert {sid: bytes(c._out) for sid, c in clients.items()} == {s: bytes(b) for s, b in expected.items()}
@@ -122,10 +126,10 @@ def test_route_msgs_writes_what_the_python_path_would(
 def test_route_msgs_appends_to_what_is_buffered_and_rejects_bad_routes() -> None:
     client = Client()
     client._out += b"PONG\r\n"
-    data = b"MSG a 7 2\r\nhi\r\nMSG b 7 r 0\r\n\r\n"
+    data = b"MSG a 7 2\r\nhi\r\nMSG b 7 _INBOX.r 0\r\n\r\n"
     delivered = {7: 1}
     assert ROUTE(data, 0, {7: (client, b"x")}, delivered) == len(data)  # type: ignore[misc]
-    assert bytes(client._out) == b"PONG\r\nMSG a x 2\r\nhi\r\nMSG b x r 0\r\n\r\n"
+    assert bytes(client._out) == b"PONG\r\nMSG a x 2\r\nhi\r\nMSG b x _INBOX.r 0\r\n\r\n"
     assert delivered == {7: 3}
     with pytest.raises(AttributeError):
         ROUTE(data, 0, {7: (object(), b"x")}, {})  # type: ignore[misc]
@@ -133,6 +137,13 @@ def test_route_msgs_appends_to_what_is_buffered_and_rejects_bad_routes() -> None
         ROUTE(data, 0, {7: (client, "x")}, {})  # type: ignore[misc]
     with pytest.raises(ValueError):
         ROUTE(data, len(data) + 1, {}, {})  # type: ignore[misc]
+
+
+@pytest.mark.skipif(ROUTE is None, reason="no C scanner")
+def test_route_msgs_leaves_custom_prefix_replies_to_the_python_path() -> None:
+    client = Client()
+    data = b"MSG a 7 _INBOX.x 0\r\n\r\nMSG a 7 $JS.ACK.s.c.1 0\r\n\r\nMSG a 7 my.inbox.1 0\r\n\r\n"
+    assert ROUTE(data, 0, {7: (client, b"x")}, {}) == data.index(b"MSG a 7 my")  # type: ignore[misc]
 
 
 def test_next_msg() -> None:
