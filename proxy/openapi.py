@@ -125,7 +125,29 @@ def _history_point_schema() -> dict[str, Any]:
             "sampledMessages": INT,
             "spooledMessages": INT,
             "spoolBytes": INT,
-        }
+            "droppedByReason": COUNTS,
+        },
+        required=[
+            "timestamp",
+            "currentMemoryMB",
+            "currentCpuPercent",
+            "currentQueueSize",
+            "currentPublishRate",
+            "loadPercent",
+            "degradationLevel",
+            "degradationLevelValue",
+            "samplingRate",
+            "batchSize",
+            "upstreamConnected",
+            "receivedMessages",
+            "forwardedMessages",
+            "droppedMessages",
+            "sampledMessages",
+            "spooledMessages",
+            "spoolBytes",
+        ],
+        description="One point of the history. `droppedByReason` (cumulative drops by reason at that "
+        "second) is present on the points of the last 5 minutes.",
     )
 
 
@@ -550,6 +572,50 @@ def build_openapi() -> dict[str, Any]:
                         "description": "This document",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     }
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "Admin page",
+                "tags": ["ui"],
+                "operationId": "get_admin_page",
+                "description": "The admin page (HTML): the sidecar's state, live plots, breakers, "
+                "recommendations. Served with a strict Content-Security-Policy. See docs/api.md.",
+                "responses": {
+                    "200": {"description": "The page", "content": {"text/html": {"schema": STR}}},
+                    "503": {
+                        "description": "The page's files are missing from the installation",
+                        "content": {"text/plain": {"schema": STR}},
+                    },
+                },
+            }
+        },
+        "/ui/{path}": {
+            "get": {
+                "summary": "Admin page asset",
+                "tags": ["ui"],
+                "operationId": "get_admin_page_asset",
+                "description": "A script, style sheet or icon of the admin page; only the page's own files "
+                "exist.",
+                "parameters": [{"name": "path", "in": "path", "required": True, "schema": STR}],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            "text/javascript": {"schema": STR},
+                            "text/css": {"schema": STR},
+                            "image/svg+xml": {"schema": STR},
+                        },
+                    },
+                    "404": {
+                        "description": ERRORS[404],
+                        "content": {"application/json": {"schema": _ref("ErrorEnvelope")}},
+                    },
+                    "503": {
+                        "description": "The page's files are missing from the installation",
+                        "content": {"text/plain": {"schema": STR}},
+                    },
                 },
             }
         },
