@@ -1,7 +1,7 @@
 /* kpi-sidecar admin page: reads the JSON API of the admin port and draws it; no build step.
  *
  * Rules kept here: DOM built with createElement/textContent only (the CSP's Trusted Types forbid
- * innerHTML), every request relative to this page (same origin), the admin token kept in this tab's
+ * turning strings into markup), every request relative to this page (same origin), the admin token kept in this tab's
  * sessionStorage only, polling paused while the tab is hidden. Fields other releases add to /status
  * (`forecast`, `fleet`) are shown when present and ignored when absent.
  */
