@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -447,6 +448,29 @@ async def get_status(request: web.Request) -> web.Response:
     return envelope(status_data(request.app[SIDECAR_KEY]))
 
 
+def parse_since(raw: str | None) -> float | None:
+    """`since` of GET /metrics: epoch seconds or an ISO 8601 timestamp (as the points carry); 400 else."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            value = parsed.timestamp()
+        else:
+            value = math.nan
+    if not math.isfinite(value):
+        message = "since must be epoch seconds or an ISO 8601 timestamp such as 2026-01-02T03:04:05.678Z"
+        raise ApiError(400, "VALIDATION_ERROR", message, {"field": "since", "errors": [f"since: {message}"]})
+    return value
+
+
 async def get_metrics_history(request: web.Request) -> web.Response:
     time_range = request.query.get("timeRange", "5m")
     if time_range not in TIME_RANGES:
@@ -456,10 +480,11 @@ async def get_metrics_history(request: web.Request) -> web.Response:
             f"timeRange must be one of {', '.join(TIME_RANGES)}",
             {"field": "timeRange", "errors": [f"timeRange: unknown value {time_range!r}"]},
         )
+    since = parse_since(request.query.get("since"))
     history = request.app[HISTORY_KEY]
     _span, step = TIME_RANGES[time_range]
     reasons = history.dropped_by_reason()
-    points = [sample_to_json(s, reasons.get(s[0])) for s in history.points(time_range)]
+    points = [sample_to_json(s, reasons.get(s[0])) for s in history.points(time_range, since=since)]
     return envelope(
         {
             "timeRange": time_range,

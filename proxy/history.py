@@ -137,20 +137,38 @@ class MetricHistory:
         """Cumulative drop counts by reason, keyed by sample time, for the last REASON_SECONDS."""
         return dict(self._reasons)
 
-    def points(self, time_range: str, now_wall: float | None = None) -> list[Sample]:
-        """The samples of a TIME_RANGES key, downsampled to its step, oldest first."""
+    def points(
+        self, time_range: str, now_wall: float | None = None, since: float | None = None
+    ) -> list[Sample]:
+        """The samples of a TIME_RANGES key, downsampled to its step, oldest first; with `since`, only
+        the points newer than it (the last one may replace a point of the same step that was growing)."""
         span, step = TIME_RANGES[time_range]
         now_wall = time.time() if now_wall is None else now_wall
-        since = now_wall - span
+        after = now_wall - span
+        if since is not None:
+            # From the start of the step holding `since`, so that step's point is rebuilt whole.
+            after = max(after, math.floor(since / step) * step - 1e-6)
         if span <= FINE_SECONDS:
-            source = [s for s in self._fine if s[0] > since]
+            source = _newer(self._fine, after)
         else:
-            source = [s for s in self._coarse if s[0] > since]
+            source = _newer(self._coarse, after)
             if self._minute:
                 source.append(fold(self._minute))
-        if step <= 1:
-            return source
-        return _bucket(source, step)
+        out = source if step <= 1 else _bucket(source, step)
+        if since is not None:
+            out = [p for p in out if p[0] > since]
+        return out
+
+
+def _newer(ring: deque[Sample], after: float) -> list[Sample]:
+    """The samples of `ring` later than `after`, oldest first (scanned from the newest end)."""
+    out: list[Sample] = []
+    for sample in reversed(ring):
+        if sample[0] <= after:
+            break
+        out.append(sample)
+    out.reverse()
+    return out
 
 
 def _bucket(samples: list[Sample], step: int) -> list[Sample]:

@@ -446,6 +446,15 @@ def build_openapi() -> dict[str, Any]:
         "schema": {"type": "string", "enum": ["5m", "1h", "24h"], "default": "5m"},
         "description": "5m: one point per second; 1h: one per 10 s; 24h: one per minute.",
     }
+    since = {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Only the points newer than this time (epoch seconds, or an ISO 8601 timestamp as "
+        "the points carry): what a live view polls. The first point returned may replace the last one "
+        "the client has, when both fall in the same step.",
+    }
     paths: dict[str, Any] = {
         f"{P}/status": {"get": _op("Get status", _ok(_ref("Status")))},
         f"{P}/metrics": {
@@ -463,7 +472,7 @@ def build_openapi() -> dict[str, Any]:
                     )
                 ),
                 400,
-                params=[time_range],
+                params=[time_range, since],
             )
         },
         f"{P}/health": {"get": _op("Get health", _ok(health), tag="probes")},

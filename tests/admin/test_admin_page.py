@@ -270,3 +270,52 @@ def test_history_points_carry_drops_by_reason(stack: Any) -> None:
         assert "droppedByReason" in hour[-1]
     finally:
         call(stack.admin, "POST", BREAKER, {"subject": subject, "action": "reset"})
+
+
+# -- `since`: the live view asks only for new points -----------------------------------------------------
+def _merge(
+    points: list[tuple[float, ...]], new: list[tuple[float, ...]], step: int
+) -> list[tuple[float, ...]]:
+    """What app.js does with the answer: a point in the last point's step replaces it, others append."""
+    out = list(points)
+    for point in new:
+        if out and out[-1][0] // step == point[0] // step:
+            out[-1] = point
+        else:
+            out.append(point)
+    return out
+
+
+@pytest.mark.parametrize(("time_range", "step"), [("5m", 1), ("1h", 10), ("24h", 60)])
+def test_points_since_merge_into_the_same_history_as_a_full_answer(time_range: str, step: int) -> None:
+    history = MetricHistory(history_seconds=7200, fine_seconds=3600)
+    for i in range(1000):
+        history.record(T0 + i, values(currentQueueSize=i % 37, receivedMessages=i))
+    shown = history.points(time_range, T0 + 999.5)
+    for i in range(1000, 1125):
+        history.record(T0 + i, values(currentQueueSize=i % 37, receivedMessages=i))
+        if i % 7 == 0:  # the page polls now and then, mid-step or not
+            new = history.points(time_range, T0 + i + 0.5, since=shown[-1][0])
+            assert all(p[0] > shown[-1][0] for p in new)
+            shown = _merge(shown, new, step)
+    new = history.points(time_range, T0 + 1124.5, since=shown[-1][0])
+    shown = _merge(shown, new, step)
+    full = history.points(time_range, T0 + 1124.5)
+    assert shown[-len(full) :] == full
+    assert history.points(time_range, T0 + 1124.5, since=full[-1][0]) == []
+
+
+def test_since_over_the_api(stack: Any) -> None:
+    path = f"{P}/metrics"
+    full = wait_for(
+        lambda: len(call(stack.admin, "GET", path).data["history"]) >= 3 and call(stack.admin, "GET", path)
+    )
+    points = full.data["history"]
+    cut = points[-3]["timestamp"]
+    newer = check_schema(call(stack.admin, "GET", f"{path}?since={cut}"), path).data["history"]
+    assert newer and all(p["timestamp"] > cut for p in newer)
+    assert newer[0]["timestamp"] == points[-2]["timestamp"]
+    assert call(stack.admin, "GET", f"{path}?since=4102444800").data["history"] == []  # 2100: nothing newer
+    for bad in ("yesterday", "nan", "inf", "1e999", ""):
+        answer = check_schema(call(stack.admin, "GET", f"{path}?since={bad}"), path)
+        assert answer.status == 400 and answer.error["details"]["field"] == "since", bad

@@ -111,6 +111,13 @@ def test_the_page_draws_the_sidecar_under_load(browser: Browser, loaded: Stack, 
             lambda plot=plot: browser.js(COUNT_SERIES_PIXELS, plot) > 30, 20, f"{plot} draws its first series"
         )
 
+    # Live: the plots keep growing (the page then asks only for the new points).
+    points = "return Number(document.getElementById('plot-load').dataset.points)"
+    first = browser.js(points)
+    until(lambda: browser.js(points) >= first + 2, 15, "the plots update")
+    asked = browser.js("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert any("/metrics?timeRange=5m&since=" in url for url in asked)
+
     def level_agrees() -> str | None:
         before = status(loaded)["degradationLevel"]
         shown = browser.driver.find_element(By.ID, "level").text.strip().lower()
