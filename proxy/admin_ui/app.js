@@ -352,8 +352,11 @@
       value === 0
         ? `Load ${load} of threshold (highest: ${signalName(status.dominantSignal)}): no degradation.`
         : `Load ${load} of threshold, driven by ${signalName(status.dominantSignal)}. ` +
-          `Sampling keeps ${fmtPercent(status.samplingRate * 100)} of medium and low messages; ` +
-          `batch size ${fmtNum(status.batchSize)}.`;
+          (value >= 3
+            ? `Low-priority messages are dropped; sampling keeps ${fmtPercent(status.samplingRate * 100)} of medium ones`
+            : `Sampling keeps ${fmtPercent(status.samplingRate * 100)} of medium and low messages`) +
+          (value === 4 ? "; breakers of the busiest subjects open" : "") +
+          `; batch size ${fmtNum(status.batchSize)}.`;
     if (!status.upstreamConnected) why += " The upstream NATS connection is down: messages wait in the queue.";
     else if (status.upstreamStalled) why += " The upstream socket is backed up (stalled).";
     setText($("level-why"), why);
@@ -434,7 +437,7 @@
       ],
       [
         "Breakers",
-        status.openCircuitBreakers ? `${fmtNum(status.openCircuitBreakers)} open` : "none open",
+        status.openCircuitBreakers ? `${fmtNum(status.openCircuitBreakers)} open or half-open` : "all closed",
         status.openCircuitBreakers ? "state-warning" : null,
       ],
       ["Resources", `memory ${fmtNum(status.currentMemoryMB, 1)} MB, CPU ${fmtPercent(status.currentCpuPercent)}`],
@@ -462,7 +465,12 @@
       .map(([name, c]) => `${name} ${c.status}`);
     const node = $("health");
     node.className = `health state-${health.status === "healthy" ? "ok" : health.status === "critical" ? "critical" : "warning"}`;
-    setText(node, `Health: ${health.status}${parts.length ? ` (${parts.join(", ")})` : " (every component ok)"}`);
+    const detail = parts.length
+      ? parts.join(", ")
+      : health.status === "healthy"
+        ? "every component ok"
+        : `from the level ${health.degradationLevel}; every component ok`;
+    setText(node, `Health: ${health.status} (${detail})`);
   }
 
   /** The fleet (a later release): an array of members, or an object holding one, as a table. */
@@ -636,6 +644,13 @@
     };
   }
 
+  /** Time-axis labels on the 24-hour clock, as everywhere on the page: seconds only on short spans. */
+  function timeTicks(u, splits) {
+    const span = (u.scales.x.max ?? 0) - (u.scales.x.min ?? 0);
+    const options = span > 600 ? { hour: "2-digit", minute: "2-digit", hour12: false } : { hour12: false };
+    return splits.map((v) => new Date(v * 1000).toLocaleTimeString("en-GB", options));
+  }
+
   function showLatest(plot) {
     const last = plot.data[0].length - 1;
     if (plot.cursor.idx === null || plot.cursor.idx === undefined || plot.cursor.left < 0) {
@@ -688,7 +703,7 @@
             width: plotWidth(area),
             height: PLOT_HEIGHT,
             series: [{ label: "time", value: (u, v) => (v === null || v === undefined ? "–" : fmtClock(v)) }, ...built.series],
-            axes: [axis({ space: 70, size: 48 }), ...built.axes],
+            axes: [axis({ space: 80, size: 36, values: timeTicks }), ...built.axes],
             scales: { x: { time: true }, ...built.scales },
             legend: { live: true },
             cursor: { drag: { x: false, y: false } },

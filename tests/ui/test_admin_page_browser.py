@@ -141,8 +141,6 @@ def test_the_page_draws_the_sidecar_under_load(browser: Browser, loaded: Stack, 
     assert browser.js(NO_HORIZONTAL_SCROLL)
     shot = browser.screenshot(tmp_path / "admin-page-1280x800.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
-    if target := os.environ.get("KPI_UI_SCREENSHOT"):
-        shutil.copy(browser.screenshot(tmp_path / "full.png", full_page=True), target)
 
     assert browser.csp_violations() == []
     assert browser.console_errors() == []
@@ -226,7 +224,7 @@ def test_the_layout_holds_on_a_phone(browser: Browser, loaded: Stack, tmp_path: 
         browser.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-def test_a_recommendation_applies_through_put_config(browser: Browser, loaded: Stack) -> None:
+def test_a_recommendation_applies_through_put_config(browser: Browser, loaded: Stack, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     browser.viewport(1280, 800)
@@ -238,6 +236,10 @@ def test_a_recommendation_applies_through_put_config(browser: Browser, loaded: S
     )
     card = browser.driver.find_element(By.CSS_SELECTOR, card_css)
     assert "maxPublishRate" in card.text
+    browser.screenshot(tmp_path / "admin-page-recommendation.png")
+    if target := os.environ.get("KPI_UI_SCREENSHOT"):
+        browser.js("window.scrollTo(0, 0)")
+        shutil.copy(browser.screenshot(tmp_path / "full.png", full_page=True), target)
     click(browser, 'button[data-action="apply"]', card)
     until(lambda: browser.js("return document.getElementById('confirm-dialog').open"), 5, "a confirmation")
     assert '"maxPublishRate": 300' in browser.driver.find_element(By.ID, "confirm-body").text
