@@ -42,6 +42,36 @@ for (let i = 0; i < data.length; i += 4) {
 return n;
 """
 NO_HORIZONTAL_SCROLL = "return document.documentElement.scrollWidth <= window.innerWidth"
+# WCAG 2 contrast of every visible text against its effective background: 4.5:1, 3:1 for large text.
+LOW_CONTRAST = """
+const rgba = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
+const lum = ([r, g, b]) => {
+  const f = (c) => ((c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4);
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const background = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgba(getComputedStyle(e).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c;
+  }
+  return [255, 255, 255];
+};
+const bad = [];
+for (const el of document.querySelectorAll("body *")) {
+  const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+  if (!own || !el.getClientRects().length || el.closest("[hidden], dialog:not([open]), canvas")) continue;
+  const style = getComputedStyle(el);
+  if (style.visibility === "hidden" || el.disabled) continue;
+  const fg = rgba(style.color), bg = background(el);
+  const [a, b] = [lum(fg) + 0.05, lum(bg) + 0.05];
+  const ratio = Math.max(a, b) / Math.min(a, b);
+  const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+  const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+  const text = el.textContent.trim().slice(0, 30);
+  if (ratio < need) bad.push(`${el.tagName}.${el.className} "${text}" ${ratio.toFixed(2)}`);
+}
+return bad;
+"""
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +169,7 @@ def test_the_page_draws_the_sidecar_under_load(browser: Browser, loaded: Stack, 
     )
 
     assert browser.js(NO_HORIZONTAL_SCROLL)
+    assert browser.js(LOW_CONTRAST) == []
     shot = browser.screenshot(tmp_path / "admin-page-1280x800.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
@@ -205,6 +236,7 @@ def test_the_layout_holds_on_a_phone(browser: Browser, loaded: Stack, tmp_path: 
         until(lambda: browser.js(COUNT_SERIES_PIXELS, "plot-rates") > 10, 20, "the rates plot draws")
         assert browser.js("return window.innerWidth") == 390
         assert browser.js(NO_HORIZONTAL_SCROLL), browser.js("return document.documentElement.scrollWidth")
+        assert browser.js(LOW_CONTRAST) == []
         # Each plot fits the screen, and a breaker's buttons are within reach (not scrolled away).
         widths = browser.js(
             "return [...document.querySelectorAll('.plot canvas')]"
