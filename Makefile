@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 APT_PACKAGES := nats-server prometheus
 # What the tests need from Debian: nats-server (real broker), prometheus (promtool), nodejs/npm (nats.js),
-# golang-go and golang-github-nats-io-go-nats-dev (nats.go, built without a module registry).
+# golang-go and golang-github-nats-io-go-nats-dev (nats.go, built without a module registry), chromium and
+# chromium-driver (the admin page's browser test).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps node-deps test lint fmt run bench soak clean
@@ -30,6 +31,14 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@browser=""; \
+	[ -x /usr/bin/chromium ] || browser="$$browser chromium"; \
+	[ -x /usr/bin/chromedriver ] || browser="$$browser chromium-driver"; \
+	if [ -n "$$browser" ]; then \
+	  echo "installing Debian packages:$$browser"; \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$browser >/dev/null ) \
+	    || echo "could not install$$browser: the admin page's browser test (tests/ui) will be skipped"; \
 	fi
 
 tests/js/node_modules/.installed: tests/js/package.json

@@ -1,4 +1,4 @@
-"""The admin port: REST API under /api/backpressure and Prometheus metrics at /metrics.
+"""The admin port: REST API under /api/backpressure, Prometheus metrics at /metrics, the page at /.
 
 Every JSON answer is an envelope: `{"success": true, "data": ..., "timestamp": ...}` or
 `{"success": false, "error": {"code", "message", "details"}, "timestamp": ...}`. Mutations (POST, PUT)
@@ -15,13 +15,16 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from policies.config import BackpressureConfig, Level, PolicyRule
+from proxy.admin_page import PAGE_KEY, AdminPage, get_page, get_page_asset
 from proxy.config import collect_errors
 from proxy.history import FIELDS, TIME_RANGES, MetricHistory, iso_timestamp, sample_to_json
 from proxy.load_test import LoadTest, LoadTestError, LoadTestSpec
@@ -199,7 +202,40 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
                 "no admin token is configured: changes are accepted from loopback clients only",
                 {"remote": request.remote},
             )
+        elif (origin := foreign_origin(request)) is not None:
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                "no admin token is configured: a browser may make changes only from the admin page "
+                "itself, opened on a loopback address",
+                {"origin": origin},
+            )
     return await handler(request)
+
+
+LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def foreign_origin(request: web.Request) -> str | None:
+    """The `Origin` (or `Sec-Fetch-Site`) of a browser request not sent by the admin page on loopback.
+
+    Without a token, loopback is the only check, and any web page open in a browser on the same machine
+    could otherwise POST to 127.0.0.1 (CSRF), or reach it under its own name by DNS rebinding. Clients
+    that are not browsers send neither header and are not affected.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        site = request.headers.get("Sec-Fetch-Site")
+        return None if site in (None, "same-origin", "none") else f"Sec-Fetch-Site: {site}"
+    host = request.host
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").lower()
+    except ValueError:
+        return origin
+    local = name in LOOPBACK_NAMES or is_loopback(name)
+    if origin.rstrip("/") != f"{request.scheme}://{host}" or not local:
+        return origin
+    return None
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -414,6 +450,29 @@ async def get_status(request: web.Request) -> web.Response:
     return envelope(status_data(request.app[SIDECAR_KEY]))
 
 
+def parse_since(raw: str | None) -> float | None:
+    """`since` of GET /metrics: epoch seconds or an ISO 8601 timestamp (as the points carry); 400 else."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            value = parsed.timestamp()
+        else:
+            value = math.nan
+    if not math.isfinite(value):
+        message = "since must be epoch seconds or an ISO 8601 timestamp such as 2026-01-02T03:04:05.678Z"
+        raise ApiError(400, "VALIDATION_ERROR", message, {"field": "since", "errors": [f"since: {message}"]})
+    return value
+
+
 async def get_metrics_history(request: web.Request) -> web.Response:
     time_range = request.query.get("timeRange", "5m")
     if time_range not in TIME_RANGES:
@@ -423,9 +482,11 @@ async def get_metrics_history(request: web.Request) -> web.Response:
             f"timeRange must be one of {', '.join(TIME_RANGES)}",
             {"field": "timeRange", "errors": [f"timeRange: unknown value {time_range!r}"]},
         )
+    since = parse_since(request.query.get("since"))
     history = request.app[HISTORY_KEY]
     _span, step = TIME_RANGES[time_range]
-    points = [sample_to_json(s) for s in history.points(time_range)]
+    reasons = history.dropped_by_reason()
+    points = [sample_to_json(s, reasons.get(s[0])) for s in history.points(time_range, since=since)]
     return envelope(
         {
             "timeRange": time_range,
@@ -728,6 +789,7 @@ def record_sample(sidecar: Sidecar, history: MetricHistory, now: float) -> None:
             snap.spooled,
             spool["bytes"],
         ),
+        snap.dropped_by_reason,
     )
 
 
@@ -782,6 +844,8 @@ ROUTES: Final[tuple[tuple[str, str, Handler], ...]] = (
     ("GET", f"{PREFIX}/analytics/recommendations", get_recommendations),
     ("GET", f"{PREFIX}/openapi.json", get_openapi),
     ("GET", "/metrics", get_prometheus),
+    ("GET", "/", get_page),
+    ("GET", "/ui/{path:.+}", get_page_asset),
 )
 
 
@@ -796,6 +860,7 @@ def create_admin_app(sidecar: Sidecar, registry: CollectorRegistry | None = None
     # POST /config/reset goes back to these: the values loaded from the file at startup.
     app[BASELINE_KEY] = (sidecar.config.backpressure, tuple(sidecar.config.policies))
     app[OPENAPI_KEY] = build_openapi()
+    app[PAGE_KEY] = AdminPage.load()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_background)

@@ -40,6 +40,7 @@ def main() -> int:
     print(f"sidecar: NATS port nats://{listen.nats}  (point your application's NATS URL here)")
     print(f"sidecar: HTTP ingest http://{listen.http}/publish/<subject>")
     print(f"sidecar: admin API http://{listen.admin}/api/backpressure/status, metrics /metrics")
+    print(f"sidecar: admin page http://{listen.admin}/  (open it in a browser)")
     print("Ctrl-C stops it (graceful drain).")
     sys.stdout.flush()
     cmd = [sys.executable, "-m", "proxy", "run", "--config", str(Path(CONFIG))]

@@ -3,7 +3,8 @@
 Two rings bound the memory: the last hour at one point per second, and `history_seconds` (default 24 h)
 at one point per minute. A minute point carries the mean of each gauge over the minute, except the
 fields in MAX_FIELDS (the worst value seen) and the counters in LAST_FIELDS (the value at its end).
-About 3 MB for the default 24 hours.
+About 3 MB for the default 24 hours. A third ring keeps the drop counters by reason for the last
+REASON_SECONDS, so the admin page can plot why messages were dropped over the last minutes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from policies.config import Level
@@ -58,6 +59,8 @@ _MODES: Final = tuple(
 )
 
 FINE_SECONDS: Final = 3600
+# Drop counters by reason are kept this long (one entry a second): the admin page's default window.
+REASON_SECONDS: Final = 300
 COARSE_STEP_S: Final = 60
 # timeRange -> (seconds covered, seconds per returned point).
 TIME_RANGES: Final = {"5m": (300, 1), "1h": (3600, 10), "24h": (86_400, 60)}
@@ -90,16 +93,27 @@ class MetricHistory:
         self._coarse: deque[Sample] = deque(maxlen=max(1, history_seconds // COARSE_STEP_S))
         self._minute: list[Sample] = []
         self._minute_key: int | None = None
+        self._reasons: deque[tuple[float, dict[str, int]]] = deque(
+            maxlen=min(REASON_SECONDS, fine_seconds, history_seconds)
+        )
 
     def __len__(self) -> int:
         return len(self._fine)
 
-    def record(self, wall: float, values: Sequence[float]) -> None:
-        """Add the sample taken at `wall` (epoch seconds); values follow FIELDS."""
+    def record(
+        self, wall: float, values: Sequence[float], dropped_by_reason: Mapping[str, int] | None = None
+    ) -> None:
+        """Add the sample taken at `wall` (epoch seconds); values follow FIELDS; drops by reason optional."""
         if len(values) != len(FIELDS):
             raise ValueError(f"expected {len(FIELDS)} values, got {len(values)}")
         sample = (wall, *(float(v) for v in values))
         self._fine.append(sample)
+        if dropped_by_reason is not None:
+            counts = dict(dropped_by_reason)
+            # Most seconds drop nothing new: share the previous dict so an idle ring costs ~nothing.
+            if self._reasons and self._reasons[-1][1] == counts:
+                counts = self._reasons[-1][1]
+            self._reasons.append((wall, counts))
         key = int(wall // COARSE_STEP_S)
         if self._minute_key is not None and key != self._minute_key and self._minute:
             self._coarse.append(fold(self._minute))
@@ -119,20 +133,42 @@ class MetricHistory:
         out.reverse()
         return out
 
-    def points(self, time_range: str, now_wall: float | None = None) -> list[Sample]:
-        """The samples of a TIME_RANGES key, downsampled to its step, oldest first."""
+    def dropped_by_reason(self) -> dict[float, dict[str, int]]:
+        """Cumulative drop counts by reason, keyed by sample time, for the last REASON_SECONDS."""
+        return dict(self._reasons)
+
+    def points(
+        self, time_range: str, now_wall: float | None = None, since: float | None = None
+    ) -> list[Sample]:
+        """The samples of a TIME_RANGES key, downsampled to its step, oldest first; with `since`, only
+        the points newer than it (the last one may replace a point of the same step that was growing)."""
         span, step = TIME_RANGES[time_range]
         now_wall = time.time() if now_wall is None else now_wall
-        since = now_wall - span
+        after = now_wall - span
+        if since is not None:
+            # From the start of the step holding `since`, so that step's point is rebuilt whole.
+            after = max(after, math.floor(since / step) * step - 1e-6)
         if span <= FINE_SECONDS:
-            source = [s for s in self._fine if s[0] > since]
+            source = _newer(self._fine, after)
         else:
-            source = [s for s in self._coarse if s[0] > since]
+            source = _newer(self._coarse, after)
             if self._minute:
                 source.append(fold(self._minute))
-        if step <= 1:
-            return source
-        return _bucket(source, step)
+        out = source if step <= 1 else _bucket(source, step)
+        if since is not None:
+            out = [p for p in out if p[0] > since]
+        return out
+
+
+def _newer(ring: deque[Sample], after: float) -> list[Sample]:
+    """The samples of `ring` later than `after`, oldest first (scanned from the newest end)."""
+    out: list[Sample] = []
+    for sample in reversed(ring):
+        if sample[0] <= after:
+            break
+        out.append(sample)
+    out.reverse()
+    return out
 
 
 def _bucket(samples: list[Sample], step: int) -> list[Sample]:
@@ -151,8 +187,9 @@ def _bucket(samples: list[Sample], step: int) -> list[Sample]:
     return out
 
 
-def sample_to_json(sample: Sample) -> dict[str, Any]:
-    """A sample as the API shows it: ISO timestamp, the FIELDS, the level as label and value."""
+def sample_to_json(sample: Sample, dropped_by_reason: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """A sample as the API shows it: ISO timestamp, the FIELDS, the level as label and value, and the
+    drops by reason when they are known for that second."""
     point: dict[str, Any] = {"timestamp": iso_timestamp(sample[0])}
     for i, name in enumerate(FIELDS, start=1):
         value = sample[i]
@@ -165,6 +202,8 @@ def sample_to_json(sample: Sample) -> dict[str, Any]:
     point["upstreamConnected"] = point["upstreamConnected"] >= 1.0
     for name in (*LAST_FIELDS, "currentQueueSize", "batchSize", "spooledMessages", "spoolBytes"):
         point[name] = round(point[name])
+    if dropped_by_reason is not None:
+        point["droppedByReason"] = dict(dropped_by_reason)
     return point
 
 

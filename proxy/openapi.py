@@ -132,7 +132,29 @@ def _history_point_schema() -> dict[str, Any]:
             "sampledMessages": INT,
             "spooledMessages": INT,
             "spoolBytes": INT,
-        }
+            "droppedByReason": COUNTS,
+        },
+        required=[
+            "timestamp",
+            "currentMemoryMB",
+            "currentCpuPercent",
+            "currentQueueSize",
+            "currentPublishRate",
+            "loadPercent",
+            "degradationLevel",
+            "degradationLevelValue",
+            "samplingRate",
+            "batchSize",
+            "upstreamConnected",
+            "receivedMessages",
+            "forwardedMessages",
+            "droppedMessages",
+            "sampledMessages",
+            "spooledMessages",
+            "spoolBytes",
+        ],
+        description="One point of the history. `droppedByReason` (cumulative drops by reason at that "
+        "second) is present on the points of the last 5 minutes.",
     )
 
 
@@ -431,6 +453,15 @@ def build_openapi() -> dict[str, Any]:
         "schema": {"type": "string", "enum": ["5m", "1h", "24h"], "default": "5m"},
         "description": "5m: one point per second; 1h: one per 10 s; 24h: one per minute.",
     }
+    since = {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Only the points newer than this time (epoch seconds, or an ISO 8601 timestamp as "
+        "the points carry): what a live view polls. The first point returned may replace the last one "
+        "the client has, when both fall in the same step.",
+    }
     paths: dict[str, Any] = {
         f"{P}/status": {"get": _op("Get status", _ok(_ref("Status")))},
         f"{P}/metrics": {
@@ -448,7 +479,7 @@ def build_openapi() -> dict[str, Any]:
                     )
                 ),
                 400,
-                params=[time_range],
+                params=[time_range, since],
             )
         },
         f"{P}/health": {"get": _op("Get health", _ok(health), tag="probes")},
@@ -557,6 +588,50 @@ def build_openapi() -> dict[str, Any]:
                         "description": "This document",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     }
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "Admin page",
+                "tags": ["ui"],
+                "operationId": "get_admin_page",
+                "description": "The admin page (HTML): the sidecar's state, live plots, breakers, "
+                "recommendations. Served with a strict Content-Security-Policy. See docs/api.md.",
+                "responses": {
+                    "200": {"description": "The page", "content": {"text/html": {"schema": STR}}},
+                    "503": {
+                        "description": "The page's files are missing from the installation",
+                        "content": {"text/plain": {"schema": STR}},
+                    },
+                },
+            }
+        },
+        "/ui/{path}": {
+            "get": {
+                "summary": "Admin page asset",
+                "tags": ["ui"],
+                "operationId": "get_admin_page_asset",
+                "description": "A script, style sheet or icon of the admin page; only the page's own files "
+                "exist.",
+                "parameters": [{"name": "path", "in": "path", "required": True, "schema": STR}],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            "text/javascript": {"schema": STR},
+                            "text/css": {"schema": STR},
+                            "image/svg+xml": {"schema": STR},
+                        },
+                    },
+                    "404": {
+                        "description": ERRORS[404],
+                        "content": {"application/json": {"schema": _ref("ErrorEnvelope")}},
+                    },
+                    "503": {
+                        "description": "The page's files are missing from the installation",
+                        "content": {"text/plain": {"schema": STR}},
+                    },
                 },
             }
         },
