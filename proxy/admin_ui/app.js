@@ -353,10 +353,10 @@
         ? `Load ${load} of threshold (highest: ${signalName(status.dominantSignal)}): no degradation.`
         : `Load ${load} of threshold, driven by ${signalName(status.dominantSignal)}. ` +
           (value >= 3
-            ? `Low-priority messages are dropped; sampling keeps ${fmtPercent(status.samplingRate * 100)} of medium ones`
-            : `Sampling keeps ${fmtPercent(status.samplingRate * 100)} of medium and low messages`) +
-          (value === 4 ? "; breakers of the busiest subjects open" : "") +
-          `; batch size ${fmtNum(status.batchSize)}.`;
+            ? `Low-priority data is dropped; sampling keeps ${fmtPercent(status.samplingRate * 100)} of medium data`
+            : `Sampling keeps ${fmtPercent(status.samplingRate * 100)} of medium and low data`) +
+          (value === 4 ? "; breakers open on heavy-hitter subjects" : "") +
+          `; batch size ${fmtNum(status.batchSize)}. Replies, JetStream acks and requests are never sampled.`;
     if (!status.upstreamConnected) why += " The upstream NATS connection is down: messages wait in the queue.";
     else if (status.upstreamStalled) why += " The upstream socket is backed up (stalled).";
     setText($("level-why"), why);
