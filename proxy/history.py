@@ -156,7 +156,10 @@ class MetricHistory:
                 source.append(fold(self._minute))
         out = source if step <= 1 else _bucket(source, step)
         if since is not None:
-            out = [p for p in out if p[0] > since]
+            # Compared in whole milliseconds, as the points show their times (a `since` copied from a
+            # point's timestamp must not return that point).
+            since_ms = round(since * 1000)
+            out = [p for p in out if round(p[0] * 1000) > since_ms]
         return out
 
 

@@ -333,7 +333,8 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 ERRORS: Final = {
-    400: "Invalid request: the body or a parameter is malformed; `error.details.field` names it",
+    400: "Invalid request: the body or a parameter is malformed (`error.details.field` names it); or the "
+    "HTTP request itself is malformed (a bad header line), which the HTTP parser answers in plain text",
     401: "A token is configured and the request does not carry `Authorization: Bearer <token>`",
     403: "No token is configured and the client is not on a loopback address",
     404: "No such resource",
@@ -344,13 +345,13 @@ ERRORS: Final = {
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {
-        str(code): {
-            "description": ERRORS[code],
-            "content": {"application/json": {"schema": _ref("ErrorEnvelope")}},
-        }
-        for code in codes
-    }
+    out: dict[str, Any] = {}
+    for code in codes:
+        content: dict[str, Any] = {"application/json": {"schema": _ref("ErrorEnvelope")}}
+        if code == 400:
+            content["text/plain"] = {"schema": {"type": "string"}}
+        out[str(code)] = {"description": ERRORS[code], "content": content}
+    return out
 
 
 def _op(
@@ -363,7 +364,7 @@ def _op(
     mutating: bool = False,
     tag: str = "backpressure",
 ) -> dict[str, Any]:
-    codes = set(errors)
+    codes = set(errors) | {400}  # any request may be malformed HTTP
     if mutating:
         codes |= {401, 403, 413}
     if body is not None:
