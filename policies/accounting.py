@@ -139,6 +139,12 @@ class Accounting:
             histogram.count += k
         self.forwarded += n
 
+    def unforward(self, subject: str, priority: Priority) -> None:
+        """Take back one forward: the upstream never confirmed it (it is queued again or dropped)."""
+        counters = self.counters_for(subject)
+        counters.forwarded[priority] -= 1
+        self.forwarded -= 1
+
     def drop(self, subject: str, reason: str) -> None:
         """Count one message dropped for `reason`."""
         counters = self._subjects.get(subject)

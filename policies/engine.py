@@ -50,6 +50,9 @@ REASON_QUEUE_FULL = "queue_full"
 REASON_CIRCUIT_BREAKER = "circuit_breaker"
 REASON_CLEARED = "cleared"
 REASON_SHUTDOWN = "shutdown"
+# Written upstream, never confirmed, not taken back (see take_back); refused by upstream permissions.
+REASON_UPSTREAM_LOST = "upstream_lost"
+REASON_PERMISSIONS = "permissions"
 
 SIGNALS = ("memory", "cpu", "queue", "publish_rate")
 # KPI-Priority header values, exact spellings first so the common case skips lower().
@@ -435,6 +438,40 @@ class Engine:
         self._parked.clear()
         self._parked_count = 0
         return items
+
+    # -- messages the upstream may not have received ----------------------------------------------------
+    def take_back(self, items: Sequence[Any], now: float) -> list[Any]:
+        """Messages counted forwarded whose upstream connection died before a PONG confirmed them.
+
+        `high` and `medium` ones go back to the head of the queue, oldest first, to be resent
+        (at-least-once: the server may have had some); `low` ones, and any that find no room even by
+        evicting lower priorities, are dropped with reason `upstream_lost`. Returns the dropped ones and
+        those evicted to make room (counted `queue_full`).
+        """
+        acc = self._acc
+        queue = self._queue
+        dropped: list[Any] = []
+        # Newest first, each pushed to the head: the oldest ends up first.
+        for item in reversed(items):
+            acc.unforward(item.subject, item.priority)
+            priority = item.priority if self._prioritize else MEDIUM
+            if priority <= LOW:
+                acc.drop(item.subject, REASON_UPSTREAM_LOST)
+                dropped.append(item)
+                continue
+            room, evicted = self._make_room(priority)
+            dropped.extend(evicted)
+            if not room:
+                acc.drop(item.subject, REASON_UPSTREAM_LOST)
+                dropped.append(item)
+                continue
+            queue.push_front(item, priority, now)
+        return dropped
+
+    def note_refused(self, subject: str, priority: Priority) -> None:
+        """The upstream refused a forwarded message (permissions): it moves from forwarded to dropped."""
+        self._acc.unforward(subject, priority)
+        self._acc.drop(subject, REASON_PERMISSIONS)
 
     # -- outcomes the shell reports ------------------------------------------------------------------------
     def _settle(self, item: Any) -> None:

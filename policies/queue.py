@@ -38,6 +38,15 @@ class PriorityQueue:
         self.size += 1
         self.nbytes += item.size
 
+    def push_front(self, item: Any, priority: Priority, now: float) -> None:
+        """Put `item` back at the head of the FIFO of `priority` (it was received before what is queued)."""
+        times = self._times[priority]
+        # Keep each FIFO's times in order: the head's time is the oldest.
+        self._items[priority].appendleft(item)
+        times.appendleft(min(now, times[0]) if times else now)
+        self.size += 1
+        self.nbytes += item.size
+
     def pop(self) -> Any:
         """Remove and return the oldest item of the highest non-empty priority (the queue is not empty)."""
         for priority in _PRIORITIES_DESC:

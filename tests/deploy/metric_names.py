@@ -43,6 +43,9 @@ CATALOGUE: dict[str, str] = {
     "kpi_sidecar_flow_paused_clients": "gauge",
     "kpi_upstream_stalled": "gauge",
     "kpi_sidecar_flow_pauses": "counter",
+    "kpi_upstream_unconfirmed_bytes": "gauge",
+    "kpi_upstream_taken_back": "counter",
+    "kpi_sidecar_client_pending_bytes": "gauge",
 }
 
 # A sample name is its family's name plus one of these suffixes, by family type.
