@@ -411,7 +411,12 @@ async def get_ready(request: web.Request) -> web.Response:
     ready = sidecar.nats_port is not None and not sidecar.shutting_down and sidecar.upstream.connected
     data = {"ready": ready, "upstreamConnected": sidecar.upstream.connected}
     if not ready:
-        return error_response(503, "NOT_READY", "the sidecar is starting or shutting down", data)
+        message = (
+            "the upstream NATS server is not connected"
+            if sidecar.nats_port is not None and not sidecar.shutting_down
+            else "the sidecar is starting or shutting down"
+        )
+        return error_response(503, "NOT_READY", message, data)
     return envelope(data)
 
 
