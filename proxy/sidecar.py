@@ -405,7 +405,7 @@ class Sidecar:
         configured = self.config.clients.max_total_pending_bytes
         if configured is not None:
             return configured
-        return self.engine.config.max_memory_usage_mb * 1_048_576 // 4
+        return int(self.engine.config.max_memory_usage_mb * 1_048_576) // 4
 
     def register_client(self, client: ClientConnection) -> bool:
         if self.shutting_down or len(self.clients) >= self.config.clients.max_connections:
