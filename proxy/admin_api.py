@@ -150,6 +150,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"method {request.method} is not allowed on {request.path}"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, message, None, headers or None)
+    except ConnectionResetError:
+        # The client hung up before its body arrived: nothing to answer, nothing wrong on our side.
+        # (The answer goes nowhere; returning one keeps aiohttp from logging a traceback.)
+        log.info("admin API: client hung up during %s %s", request.method, request.path)
+        return error_response(400, "CLIENT_DISCONNECTED", "the client closed the connection mid-request")
     except Exception:
         # Nothing a client sends may take the process down: log it and answer 500.
         log.exception("admin API: unexpected error on %s %s", request.method, request.path)
