@@ -456,7 +456,7 @@ class Sidecar:
         if not self.upstream.paused:
             self._flow_end()
             return
-        if self.upstream.check_stale():
+        if self.upstream.check_stale(suspect=True):
             return  # a frozen server, not a slow one: reconnecting (the loss ends flow control)
         self.upstream_stalled = True
         log.info(
@@ -796,7 +796,7 @@ class Sidecar:
         for msg in dropped:
             self._refused(msg, "upstream_lost")
         log.warning(
-            "upstream lost before confirming %d publishes: %d queued again, %d dropped (upstream_lost)",
+            "%d publishes written upstream were never confirmed: %d queued again, %d dropped (upstream_lost)",
             len(msgs),
             len(msgs) - len(dropped),
             len(dropped),
@@ -1024,6 +1024,10 @@ class Sidecar:
 
     def _flush_envelopes(self) -> None:
         envelopes, self._envelopes = self._envelopes, {}
+        if not self.upstream.connected:
+            # Lost since they were handed over: queued again (or dropped) like unconfirmed writes.
+            self._take_back([msg for msgs in envelopes.values() for msg in msgs])
+            return
         limit = self.max_payload
         for subject, msgs in envelopes.items():
             records: list[tuple[bytes | None, bytes]] = []

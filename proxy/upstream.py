@@ -244,7 +244,7 @@ class Upstream:
             # confirmations keep up (otherwise keepalives and critical confirmations cover the journal).
             self.request_ping()
             if journal.full:
-                self.check_stale()
+                self.check_stale(suspect=True)
 
     def request_ping(self) -> None:
         """Write a PING at the end of this loop iteration (its PONG confirms the journal)."""
@@ -311,17 +311,20 @@ class Upstream:
                 for cb in callbacks:
                     cb(True)
 
-    def check_stale(self) -> bool:
+    def check_stale(self, suspect: bool = False) -> bool:
         """Declare the connection dead (and reconnect) when a PING has waited for its PONG longer than
-        `pingIntervalMs` x `maxPingsOut`; called by the keepalive and on the signs of a frozen server
-        (flow control stalled, the journal full). True when it did."""
+        `pingIntervalMs` x `maxPingsOut`, or only `pingIntervalMs` when the server also stopped reading
+        (`suspect`: the socket or the journal backed up; a slow but live server still answers a PING
+        within an interval). Called by the keepalive and when flow control stalls. True when it did."""
         sent_at = self._ping_sent_at
         proto = self._proto
         if not sent_at or not self.connected or proto is None or proto.transport is None:
             return False
+        if proto.transport.is_closing():
+            return False  # declared dead already: the loss is on its way
         waited = time.monotonic() - sent_at[0]
         cfg = self.config
-        if waited * 1000 < cfg.ping_interval_ms * cfg.max_pings_out:
+        if waited * 1000 < cfg.ping_interval_ms * (1 if suspect else cfg.max_pings_out):
             return False
         log.warning("upstream stale: no PONG for %.1fs, reconnecting", waited)
         self._abort_stale(proto)
@@ -492,7 +495,7 @@ class Upstream:
             log.warning("upstream stale: %d PINGs unanswered, reconnecting", self._pings_out)
             self._abort_stale(proto)
             return
-        if self.check_stale():
+        if self.check_stale(suspect=self.paused):
             return
         self._pings_out += 1
         self._ping_requested = True  # flush writes it after what is buffered
