@@ -196,6 +196,13 @@ class Accounting:
             histogram.buckets[0] += k
             histogram.count += k
 
+    def unforward(self, subject: str, priority: Priority, role: Role = DATA) -> None:
+        """Take back one forward: the upstream never confirmed it (it is queued again or dropped)."""
+        counters = self.counters_for(subject, role)
+        counters.forwarded[role * _PRIORITIES + priority] -= 1
+        self.forwarded -= 1
+        self.forwarded_by_role[role] -= 1
+
     def drop(self, subject: str, reason: str, role: Role = DATA) -> None:
         """Count one message dropped for `reason`."""
         counters = self.counters_for(subject, role)

@@ -55,6 +55,9 @@ REASON_QUEUE_FULL = "queue_full"
 REASON_CIRCUIT_BREAKER = "circuit_breaker"
 REASON_CLEARED = "cleared"
 REASON_SHUTDOWN = "shutdown"
+# Written upstream, never confirmed, not taken back (see take_back); refused by upstream permissions.
+REASON_UPSTREAM_LOST = "upstream_lost"
+REASON_PERMISSIONS = "permissions"
 
 SIGNALS = ("memory", "cpu", "queue", "publish_rate")
 # Between ticks, offers re-evaluate the level (escalation only) at most this often, and at once when the
@@ -539,6 +542,42 @@ class Engine:
         self._parked.clear()
         self._parked_count = 0
         return items
+
+    # -- messages the upstream may not have received ----------------------------------------------------
+    def take_back(self, items: Sequence[Any], now: float) -> list[Any]:
+        """Messages counted forwarded whose upstream connection died before a PONG confirmed them.
+
+        `high` and `medium` ones (and replies and control messages of any priority) go back to the head
+        of their lanes, oldest first, to be resent (at-least-once: the server may have had some); `low`
+        data and requests, and any that find no room even by
+        evicting lower priorities, are dropped with reason `upstream_lost`. Returns the dropped ones and
+        those evicted to make room (counted `queue_full`).
+        """
+        acc = self._acc
+        queue = self._queue
+        dropped: list[Any] = []
+        # Newest first, each pushed to the head: the oldest ends up first.
+        for item in reversed(items):
+            role = item.role
+            acc.unforward(item.subject, item.priority, role)
+            priority = item.priority if self._prioritize else MEDIUM
+            if priority <= LOW and role < REPLY:
+                acc.drop(item.subject, REASON_UPSTREAM_LOST, role)
+                dropped.append(item)
+                continue
+            room, evicted = self._make_room(lane_of(priority, role), now)
+            dropped.extend(evicted)
+            if not room:
+                acc.drop(item.subject, REASON_UPSTREAM_LOST, role)
+                dropped.append(item)
+                continue
+            queue.push_front(item, priority, now, role)
+        return dropped
+
+    def note_refused(self, subject: str, priority: Priority, role: Role = DATA) -> None:
+        """The upstream refused a forwarded message (permissions): it moves from forwarded to dropped."""
+        self._acc.unforward(subject, priority, role)
+        self._acc.drop(subject, REASON_PERMISSIONS, role)
 
     # -- outcomes the shell reports ------------------------------------------------------------------------
     def _settle(self, item: Any) -> None:

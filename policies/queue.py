@@ -82,6 +82,19 @@ class PriorityQueue:
         self.nbytes -= item.size
         return item
 
+    def push_front(self, item: Any, priority: Priority, now: float, role: Role = Role.DATA) -> None:
+        """Put `item` back at the head of its lane (it was received before what is queued there)."""
+        lane = lane_of(priority, role)
+        times = self._times[lane]
+        # Keep each lane's times in order: the head's time is the oldest.
+        self._items[lane].appendleft(item)
+        times.appendleft(min(now, times[0]) if times else now)
+        if lane == FINISH_LANE:
+            self._prios.appendleft(priority)
+        self._by_priority[priority] += 1
+        self.size += 1
+        self.nbytes += item.size
+
     def pop(self) -> Any:
         """Remove and return the oldest item of the highest non-empty lane (the queue is not empty)."""
         items = self._items

@@ -153,6 +153,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"method {request.method} is not allowed on {request.path}"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, message, None, headers or None)
+    except ConnectionResetError:
+        # The client hung up before its body arrived: nothing to answer, nothing wrong on our side.
+        # (The answer goes nowhere; returning one keeps aiohttp from logging a traceback.)
+        log.info("admin API: client hung up during %s %s", request.method, request.path)
+        return error_response(400, "CLIENT_DISCONNECTED", "the client closed the connection mid-request")
     except Exception:
         # Nothing a client sends may take the process down: log it and answer 500.
         log.exception("admin API: unexpected error on %s %s", request.method, request.path)
@@ -347,6 +352,9 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
             "lastError": upstream.last_error,
             "disconnectedSeconds": round(down_for, 3),
             "pendingBytes": upstream.pending_bytes,
+            "unconfirmedBytes": upstream.journal.nbytes,
+            "lameDuck": upstream.lame_duck,
+            "ackSubscriptionDenied": sidecar.ack_subscription_denied,
             "pendingAcks": len(sidecar.pending_acks),
             "flowPausedClients": len(sidecar.flow_paused),
             "stalled": sidecar.upstream_stalled,
@@ -390,6 +398,8 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
             "connections": len(sidecar.clients),
             "maxConnections": sidecar.config.clients.max_connections,
             "slowConsumers": sidecar.slow_consumers,
+            "pendingBytes": sidecar.outbound.total,
+            "maxTotalPendingBytes": sidecar.outbound.limit,
         },
     }
 
@@ -439,10 +449,17 @@ async def get_health_detailed(request: web.Request) -> web.Response:
 
 async def get_ready(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
-    ready = sidecar.nats_port is not None and not sidecar.shutting_down
+    # Not ready while the upstream is away: Kubernetes then takes the pod out of its Services' endpoints
+    # (it does not restart it; that is the liveness probe's business). See docs/deployment.md.
+    ready = sidecar.nats_port is not None and not sidecar.shutting_down and sidecar.upstream.connected
     data = {"ready": ready, "upstreamConnected": sidecar.upstream.connected}
     if not ready:
-        return error_response(503, "NOT_READY", "the sidecar is starting or shutting down", data)
+        message = (
+            "the upstream NATS server is not connected"
+            if sidecar.nats_port is not None and not sidecar.shutting_down
+            else "the sidecar is starting or shutting down"
+        )
+        return error_response(503, "NOT_READY", message, data)
     return envelope(data)
 
 
@@ -568,6 +585,7 @@ def apply_config(sidecar: Sidecar, config: BackpressureConfig, rules: list[Polic
     sidecar.engine.update_config(config, rules, now=sidecar.clock())
     policies = rules if rules is not None else sidecar.config.policies
     sidecar.config = msgspec.structs.replace(sidecar.config, backpressure=config, policies=list(policies))
+    sidecar.sync_ack_subscription()
     log.warning("configuration changed through the admin API: %s", msgspec.to_builtins(config))
 
 

@@ -42,7 +42,18 @@ REFUSED_BY = "refused by kpi-sidecar:"
 class ClientSub:
     """An application subscription and the upstream subscription id (`usid`) it maps to."""
 
-    __slots__ = ("client", "delivered", "echoes", "max_msgs", "queue", "sid", "sid_bytes", "subject", "usid")
+    __slots__ = (
+        "client",
+        "closing",
+        "delivered",
+        "echoes",
+        "max_msgs",
+        "queue",
+        "sid",
+        "sid_bytes",
+        "subject",
+        "usid",
+    )
 
     def __init__(
         self, client: ClientConnection, sid: str, subject: str, queue: str | None, usid: int
@@ -55,8 +66,11 @@ class ClientSub:
         self.usid = usid
         self.max_msgs = 0
         self.delivered = 0
-        # For a client connected with echo=false: its own messages still to come back on this sub, to skip.
-        self.echoes: deque[tuple[bytes, bytes | None, bytes]] | None = None
+        # For a client connected with echo=false: its own messages still to come back on this sub, to skip,
+        # each with the number of upstream PINGs written before it (its echo comes before that PONG).
+        self.echoes: deque[tuple[tuple[bytes, bytes | None, bytes], int]] | None = None
+        # Unsubscribed by the application; still routed until the upstream has processed the UNSUB.
+        self.closing = False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -69,6 +83,9 @@ class ClientConnection(asyncio.Protocol):
         self.parser.batch = True
         self.transport: asyncio.Transport | None = None
         self.subs: dict[str, ClientSub] = {}
+        # Subscriptions the application removed whose in-flight messages are still delivered (see
+        # Sidecar.unsubscribe).
+        self.retiring: set[ClientSub] = set()
         self.name = ""
         self.remote = ""
         self.verbose = False
@@ -87,6 +104,8 @@ class ClientConnection(asyncio.Protocol):
         # Reading stops while ops are held (engine backpressure) or the upstream socket is backed up
         # (the sidecar's flow_paused set).
         self._out = bytearray()
+        # Bytes this connection had waiting at its last flush, as counted in the sidecar's OutboundBudget.
+        self.reported_pending = 0
         self._flush_scheduled = False
         self._auth_timer: asyncio.TimerHandle | None = None
         # Reply subjects under a custom inbox prefix delivered to this application (None until one is).
@@ -215,22 +234,27 @@ class ClientConnection(asyncio.Protocol):
 
     def on_connect(self, options: dict[str, Any]) -> bool:
         sidecar = self.sidecar
-        if sidecar.client_auth_required and not sidecar.client_authorized(options):
+        # nats-server decodes CONNECT into the connection's options with Go's encoding/json: keys match
+        # case-insensitively (the last spelling wins), null leaves a field as it was, and a key left out
+        # keeps its value from an earlier CONNECT; the first starts from nats-server's defaults (verbose,
+        # pedantic and echo on; real clients send verbose and pedantic as false).
+        given = {key.lower(): value for key, value in options.items() if value is not None}
+        if sidecar.client_auth_required and not sidecar.client_authorized(given):
             self.fatal("Authorization Violation")
             return False
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
+        first = not self.connect_received
         self.connect_received = True
-        # nats-server's defaults when CONNECT omits them (real clients always send both as false).
-        self.verbose = bool(options.get("verbose", True))
-        self.pedantic = bool(options.get("pedantic", True))
-        self.headers = bool(options.get("headers", False))
-        self.no_responders = bool(options.get("no_responders", False)) and self.headers
-        self.echo = bool(options.get("echo", True))
+        self.verbose = bool(given.get("verbose", True if first else self.verbose))
+        self.pedantic = bool(given.get("pedantic", True if first else self.pedantic))
+        self.headers = bool(given.get("headers", self.headers))
+        self.no_responders = bool(given.get("no_responders", self.no_responders)) and self.headers
+        self.echo = bool(given.get("echo", self.echo))
         for sub in self.subs.values():
             self.sidecar.route(sub)  # echo=false: its messages are matched against its own, one by one
-        self.name = str(options.get("name", ""))[:256]
+        self.name = str(given.get("name", self.name))[:256]
         if self.verbose:
             self.reply(OK_FRAME)
         return True
@@ -306,12 +330,25 @@ class ClientConnection(asyncio.Protocol):
             return
         data, self._out = self._out, bytearray()
         transport.write(data)
-        if transport.get_write_buffer_size() > self.sidecar.config.clients.max_pending_bytes:
+        pending = transport.get_write_buffer_size()
+        if pending > self.sidecar.config.clients.max_pending_bytes:
             # Like nats-server: a client that does not read its messages is cut off, not buffered forever.
             log.warning("client %s (%s) is a slow consumer, disconnecting", self.client_id, self.name)
-            self.sidecar.slow_consumers += 1
-            self.closed = True
-            transport.abort()
+            self.cut_slow_consumer()
+        elif pending or self.reported_pending:
+            self.sidecar.outbound.update(self, pending)
+
+    def cut_slow_consumer(self) -> None:
+        """Disconnect a client that does not read its messages, and give its buffers back."""
+        if self.closed:
+            return
+        sidecar = self.sidecar
+        sidecar.slow_consumers += 1
+        sidecar.outbound.forget(self)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        sidecar.outbound.release_memory()
 
     def deliver(
         self, sub: ClientSub, subject: bytes, reply: bytes | None, hdr_size: int, body: bytes

@@ -55,6 +55,9 @@ class UpstreamConfig(Base, frozen=True):
     # if the socket is still backed up then, they are read again and the engine queues and sheds by level.
     # 0: queue at once.
     flow_control_ms: Annotated[int, Meta(ge=0, le=60_000)] = 200
+    # Non-critical publishes written but not yet confirmed by a PONG, kept to be taken back when the
+    # connection is declared dead (docs/zero-loss.md); at the limit the upstream counts as backed up.
+    max_unconfirmed_bytes: Annotated[int, Meta(ge=65_536)] = 8 * 1024 * 1024
 
 
 class ListenConfig(Base, frozen=True):
@@ -74,6 +77,9 @@ class ClientsConfig(Base, frozen=True):
     max_connections: Annotated[int, Meta(ge=1)] = 1024
     # Like nats-server's max_pending: a client that stops reading is disconnected past this.
     max_pending_bytes: Annotated[int, Meta(ge=65_536)] = 64 * 1024 * 1024
+    # All applications together; past it the one with the most pending is cut first. Default (null): a
+    # quarter of backpressure.maxMemoryUsageMB.
+    max_total_pending_bytes: Annotated[int, Meta(ge=65_536)] | None = None
     ping_interval_ms: Milliseconds = 120_000
     max_pings_out: Annotated[int, Meta(ge=1, le=100)] = 2
 

@@ -138,13 +138,20 @@ class SidecarCollector:
             "kpi_sidecar_flow_pauses",
             "Times an application connection stopped being read because the upstream socket was backed up.",
         )
+        taken_back = CounterMetricFamily(
+            "kpi_upstream_taken_back",
+            "Non-critical publishes written but unconfirmed when the upstream connection died, taken back "
+            "(queued again, or dropped as upstream_lost).",
+        )
         if sidecar is not None:
             slow.add_metric([], sidecar.slow_consumers)
             reconnects.add_metric([], sidecar.upstream.reconnects)
             flow_pauses.add_metric([], sidecar.flow_pauses)
+            taken_back.add_metric([], sidecar.upstream.journal.taken_back)
         yield slow
         yield reconnects
         yield flow_pauses
+        yield taken_back
 
         breaker_open = GaugeMetricFamily(
             "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]
@@ -345,6 +352,16 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
         "kpi_sidecar_flow_paused_clients",
         "Application connections not read right now because the upstream socket is backed up.",
         lambda v: len(v.sidecar.flow_paused),
+    ),
+    (
+        "kpi_upstream_unconfirmed_bytes",
+        "Bytes of non-critical publishes written upstream and not yet confirmed by a PONG.",
+        lambda v: v.sidecar.upstream.journal.nbytes,
+    ),
+    (
+        "kpi_sidecar_client_pending_bytes",
+        "Bytes waiting to be written to all applications together (clients.maxTotalPendingBytes).",
+        lambda v: v.sidecar.outbound.total,
     ),
 )
 

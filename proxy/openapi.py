@@ -182,6 +182,9 @@ def _health_detailed_schema() -> dict[str, Any]:
                             "lastError": {"type": ["string", "null"]},
                             "disconnectedSeconds": NUM,
                             "pendingBytes": NNINT,
+                            "unconfirmedBytes": NNINT,
+                            "lameDuck": BOOL,
+                            "ackSubscriptionDenied": BOOL,
                             "pendingAcks": NNINT,
                             "flowPausedClients": NNINT,
                             "stalled": BOOL,
@@ -244,6 +247,8 @@ def _health_detailed_schema() -> dict[str, Any]:
                             "connections": NNINT,
                             "maxConnections": INT,
                             "slowConsumers": NNINT,
+                            "pendingBytes": NNINT,
+                            "maxTotalPendingBytes": INT,
                         }
                     ),
                 }

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections import deque
@@ -26,8 +27,10 @@ from proxy import __version__
 from proxy.client import ClientConnection, ClientSub
 from proxy.config import SidecarConfig
 from proxy.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
+from proxy.journal import RunEntry
 from proxy.nats_protocol import (
     DEFAULT_MAX_PAYLOAD,
+    ClientParser,
     Msg,
     MsgRun,
     Pub,
@@ -43,6 +46,7 @@ from proxy.nats_protocol import (
     route_msgs,
     split_pub,
 )
+from proxy.outbound import OutboundBudget
 from proxy.resources import ResourceMonitor
 from proxy.spool import Spool
 from proxy.upstream import Upstream
@@ -65,6 +69,8 @@ TICK_INTERVAL_S = 1.0
 ROLE_PREFIXES = tuple(prefix.encode() for prefix, _ in roles.ROLE_PREFIXES)
 # The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
 ACK_SID = 0
+# -ERR 'Permissions Violation for Subscription to "<subject>"[ using queue "<queue>"]' (nats-server).
+_SUB_DENIED = re.compile(r'subscription to "(.*?)"(?: using queue "(.*?)")?\s*$', re.IGNORECASE)
 # Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
 MAX_PENDING_ECHOES = 10_000
 # Bound on the subjects whose last upstream failure time is remembered (the breaker table's size).
@@ -143,6 +149,7 @@ class Sidecar:
         self.clients: set[ClientConnection] = set()
         self.subs: dict[int, ClientSub] = {}
         self.slow_consumers = 0
+        self.outbound = OutboundBudget(self.loop, self._outbound_limit)
         self.started_at = self.clock()
         self.shutting_down = False
         self.nats_port: int | None = None
@@ -176,6 +183,8 @@ class Sidecar:
         )
         # `delivery: jetstream` critical messages waiting for their PubAck, by the token in their reply.
         self._ack_prefix = f"_KPI_ACK.{self.server_id}."
+        self._ack_subscribed = False
+        self.ack_subscription_denied = False
         self._acks: dict[str, tuple[OutMsg, float]] = {}
         # Breakers: subjects of half-open trials written in this loop iteration, and last failure times.
         self._trial_subjects: set[str] = set()
@@ -238,15 +247,23 @@ class Sidecar:
                 now = self.clock()
                 for msg in self.engine.drain(now):
                     self._write(msg, now)
-                self.upstream.flush()
+            if self.upstream.journal.nbytes:
+                self.upstream.request_ping()  # its PONG confirms the non-critical publishes written
+            self.upstream.flush()
             settled = (
-                self.engine.queue_size == 0 and not self._resend and not self._inflight and not self._acks
+                self.engine.queue_size == 0
+                and not self._resend
+                and not self._inflight
+                and not self._acks
+                and not (self.upstream.journal.nbytes and self.upstream.connected)
             )
             if settled and (self.spool is None or self.spool.messages == 0 or not self.upstream.can_send):
                 break
             await asyncio.sleep(0.02)
         if self._replay_task is not None:
             self._replay_task.cancel()
+        # Written and never confirmed: the upstream may not have them; counted like what is still queued.
+        self._take_back(self.upstream.journal.take_all())
         spooled = dropped = 0
         for msg in self.engine.drain_all_for_shutdown():
             if msg.priority is CRITICAL and self._spool_one(msg):
@@ -395,6 +412,12 @@ class Sidecar:
             info["auth_required"] = True
         return info
 
+    def _outbound_limit(self) -> int:
+        configured = self.config.clients.max_total_pending_bytes
+        if configured is not None:
+            return configured
+        return int(self.engine.config.max_memory_usage_mb * 1_048_576) // 4
+
     def register_client(self, client: ClientConnection) -> bool:
         if self.shutting_down or len(self.clients) >= self.config.clients.max_connections:
             return False
@@ -406,11 +429,16 @@ class Sidecar:
             return
         self.clients.discard(client)
         self.flow_paused.discard(client)
+        self.outbound.forget(client)
         for sub in client.subs.values():
             self.routes.pop(sub.usid, None)
             if self.subs.pop(sub.usid, None) is not None:
                 self.upstream.unsubscribe(sub.usid)
         client.subs.clear()
+        for sub in client.retiring:
+            self.routes.pop(sub.usid, None)
+            self.subs.pop(sub.usid, None)
+        client.retiring.clear()
 
     def hold_client(self, client: ClientConnection) -> None:
         self._held_clients.append(client)
@@ -439,6 +467,8 @@ class Sidecar:
         if not self.upstream.paused:
             self._flow_end()
             return
+        if self.upstream.check_stale(suspect=True):
+            return  # a frozen server, not a slow one: reconnecting (the loss ends flow control)
         self.upstream_stalled = True
         log.info(
             "upstream socket backed up for %d ms: applications are read again, the engine queues",
@@ -484,25 +514,108 @@ class Sidecar:
         if max_msgs is not None and max_msgs > sub.delivered:
             sub.max_msgs = max_msgs
             self.route(sub)  # counted one by one from now on
-            # The upstream sub has counted the same deliveries, so the absolute max applies there too.
-            self.upstream.unsubscribe(sub.usid, max_msgs)
+            if client.echo:
+                # The upstream sub has counted the same deliveries, so the absolute max applies there too.
+                # (Not for echo=false: the echoes the sidecar skips count upstream; it unsubscribes itself.)
+                self.upstream.unsubscribe(sub.usid, max_msgs)
             return
         del client.subs[sid]
-        self.subs.pop(sub.usid, None)
-        self.routes.pop(sub.usid, None)
         self.upstream.unsubscribe(sub.usid)
+        self._retire(sub)
+
+    def _retire(self, sub: ClientSub) -> None:
+        """Keep delivering what the upstream sent before it processed the UNSUB, as nats-server's own
+        in-flight messages reach an application after its UNSUB (nats-py's drain() counts on them): the
+        route goes once the PONG of a PING written after the UNSUB is back."""
+        usid = sub.usid
+        if not self.upstream.connected:
+            self.subs.pop(usid, None)
+            self.routes.pop(usid, None)
+            return
+        sub.closing = True
+        sub.client.retiring.add(sub)
+        self.upstream.confirm(lambda _ok: self._forget_retired(sub))
+
+    def _forget_retired(self, sub: ClientSub) -> None:
+        sub.client.retiring.discard(sub)
+        if self.subs.get(sub.usid) is sub:
+            del self.subs[sub.usid]
+            self.routes.pop(sub.usid, None)
+
+    def _forget_sub(self, sub: ClientSub) -> None:
+        """Drop a subscription everywhere (the upstream refused it, or its max count was reached)."""
+        client = sub.client
+        if client.subs.get(sub.sid) is sub:
+            del client.subs[sub.sid]
+        client.retiring.discard(sub)
+        if self.subs.get(sub.usid) is sub:
+            del self.subs[sub.usid]
+        self.routes.pop(sub.usid, None)
+
+    @property
+    def wants_ack_subscription(self) -> bool:
+        """The PubAck inbox is subscribed only while a `delivery: jetstream` rule exists."""
+        return any(rule.delivery is Delivery.JETSTREAM for rule in self.engine.rules)
+
+    def sync_ack_subscription(self) -> None:
+        """Subscribe or unsubscribe the PubAck inbox after the rules changed."""
+        wanted = self.wants_ack_subscription
+        if wanted == self._ack_subscribed:
+            return
+        self._ack_subscribed = wanted
+        self.ack_subscription_denied = False
+        if wanted:
+            self.upstream.subscribe(ACK_SID, self._ack_prefix + "*", None)
+        else:
+            self.upstream.unsubscribe(ACK_SID)
 
     def resubscribe_frames(self) -> bytes:
         """SUBs (with remaining max counts) for every live subscription, sent on each (re)connect."""
-        frames = bytearray(encode_sub(self._ack_prefix + "*", None, ACK_SID))
-        for usid, sub in self.subs.items():
+        frames = bytearray()
+        self._ack_subscribed = self.wants_ack_subscription
+        if self._ack_subscribed:
+            frames += encode_sub(self._ack_prefix + "*", None, ACK_SID)
+        for usid, sub in list(self.subs.items()):
+            if sub.closing:
+                self._forget_retired(sub)  # its UNSUB went with the lost connection: nothing more comes
+                continue
             frames += encode_sub(sub.subject, sub.queue, usid)
             if sub.max_msgs:
                 # The new upstream subscription counts from zero: carry over what is left.
                 sub.max_msgs -= sub.delivered
                 sub.delivered = 0
-                frames += encode_unsub(usid, sub.max_msgs)
+                if sub.client.echo:
+                    frames += encode_unsub(usid, sub.max_msgs)
         return bytes(frames)
+
+    def _subscription_refused(self, text: str) -> None:
+        """The upstream refused a SUB (permissions): answer each application that asked for it with the
+        same -ERR, as nats-server would, and forget the subscription: never replayed on a reconnect, and
+        never a reason to drop the shared connection (nats-server keeps it open)."""
+        match = _SUB_DENIED.search(text)
+        if match is None:
+            log.warning("upstream refused a subscription: %s", text)
+            return
+        subject, queue = match.group(1), match.group(2)
+        if subject == self._ack_prefix + "*":
+            if not self.ack_subscription_denied:
+                log.error(
+                    "the upstream user may not subscribe to %s: `delivery: jetstream` messages cannot be "
+                    "confirmed by PubAck (they are resent on the ack timeout, never dropped); allow "
+                    "subscribe on _KPI_ACK.> for this user (%s)",
+                    subject,
+                    text,
+                )
+            self.ack_subscription_denied = True
+            return
+        refused = [s for s in self.subs.values() if s.subject == subject and s.queue == queue]
+        for sub in refused:
+            self._forget_sub(sub)
+            if not sub.closing and not sub.client.closed:
+                sub.client.send(encode_err(text))
+        log.warning(
+            "upstream refused a subscription (%d application subscriptions told): %s", len(refused), text
+        )
 
     def local_sub_for(self, client: ClientConnection, subject: str) -> ClientSub | None:
         for sub in client.subs.values():
@@ -528,11 +641,12 @@ class Sidecar:
         self._replay_wakeup.set()
         self._schedule_pump()
 
-    def on_upstream_lost(self) -> None:
+    def on_upstream_lost(self, unconfirmed: list[Any]) -> None:
         # Echoes of messages written on the lost connection will not come.
         for sub in self.subs.values():
             if sub.echoes:
                 sub.echoes.clear()
+        self._take_back(unconfirmed)
         # A PubAck can no longer arrive on this connection: resend after the reconnect.
         self._resend.extend(msg for msg, _ in self._acks.values())
         self._acks.clear()
@@ -547,9 +661,7 @@ class Sidecar:
                 self._on_pub_ack(msg)
             return  # in flight when the application unsubscribed
         client = sub.client
-        echoes = sub.echoes
-        if echoes and echoes[0] == (msg.subject, msg.reply, msg.body):
-            echoes.popleft()
+        if sub.echoes and self._is_echo(sub, msg):
             return
         reply = msg.reply
         if reply is not None and not reply.startswith(ROLE_PREFIXES):
@@ -558,9 +670,35 @@ class Sidecar:
         client.deliver(sub, msg.subject, reply, msg.hdr_size, msg.body)
         sub.delivered += 1
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
-            client.subs.pop(sub.sid, None)
-            del self.subs[msg.sid]
-            self.routes.pop(msg.sid, None)
+            self._forget_sub(sub)
+            if not client.echo:
+                self.upstream.unsubscribe(sub.usid)  # the upstream was not given the max (see unsubscribe)
+
+    def _is_echo(self, sub: ClientSub, msg: Msg) -> bool:
+        """Whether `msg` is the echo of the (echo=false) client's own message, to skip. An echo comes before
+        the PONG of the first PING written after its message; older expectations are dropped (the server
+        gave a queue group's message to another member). On a queue subscription the skipped message goes
+        to another member of the group on this sidecar if there is one, as nats-server would pick one."""
+        echoes = sub.echoes
+        assert echoes is not None
+        pongs = self.upstream.pongs_received
+        while echoes and echoes[0][1] < pongs:
+            echoes.popleft()
+        if not echoes or echoes[0][0] != (msg.subject, msg.reply, msg.body):
+            return False
+        echoes.popleft()
+        if sub.queue is not None:
+            for other in self.subs.values():
+                if (
+                    other.client is not sub.client
+                    and other.queue == sub.queue
+                    and other.subject == sub.subject
+                    and not other.closing
+                ):
+                    other.client.deliver(other, msg.subject, msg.reply, msg.hdr_size, msg.body)
+                    other.delivered += 1
+                    break
+        return True
 
     def on_upstream_msgs(self, run: MsgRun) -> None:
         """A run of plain MSGs: routed in C where `routes` allows, the others one by one, in order."""
@@ -641,6 +779,7 @@ class Sidecar:
         lowered = text.lower()
         if lowered.startswith("permissions violation for publish to"):
             subject = text.rpartition(" ")[2].strip('"')
+            self._publish_refused(subject, text)
             now = self.clock()
             self.engine.breaker_failure(subject, now)
             if subject not in self._last_failure:
@@ -650,13 +789,99 @@ class Sidecar:
                     self._last_failure.pop(next(iter(self._last_failure)))
             self._last_failure[subject] = now
         elif lowered.startswith("permissions violation for subscription to"):
-            subject = text.rpartition(" ")[2].strip('"')
-            for sub in list(self.subs.values()):
-                if sub.subject == subject:
-                    sub.client.send(encode_err(text))
-            log.warning("upstream refused a subscription: %s", text)
+            self._subscription_refused(text)
         else:
             log.warning("upstream error: %s", text)
+
+    # -- unconfirmed writes ------------------------------------------------------------------------
+    def _take_back(self, entries: list[Any]) -> None:
+        """The connection died before a PONG confirmed these publishes: high and medium ones are queued
+        again (resent after the reconnect: at-least-once), low ones dropped as `upstream_lost`."""
+        if not entries:
+            return
+        now = self.clock()
+        msgs: list[OutMsg] = []
+        for entry in entries:
+            if type(entry) is RunEntry:
+                msgs.extend(self._run_messages(entry, now))
+            else:
+                msgs.append(entry)
+        dropped = self.engine.take_back(msgs, now)
+        self.upstream.journal.taken_back += len(msgs)
+        for msg in dropped:
+            self._refused(msg, "upstream_lost")
+        log.warning(
+            "%d publishes written upstream were never confirmed: %d queued again, %d dropped (upstream_lost)",
+            len(msgs),
+            len(msgs) - len(dropped),
+            len(dropped),
+        )
+        self._schedule_pump()
+
+    def _run_messages(self, entry: RunEntry, now: float) -> list[OutMsg]:
+        """The messages of a run written by the fast path, one OutMsg each (only after a loss)."""
+        parser = ClientParser(max_payload=-1)
+        parser.headers = True  # HPUBs in a run were accepted already
+        refused = dict(entry.refused) if entry.refused else None
+        classify = self.engine.classify
+        client = entry.client
+        replies = client.replies if client is not None else None
+        msgs = []
+        for op in parser.feed_data(entry.frames):
+            if type(op) is not Pub:
+                continue
+            if refused and refused.get(op.subject):
+                refused[op.subject] -= 1  # the upstream refused it: settled already
+                continue
+            role = role_of(op.subject, op.reply is not None, replies, now)
+            priority, rule = classify(op.subject, None, role < REPLY)
+            msgs.append(OutMsg(op.subject, op.reply, priority, op.size, op.frame, client, now, rule, role))
+        return msgs
+
+    def _publish_refused(self, subject: str, text: str) -> None:
+        """The upstream refused a publish to `subject` (permissions): find the oldest unconfirmed message
+        to it, tell its application as nats-server would (`-ERR`, the connection stays open), and count
+        it dropped (`permissions`) instead of forwarded. The server answers in order, and the message is
+        unconfirmed until the PONG that follows the -ERR."""
+        client: ClientConnection | None = None
+        found = False
+        journal = self.upstream.journal
+        for entry in journal.entries():
+            if type(entry) is RunEntry:
+                refused = entry.refused or {}
+                if entry.counts.get(subject, 0) > refused.get(subject, 0):
+                    refused[subject] = refused.get(subject, 0) + 1
+                    entry.refused = refused
+                    role = subject_role(subject) or DATA
+                    priority = self.engine.classify(subject, None, role < REPLY)[0]
+                    self.engine.note_refused(subject, priority, role)
+                    client, found = entry.client, True
+                    break
+            elif entry.subject == subject:
+                journal.remove(entry, len(entry.frame))
+                self.engine.note_refused(subject, entry.priority, entry.role)
+                client, found = entry.client, True
+                break
+        if not found:
+            for batch in self._inflight.values():
+                for i, msg in enumerate(batch):
+                    if msg.subject == subject:
+                        del batch[i]
+                        self.engine.note_refused(subject, msg.priority, msg.role)
+                        client, found = msg.client, True
+                        break
+                if found:
+                    break
+        if not found:
+            for token, (msg, _) in self._acks.items():
+                if msg.subject == subject:
+                    del self._acks[token]
+                    self.engine.note_refused(subject, msg.priority, msg.role)
+                    client, found = msg.client, True
+                    self._release_ack_hold()
+                    break
+        if client is not None and not client.closed:
+            client.send(encode_err(text))
 
     # -- publish path --------------------------------------------------------------------------------
     def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool:
@@ -704,7 +929,9 @@ class Sidecar:
             groups, op.n, now, upstream.can_stream and not self.upstream_stalled
         ):
             return False
-        upstream.write(op.frames)
+        frames = op.frames
+        upstream.write(frames)
+        upstream.track(RunEntry(client, frames, op.counts), len(frames))
         return True
 
     def _critical_msg(
@@ -796,6 +1023,8 @@ class Sidecar:
             self._envelope(msg)
         else:
             self.upstream.write(msg.frame)
+            if msg.priority is not CRITICAL:
+                self.upstream.track(msg, len(msg.frame))
         client = msg.client
         if client is not None and not client.echo:
             self._expect_echo(client, msg)
@@ -838,22 +1067,36 @@ class Sidecar:
 
     def _flush_envelopes(self) -> None:
         envelopes, self._envelopes = self._envelopes, {}
+        if not self.upstream.connected:
+            # Lost since they were handed over: queued again (or dropped) like unconfirmed writes.
+            self._take_back([msg for msgs in envelopes.values() for msg in msgs])
+            return
         limit = self.max_payload
         for subject, msgs in envelopes.items():
             records: list[tuple[bytes | None, bytes]] = []
+            packed: list[OutMsg] = []
             size = 0
             for msg in msgs:
                 record = record_of(msg.frame)
                 record_size = len(record[0] or b"") + len(record[1]) + RECORD_OVERHEAD
                 if records and size + record_size + ENVELOPE_HEADER_ROOM > limit:
-                    self._write_envelope(subject, records)
-                    records, size = [], 0
+                    self._write_envelope(subject, packed, records)
+                    records, packed, size = [], [], 0
                 records.append(record)
+                packed.append(msg)
                 size += record_size
-            self._write_envelope(subject, records)
+            self._write_envelope(subject, packed, records)
 
-    def _write_envelope(self, subject: str, records: list[tuple[bytes | None, bytes]]) -> None:
-        self.upstream.write(encode_pub(subject, None, pack(records), envelope_headers(len(records))))
+    def _write_envelope(
+        self, subject: str, msgs: list[OutMsg], records: list[tuple[bytes | None, bytes]]
+    ) -> None:
+        frame = encode_pub(subject, None, pack(records), envelope_headers(len(records)))
+        upstream = self.upstream
+        upstream.write(frame)
+        # Taken back one by one if the connection dies unconfirmed (the bytes are shared by the envelope).
+        share = len(frame) // len(msgs)
+        for msg in msgs:
+            upstream.track(msg, share)
 
     def _note_trial(self, subject: str) -> None:
         """A half-open breaker's trial message: it succeeded if the PONG after it comes back first.
@@ -882,19 +1125,18 @@ class Sidecar:
         One shared upstream connection cannot ask the server not to echo one application's messages, so
         the sidecar drops the echo itself. Messages from one connection reach a subscription in order,
         so the echo is the next identical message on that sub (a byte-identical message from someone else
-        is indistinguishable to the application anyway). Queue subscriptions are not filtered.
+        is indistinguishable to the application anyway). Queue subscriptions are filtered too (see
+        `_is_echo`).
         """
-        subs = [
-            s for s in client.subs.values() if s.queue is None and subject_matches(s.subject, msg.subject)
-        ]
+        subs = [s for s in client.subs.values() if subject_matches(s.subject, msg.subject)]
         if not subs:
             return
         subject, reply, _, body = split_pub(msg.frame)
-        identity = (subject, reply, body)
+        entry = ((subject, reply, body), self.upstream.pings_written)
         for sub in subs:
             if sub.echoes is None:
                 sub.echoes = deque(maxlen=MAX_PENDING_ECHOES)
-            sub.echoes.append(identity)
+            sub.echoes.append(entry)
 
     def _confirmed(self, batch_id: int, ok: bool) -> None:
         batch = self._inflight.pop(batch_id, [])
@@ -1006,6 +1248,8 @@ class Sidecar:
             cpu_quota_cores=sample.cpu_quota_cores,
         )
         self._log_transitions()
+        if self.outbound.total:
+            self.outbound.recount()
         if self._acks:
             self._expire_acks(now)
         if self._last_failure:

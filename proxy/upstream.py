@@ -13,7 +13,9 @@ import base64
 import contextlib
 import logging
 import random
+import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit
 from proxy import __version__
 from proxy.config import UpstreamConfig
 from proxy.errors import ProtocolError, UpstreamUnavailable
+from proxy.journal import WriteJournal
 from proxy.nats_protocol import (
     PING,
     PING_FRAME,
@@ -51,7 +54,7 @@ class UpstreamHandler(Protocol):
     """What the upstream tells the sidecar."""
 
     def on_upstream_connected(self, info: dict[str, Any]) -> None: ...
-    def on_upstream_lost(self) -> None: ...
+    def on_upstream_lost(self, unconfirmed: list[Any]) -> None: ...
     def on_upstream_msg(self, msg: Msg) -> None: ...
     def on_upstream_msgs(self, run: MsgRun) -> None: ...
     def on_upstream_error(self, text: str) -> None: ...
@@ -71,6 +74,9 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.handshake: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.paused = False
+        # Non-fatal -ERRs (permission violations) answered to the handshake's SUBs: handed to the sidecar
+        # once connected, never a reason to fail the handshake (nats-server keeps the connection open).
+        self.deferred_errors: list[str] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -98,11 +104,16 @@ class _UpstreamProtocol(asyncio.Protocol):
                 owner.server_info = op.options
                 if not self.info.done():
                     self.info.set_result(op.options)
+                elif op.options.get("ldm"):
+                    owner.on_lame_duck()
             elif type(op) is Err:
                 self.on_err(op)
 
     def on_err(self, op: Err) -> None:
         if self.handshake is not None and not self.handshake.done():
+            if not op.fatal:
+                self.deferred_errors.append(op.text)
+                return
             self.handshake.set_exception(ProtocolError(op.text))
             return
         if not self.info.done():
@@ -126,7 +137,7 @@ class _UpstreamProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.owner.connected:
+        if self.owner.connected and not self.owner.journal.full:
             self.owner.handler.on_upstream_writable()
 
 
@@ -140,8 +151,16 @@ class Upstream:
         self.connected = False
         # Set by the sidecar to stop handing over publishes (e.g. too many PubAcks outstanding).
         self.hold = False
-        # PINGs written for confirm() callbacks: what is written after one is not covered by its PONG.
+        # PINGs written (confirmations and keepalives): what is written after one is not covered by its
+        # PONG. PONGs received on this connection, counted from pings_written at connect, so that the
+        # k-th PONG confirms everything written before PING number k.
         self.pings_written = 0
+        self.pongs_received = 0
+        # Non-critical publishes written and not yet confirmed (see proxy/journal.py).
+        self.journal = WriteJournal(config.max_unconfirmed_bytes)
+        self.lame_duck = False
+        # Leaving a lame-duck server: nothing more is written to it (the queue holds it meanwhile).
+        self.moving = False
         self.server_info: dict[str, Any] = {}
         self.connected_url: str | None = None
         self.reconnects = 0
@@ -154,6 +173,7 @@ class Upstream:
         self._pending_callbacks: list[PongCallback] = []
         # One entry per PING in flight: the callbacks its PONG confirms (None for keepalive PINGs).
         self._pong_waiters: deque[list[PongCallback] | None] = deque()
+        self._ping_sent_at: deque[float] = deque()
         self._pings_out = 0
         self._closing = False
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -166,20 +186,28 @@ class Upstream:
     def can_send(self) -> bool:
         """True when publishes may be written now (connected and the socket is not backed up)."""
         proto = self._proto
-        return self.connected and proto is not None and not proto.paused and not self.hold
+        return (
+            self.connected
+            and proto is not None
+            and not proto.paused
+            and not self.hold
+            and not self.moving
+            and self.journal.nbytes < self.journal.limit
+        )
 
     @property
     def can_stream(self) -> bool:
         """True when a client's read may be written even while the socket is backed up (`paused`): the
         caller then pauses that client's reading (flow control), so at most one read per client goes past
         `maxPendingBytes`."""
-        return self.connected and self._proto is not None and not self.hold
+        return self.connected and self._proto is not None and not self.hold and not self.moving
 
     @property
     def paused(self) -> bool:
-        """Connected, and more than `maxPendingBytes` wait for the socket."""
+        """Connected, and more than `maxPendingBytes` wait for the socket, or `maxUnconfirmedBytes` wait for
+        a PONG (a server that stopped reading looks the same from here)."""
         proto = self._proto
-        return self.connected and proto is not None and proto.paused
+        return self.connected and proto is not None and (proto.paused or self.journal.full)
 
     @property
     def pending_bytes(self) -> int:
@@ -207,6 +235,25 @@ class Upstream:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
+    def track(self, entry: Any, nbytes: int) -> None:
+        """Keep a non-critical publish just written (an OutMsg or a RunEntry) until a PONG confirms it."""
+        journal = self.journal
+        unpinged = journal.add(entry, nbytes, self.pings_written)
+        if unpinged >= journal.limit >> 2:
+            # A quarter of the bound written since the last PING: ask for one, so that under heavy traffic
+            # confirmations keep up (otherwise keepalives and critical confirmations cover the journal).
+            self.request_ping()
+            if journal.full:
+                self.check_stale(suspect=True)
+
+    def request_ping(self) -> None:
+        """Write a PING at the end of this loop iteration (its PONG confirms the journal)."""
+        if self.connected and not self._ping_requested:
+            self._ping_requested = True
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self.flush)
+
     def confirm(self, callback: PongCallback) -> None:
         """Call `callback(True)` once the server has answered a PING sent after everything written so far.
 
@@ -226,10 +273,12 @@ class Upstream:
         proto = self._proto
         if not self.connected or proto is None or proto.transport is None:
             return
-        if self._pending_callbacks:
+        if self._pending_callbacks or self._ping_requested:
             self._out += PING_FRAME
-            self._pong_waiters.append(self._pending_callbacks)
+            self._pong_waiters.append(self._pending_callbacks or None)
+            self._ping_sent_at.append(time.monotonic())
             self._pending_callbacks = []
+            self._ping_requested = False
             self.pings_written += 1
         if self._out:
             data, self._out = self._out, bytearray()
@@ -245,11 +294,73 @@ class Upstream:
 
     def on_pong(self) -> None:
         self._pings_out = 0
+        self.pongs_received += 1
+        journal = self.journal
+        if journal.nbytes:
+            was_full = journal.full
+            journal.confirm(self.pongs_received)
+            if was_full and not journal.full and self.connected:
+                proto = self._proto
+                if proto is not None and not proto.paused:
+                    self.handler.on_upstream_writable()
+        if self._ping_sent_at:
+            self._ping_sent_at.popleft()
         if self._pong_waiters:
             callbacks = self._pong_waiters.popleft()
             if callbacks:
                 for cb in callbacks:
                     cb(True)
+
+    def check_stale(self, suspect: bool = False) -> bool:
+        """Declare the connection dead (and reconnect) when a PING has waited for its PONG longer than
+        `pingIntervalMs` x `maxPingsOut`, or only `pingIntervalMs` when the server also stopped reading
+        (`suspect`: the socket or the journal backed up; a slow but live server still answers a PING
+        within an interval). Called by the keepalive and when flow control stalls. True when it did."""
+        sent_at = self._ping_sent_at
+        proto = self._proto
+        if not sent_at or not self.connected or proto is None or proto.transport is None:
+            return False
+        if proto.transport.is_closing():
+            return False  # declared dead already: the loss is on its way
+        waited = time.monotonic() - sent_at[0]
+        cfg = self.config
+        if waited * 1000 < cfg.ping_interval_ms * (1 if suspect else cfg.max_pings_out):
+            return False
+        log.warning("upstream stale: no PONG for %.1fs, reconnecting", waited)
+        self._abort_stale(proto)
+        return True
+
+    def _abort_stale(self, proto: _UpstreamProtocol) -> None:
+        self.last_error = "stale connection"
+        transport = proto.transport
+        assert transport is not None
+        # Reset rather than close: the kernel must not deliver, after the server wakes up, the bytes
+        # still queued on this socket (they are taken back and resent on the next connection).
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+    def on_lame_duck(self) -> None:
+        """The server announced lame-duck mode (INFO `ldm`): it will close its clients soon. With other
+        servers configured, move now: once a PONG confirms what was written, close and reconnect to
+        the next one. With one server, stay until it closes (then reconnect as after any loss)."""
+        if self.lame_duck or self._closing:
+            return
+        self.lame_duck = True
+        if len(self.config.servers) < 2:
+            log.info("upstream %s entered lame-duck mode; no other server configured", self.connected_url)
+            return
+        log.info("upstream %s entered lame-duck mode: moving to the next server", self.connected_url)
+        proto = self._proto
+        self.moving = True
+
+        def confirmed(ok: bool) -> None:
+            if ok and proto is self._proto and proto is not None and proto.transport is not None:
+                proto.transport.close()
+
+        self.confirm(confirmed)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -326,6 +437,11 @@ class Upstream:
         self._proto = proto
         self._out = bytearray()
         self._pong_waiters.clear()
+        self._ping_sent_at.clear()
+        self._ping_requested = False
+        self.pongs_received = self.pings_written
+        self.lame_duck = False
+        self.moving = False
         self._pings_out = 0
         self.connected = True
         self._connected_event.set()
@@ -339,6 +455,9 @@ class Upstream:
             info.get("version"),
         )
         self.handler.on_upstream_connected(info)
+        for text in proto.deferred_errors:
+            self.handler.on_upstream_error(text)
+        proto.deferred_errors = []
         return proto
 
     def _on_lost(self, url: str) -> None:
@@ -353,13 +472,15 @@ class Upstream:
         callbacks = [cb for waiters in self._pong_waiters if waiters for cb in waiters]
         callbacks += self._pending_callbacks
         self._pong_waiters.clear()
+        self._ping_sent_at.clear()
         self._pending_callbacks = []
         self._out = bytearray()
+        unconfirmed = self.journal.take_all()
         if was_connected:
             self.reconnects += 1
             if not self._closing:
                 log.warning("upstream connection to %s lost", url)
-            self.handler.on_upstream_lost()
+            self.handler.on_upstream_lost(unconfirmed)
         for cb in callbacks:
             cb(False)
 
@@ -372,13 +493,13 @@ class Upstream:
             return
         if self._pings_out >= self.config.max_pings_out:
             log.warning("upstream stale: %d PINGs unanswered, reconnecting", self._pings_out)
-            self.last_error = "stale connection"
-            proto.transport.abort()
+            self._abort_stale(proto)
+            return
+        if self.check_stale(suspect=self.paused):
             return
         self._pings_out += 1
+        self._ping_requested = True  # flush writes it after what is buffered
         self.flush()
-        self._pong_waiters.append(None)
-        proto.transport.write(PING_FRAME)
         self._schedule_ping()
 
     def _connect_options(self, info: dict[str, Any], parts: Any, tls: bool) -> dict[str, Any]:

@@ -44,6 +44,9 @@ CATALOGUE: dict[str, str] = {
     "kpi_upstream_stalled": "gauge",
     "kpi_sidecar_flow_pauses": "counter",
     "kpi_sidecar_requests_refused": "counter",
+    "kpi_upstream_unconfirmed_bytes": "gauge",
+    "kpi_upstream_taken_back": "counter",
+    "kpi_sidecar_client_pending_bytes": "gauge",
 }
 
 # A sample name is its family's name plus one of these suffixes, by family type.

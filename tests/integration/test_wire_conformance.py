@@ -71,6 +71,19 @@ CASES = {
     "pong_is_silent": b"CONNECT {}\r\nPONG\r\nPING\r\n",
     "tabs_as_separators": b"CONNECT {}\r\nSUB\tfoo\t 7\r\nPING\r\n",
     "invalid_connect_json": b"CONNECT {nope\r\nPING\r\n",
+    # Go's encoding/json matches keys case-insensitively: verbose on, headers negotiated.
+    "connect_keys_any_case": (
+        b'CONNECT {"VERBOSE":true,"HEADERS":true}\r\nSUB h 1\r\n'
+        b"HPUB h 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\n"
+    ),
+    # A second CONNECT without `verbose` keeps the value of the first.
+    "second_connect_keeps_verbose": (
+        b'CONNECT {"verbose":false}\r\nCONNECT {"name":"x"}\r\nSUB s 1\r\nPING\r\n'
+    ),
+    "second_connect_turns_verbose_on": b'CONNECT {"verbose":false}\r\nCONNECT {"verbose":true}\r\nPING\r\n',
+    "no_echo_queue_subscription": (
+        b'CONNECT {"verbose":false,"echo":false}\r\nSUB e q 1\r\nPUB e 1\r\na\r\nPUB e 1\r\nb\r\nPING\r\n'
+    ),
 }
 
 

@@ -26,6 +26,8 @@ class EngineMachine(RuleBasedStateMachine):
         self.now = 100.0
         self.spool: list[Msg] = []
         self.handed: list[Msg] = []
+        # Non-critical messages counted forwarded and not yet confirmed by the (imaginary) upstream.
+        self.written: list[Msg] = []
         self.prioritization_always_on = True
 
     @initialize(
@@ -67,6 +69,8 @@ class EngineMachine(RuleBasedStateMachine):
         priority, _rule = self.engine.classify(subject, header)
         msg = Msg(subject, priority, is_request)
         decision = self.engine.offer(msg, self.now, can_send)
+        if decision.verdict == Verdict.FORWARD:
+            self._wrote([msg])
         if self.prioritization_always_on:
             assert all(m.priority is not Priority.CRITICAL for m in decision.evicted)
             if priority is Priority.CRITICAL:
@@ -93,9 +97,31 @@ class EngineMachine(RuleBasedStateMachine):
         for _ in range(count):
             self.offer(subject, "critical", False, True, "spool")
 
+    def _wrote(self, msgs: list[Msg]) -> None:
+        self.written.extend(m for m in msgs if m.priority is not Priority.CRITICAL)
+
+    @rule()
+    def confirmed(self) -> None:
+        self.written.clear()
+
+    @rule()
+    def connection_lost(self) -> None:
+        # The upstream died before a PONG confirmed what was written: the engine takes it back.
+        written, self.written = self.written, []
+        dropped = self.engine.take_back(written, self.now)
+        if self.prioritization_always_on:
+            assert all(m.priority is not Priority.CRITICAL for m in dropped)
+
+    @precondition(lambda self: bool(self.written))
+    @rule()
+    def refused(self) -> None:
+        msg = self.written.pop(0)
+        self.engine.note_refused(msg.subject, msg.priority)
+
     @rule()
     def take(self) -> None:
         out = self.engine.take(self.now)
+        self._wrote(out)
         deadline = self.engine.next_deadline()
         if not out:
             # Nothing due now means the next deadline is not in the past: the shell never spins.
@@ -111,7 +137,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule()
     def drain(self) -> None:
-        self.engine.drain(self.now)
+        self._wrote(self.engine.drain(self.now))
 
     @rule()
     def clear(self) -> None:

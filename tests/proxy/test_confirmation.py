@@ -60,4 +60,4 @@ async def test_bounds_of_remembered_failures_and_pending_echoes(workdir: Path) -
         frame = encode_pub("echo.x", None, str(i).encode())
         sidecar._expect_echo(client, OutMsg("echo.x", None, 2, 1, frame, client, 0.0, None))
     assert sub.echoes is not None and len(sub.echoes) == MAX_PENDING_ECHOES
-    assert sub.echoes[0][2] == b"10"  # the oldest expectations went first
+    assert sub.echoes[0][0][2] == b"10"  # the oldest expectations went first
