@@ -61,7 +61,7 @@ def test_the_seed_example_updates_only_what_it_names(configured: Any) -> None:
             "policies[0].priority",
             None,
         ),
-        ({"maxQueueSize": 30000, "policies": [{"subject": "a", "color": "red"}]}, "policies[0]", None),
+        ({"maxQueueSize": 30000, "policies": [{"subject": "a", "color": "red"}]}, "policies[0].color", None),
     ],
 )
 def test_a_bad_update_names_the_field_and_changes_nothing(
