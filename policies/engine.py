@@ -50,6 +50,8 @@ REASON_QUEUE_FULL = "queue_full"
 REASON_CIRCUIT_BREAKER = "circuit_breaker"
 REASON_CLEARED = "cleared"
 REASON_SHUTDOWN = "shutdown"
+# Why a critical message can be lost (the shell's reasons): exported at 0 from the start.
+CRITICAL_DROP_REASONS = ("max_payload", REASON_SHUTDOWN)
 
 SIGNALS = ("memory", "cpu", "queue", "publish_rate")
 # KPI-Priority header values, exact spellings first so the common case skips lower().
@@ -149,6 +151,7 @@ class Engine:
         "_config",
         "_cpu_percent",
         "_cpu_quota",
+        "_critical_dropped",
         "_dominant",
         "_handed",
         "_last_now",
@@ -209,6 +212,8 @@ class Engine:
         self._ratios = (0.0, 0.0, 0.0, 0.0)
         self._load_percent = 0.0
         self._dominant = SIGNALS[0]
+        # Critical messages dropped, by reason (must stay 0: an alert fires on any increase).
+        self._critical_dropped: dict[str, int] = dict.fromkeys(CRITICAL_DROP_REASONS, 0)
         self._apply_config(config)
 
     # -- classification --------------------------------------------------------------------------------
@@ -284,6 +289,8 @@ class Engine:
         acc = self._acc
         acc.receive(item.priority)
         acc.drop(item.subject, decision.reason)  # type: ignore[arg-type]
+        if item.priority >= CRITICAL:
+            self._count_critical_drop(decision.reason)  # type: ignore[arg-type]
         return decision
 
     def _make_room(self, priority: Priority) -> tuple[bool, tuple[Any, ...]]:
@@ -422,7 +429,23 @@ class Engine:
         items = self._queue.remove_if(predicate)
         for item in items:
             self._acc.drop(item.subject, reason)
+            if item.priority >= CRITICAL:
+                self._count_critical_drop(reason)
         return items
+
+    def _count_critical_drop(self, reason: str) -> None:
+        # With enablePrioritization off every message is treated as medium: nothing is critical then.
+        if self._prioritize:
+            self._critical_dropped[reason] = self._critical_dropped.get(reason, 0) + 1
+
+    def critical_dropped_by_reason(self) -> dict[str, int]:
+        """Critical messages dropped, by reason (the known reasons present at 0)."""
+        return dict(self._critical_dropped)
+
+    def oldest_queued_age_of(self, priority: Priority, now: float) -> float:
+        """Seconds the oldest queued message of `priority` has waited (0 when it has none)."""
+        oldest = self._queue.oldest_time_of(priority)
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     def critical_queued(self) -> int:
         """Critical messages held in memory (queue and parked)."""
@@ -451,6 +474,8 @@ class Engine:
         """The shell dropped a message the engine had not counted (BLOCK, shutdown hand-off)."""
         self._settle(item)
         self._acc.drop(item.subject, reason)
+        if item.priority >= CRITICAL:
+            self._count_critical_drop(reason)
 
     def note_spooled(self, item: Item) -> None:
         """The shell spooled to disk a message the engine had not counted (BLOCK, shutdown hand-off)."""
@@ -474,6 +499,8 @@ class Engine:
         """A spooled message was lost (spool full, corrupt, expired): it moves from spooled to dropped."""
         self._unspool()
         self._acc.drop(item.subject, reason)
+        if item.priority >= CRITICAL:
+            self._count_critical_drop(reason)
 
     def observe_latency(self, subject: str, seconds: float) -> None:
         """Time a message spent in the sidecar before its upstream write, for the latency histogram."""

@@ -72,6 +72,11 @@ class PriorityQueue:
                 oldest = times[0]
         return oldest
 
+    def oldest_time_of(self, priority: Priority) -> float | None:
+        """When the oldest queued item of `priority` was queued, or None when it has none."""
+        times = self._times[priority]
+        return times[0] if times else None
+
     def size_of(self, priority: Priority) -> int:
         """Number of items queued at `priority`."""
         return len(self._items[priority])
