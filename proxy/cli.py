@@ -131,9 +131,15 @@ def warn_open_admin(host: str, token: str | None) -> None:
 
 
 def spawn_run(
-    config_path: Path, log_path: Path, *, env: dict[str, str], cwd: Path, timeout: float
+    config_path: Path,
+    log_path: Path,
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float,
+    args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """Start `python -m proxy run --config config_path` (output appended to log_path) and wait for the
+    """Start `python -m proxy run --config config_path [args]` (output appended to log_path), wait for the
     ports it writes to its --ports-file; RuntimeError with the log's tail if it does not come up.
     For the test fixture and the bench."""
     ports_path = log_path.with_suffix(".ports.json")
@@ -149,6 +155,7 @@ def spawn_run(
                 str(config_path),
                 "--ports-file",
                 str(ports_path),
+                *args,
             ],
             stdout=log_file,
             stderr=log_file,
