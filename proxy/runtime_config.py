@@ -74,6 +74,16 @@ def leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, data
 
 
+def _section(path: str, *sides: dict[str, Any]) -> str:
+    """`upstream.tls` for `upstream.tls.caFile` when one side has no tls section at all."""
+    parts = path.split(".")
+    for end in range(1, len(parts)):
+        prefix = ".".join(parts[:end])
+        if any(prefix in side for side in sides):
+            return prefix
+    return path
+
+
 def _set(data: dict[str, Any], path: str, value: Any) -> None:
     *parents, last = path.split(".")
     node = data
@@ -150,11 +160,15 @@ class RuntimeConfig:
         sidecar.config = msgspec.structs.replace(sidecar.config, backpressure=config, policies=list(policies))
 
     # -- reload -------------------------------------------------------------------------------------------
-    def reload(self, trigger: str) -> ReloadResult:
-        """Re-read the file and apply it, or keep the running configuration and record why."""
+    def reload(self, trigger: str) -> ReloadResult | None:
+        """Re-read the file and apply it, or keep the running configuration and record why.
+        None when there is no file to re-read (started without --config): nothing to do, nothing failed."""
         now = self._wall()
         if self.path is None:
-            return self._refused(trigger, now, ["no configuration file: the sidecar was started without one"])
+            log.warning(
+                "configuration reload (%s) ignored: the sidecar was started without --config", trigger
+            )
+            return None
         try:
             loaded = load_layers(self.path, preset=self.preset)
         except ConfigError as err:
@@ -170,11 +184,13 @@ class RuntimeConfig:
         for path, value in new.items():
             if reloadable(path):
                 _set(applied, path, value)
-        # Both ways: a section removed from the file (tls: ... -> nothing) is a change too.
+        # Both ways: a section removed from the file (tls: ... -> nothing) is a change too, named once.
         restart = sorted(
-            path
-            for path in started.keys() | new.keys()
-            if not reloadable(path) and started.get(path) != new.get(path)
+            {
+                _section(path, started, new)
+                for path in started.keys() | new.keys()
+                if not reloadable(path) and started.get(path) != new.get(path)
+            }
         )
         try:
             target = msgspec.convert(applied, SidecarConfig)
