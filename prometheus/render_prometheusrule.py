@@ -1,7 +1,7 @@
 """Write k8s/base/prometheusrule.yaml from prometheus/alerts.yaml, the one source of the alert rules.
 
-    python prometheus/render_prometheusrule.py          # (make rules) rewrite the PrometheusRule
-    python prometheus/render_prometheusrule.py --check  # exit 1 if it is out of date
+python prometheus/render_prometheusrule.py          # (make rules) rewrite the PrometheusRule
+python prometheus/render_prometheusrule.py --check  # exit 1 if it is out of date
 """
 
 from __future__ import annotations
