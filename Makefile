@@ -5,25 +5,36 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 APT_PACKAGES := nats-server prometheus
-# What the tests need from Debian: nats-server (real broker), prometheus (promtool), nodejs/npm (nats.js),
-# golang-go and golang-github-nats-io-go-nats-dev (nats.go, built without a module registry), chromium and
+# What running needs from Debian: nats-server (`make run` starts one when none answers upstream).
+# What the tests add: prometheus (promtool), nodejs/npm (nats.js), golang-go and
+# golang-github-nats-io-go-nats-dev (nats.go, built without a module registry), chromium and
 # chromium-driver (the admin page's browser test).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps node-deps test lint fmt run bench soak clean
+.PHONY: install run-deps system-deps node-deps test lint fmt run rules bench soak clean
 
 # setup.py and the C source too: a change rebuilds the optional C scanner (proxy/_speedups.c).
-$(VENV)/.installed: pyproject.toml setup.py proxy/_speedups.c
+# .runtime: what `make run` needs; .installed: that plus the test tools (`make install`, `make test`).
+$(VENV)/.runtime: pyproject.toml setup.py proxy/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
-system-deps:
+run-deps:
+	@if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then \
+	  echo "installing Debian package: nats-server"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; \
+	fi
+
+system-deps: run-deps
 	@missing=""; \
-	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
 	command -v go >/dev/null || missing="$$missing golang-go"; \
@@ -58,8 +69,12 @@ fmt: install
 test: install system-deps node-deps lint
 	$(VENV)/bin/pytest
 
-run: install system-deps
+run: $(VENV)/.runtime run-deps
 	@$(PY) -m proxy.devrun
+
+# k8s/base/prometheusrule.yaml is generated from prometheus/alerts.yaml (a test checks they agree).
+rules: $(VENV)/.runtime
+	$(PY) prometheus/render_prometheusrule.py
 
 # Hub, leaf node and sidecar side by side (~5 min; `$(PY) -m bench.run --quick` for ~1 min); writes
 # docs/benchmarks.md. py-spy profiles the sidecar (skipped with a note if it cannot be installed).

@@ -88,7 +88,7 @@ class NatsServer:
 
 
 class Sidecar:
-    """`python -m proxy run --config FILE` as a subprocess; ports from its "ready" line."""
+    """`python -m proxy run --config FILE` as a subprocess; ports from its --ports-file."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], root: Path = ROOT) -> None:
         self.config_path = workdir / "sidecar.yaml"

@@ -58,6 +58,8 @@ REASON_SHUTDOWN = "shutdown"
 # Written upstream, never confirmed, not taken back (see take_back); refused by upstream permissions.
 REASON_UPSTREAM_LOST = "upstream_lost"
 REASON_PERMISSIONS = "permissions"
+# Why a critical message can be lost (the shell's reasons): exported at 0 from the start.
+CRITICAL_DROP_REASONS = ("max_payload", REASON_SHUTDOWN)
 
 SIGNALS = ("memory", "cpu", "queue", "publish_rate")
 # Between ticks, offers re-evaluate the level (escalation only) at most this often, and at once when the
@@ -162,6 +164,7 @@ class Engine:
         "_config",
         "_cpu_percent",
         "_cpu_quota",
+        "_critical_dropped",
         "_dominant",
         "_escalate_queue_at",
         "_handed",
@@ -230,6 +233,8 @@ class Engine:
         self._escalate_queue_at = 0
         self._hold = False
         self._transitions: deque[Transition] = deque(maxlen=PENDING_TRANSITIONS)
+        # Critical messages dropped, by reason (must stay 0: an alert fires on any increase).
+        self._critical_dropped: dict[str, int] = dict.fromkeys(CRITICAL_DROP_REASONS, 0)
         self._apply_config(config)
 
     # -- classification --------------------------------------------------------------------------------
@@ -343,6 +348,8 @@ class Engine:
         acc = self._acc
         acc.receive(item.priority, item.role)
         acc.drop(item.subject, decision.reason, item.role)  # type: ignore[arg-type]
+        if item.priority >= CRITICAL:
+            self._count_critical_drop(decision.reason)  # type: ignore[arg-type]
         return decision
 
     def _make_room(self, lane: int, now: float) -> tuple[bool, tuple[Any, ...]]:
@@ -529,7 +536,27 @@ class Engine:
         items = self._queue.remove_if(predicate)
         for item in items:
             self._acc.drop(item.subject, reason, item.role)
+            if item.priority >= CRITICAL:
+                self._count_critical_drop(reason)
         return items
+
+    def _count_critical_drop(self, reason: str) -> None:
+        # With enablePrioritization off every message is treated as medium: nothing is critical then.
+        if self._prioritize:
+            self._critical_dropped[reason] = self._critical_dropped.get(reason, 0) + 1
+
+    def critical_dropped_by_reason(self) -> dict[str, int]:
+        """Critical messages dropped, by reason (the known reasons present at 0)."""
+        return dict(self._critical_dropped)
+
+    def oldest_queued_age_of(self, priority: Priority, now: float) -> float:
+        """Seconds the oldest queued message of `priority` has waited (0 when it has none)."""
+        if priority >= CRITICAL:
+            lanes: tuple[int, ...] = (CRITICAL_LANE,)
+        else:
+            lanes = (lane_of(priority, DATA), lane_of(priority, Role.REQUEST))
+        times = [t for t in (self._queue.oldest_time_of(lane) for lane in lanes) if t is not None]
+        return max(0.0, now - min(times)) if times else 0.0
 
     def critical_queued(self) -> int:
         """Critical messages held in memory (queue and parked)."""
@@ -594,6 +621,8 @@ class Engine:
         """The shell dropped a message the engine had not counted (BLOCK, shutdown hand-off)."""
         self._settle(item)
         self._acc.drop(item.subject, reason, item.role)
+        if item.priority >= CRITICAL:
+            self._count_critical_drop(reason)
 
     def note_spooled(self, item: Item) -> None:
         """The shell spooled to disk a message the engine had not counted (BLOCK, shutdown hand-off)."""
@@ -617,6 +646,8 @@ class Engine:
         """A spooled message was lost (spool full, corrupt, expired): it moves from spooled to dropped."""
         self._unspool()
         self._acc.drop(item.subject, reason, item.role)
+        if item.priority >= CRITICAL:
+            self._count_critical_drop(reason)
 
     def observe_latency(self, subject: str, seconds: float, role: Role = DATA) -> None:
         """Time a message spent in the sidecar before its upstream write, for the latency histogram."""

@@ -25,13 +25,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from policies.config import BackpressureConfig, Level, PolicyRule
 from proxy.admin_page import PAGE_KEY, AdminPage, get_page, get_page_asset
-from proxy.config import collect_errors
+from proxy.config import LoadedConfig, collect_errors
 from proxy.history import FIELDS, TIME_RANGES, MetricHistory, iso_timestamp, sample_to_json
 from proxy.load_test import LoadTest, LoadTestError, LoadTestSpec
 from proxy.metrics import SidecarCollector, new_registry, spool_state
 from proxy.nats_protocol import is_valid_publish_subject
 from proxy.openapi import CONFIG_BOUNDS, build_openapi
 from proxy.recommendations import WINDOW_S, LevelChange, recommend
+from proxy.runtime_config import ConfigCollector, RuntimeConfig
 from proxy.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ REGISTRY_KEY: Final = web.AppKey("registry", CollectorRegistry)
 COLLECTOR_KEY: Final = web.AppKey("collector", SidecarCollector)
 HISTORY_KEY: Final = web.AppKey("history", MetricHistory)
 LOAD_TEST_KEY: Final = web.AppKey("load_test", LoadTest)
-BASELINE_KEY: Final = web.AppKey("baseline", tuple)
+RUNTIME_KEY: Final = web.AppKey("runtime_config", RuntimeConfig)
 TOKEN_KEY: Final = web.AppKey("admin_token", str)
 MAX_BODY_KEY: Final = web.AppKey("max_body_bytes", int)
 OPENAPI_KEY: Final = web.AppKey("openapi", dict)
@@ -312,7 +313,7 @@ def _ratio_status(ratio: float) -> str:
     return "ok"
 
 
-def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
+def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) -> dict[str, dict[str, Any]]:
     """Per-component health of GET /health/detailed; each has a `status` of ok, warning or critical."""
     engine = sidecar.engine
     config = engine.config
@@ -401,6 +402,7 @@ def health_components(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
             "pendingBytes": sidecar.outbound.total,
             "maxTotalPendingBytes": sidecar.outbound.limit,
         },
+        **({"config": runtime.health()} if runtime is not None else {}),
     }
 
 
@@ -421,7 +423,7 @@ async def get_health(request: web.Request) -> web.Response:
     # Always 200 while the process works: a sidecar under load must not be restarted for it.
     return envelope(
         {
-            "status": health_status(sidecar),
+            "status": health_status(sidecar, health_components(sidecar, request.app[RUNTIME_KEY])),
             "degradationLevel": sidecar.engine.level.label,
             "upstreamConnected": sidecar.upstream.connected,
             "shuttingDown": sidecar.shutting_down,
@@ -432,7 +434,7 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def get_health_detailed(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
-    components = health_components(sidecar)
+    components = health_components(sidecar, request.app[RUNTIME_KEY])
     engine = sidecar.engine
     return envelope(
         {
@@ -525,11 +527,15 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 
 # -- configuration ---------------------------------------------------------------------------------------
-def config_data(sidecar: Sidecar) -> dict[str, Any]:
-    """The run-time configuration: the `backpressure` section's keys plus `policies`."""
+def config_data(sidecar: Sidecar, runtime: RuntimeConfig) -> dict[str, Any]:
+    """The run-time configuration (the `backpressure` keys plus `policies`), where each value comes from,
+    the API changes the file would undo, and the file as last applied."""
     engine = sidecar.engine
     data: dict[str, Any] = msgspec.to_builtins(engine.config)
     data["policies"] = msgspec.to_builtins(list(engine.rules))
+    data["sources"] = runtime.sources()
+    data["overrides"] = runtime.overrides()
+    data["file"] = runtime.file_state()
     return data
 
 
@@ -580,32 +586,24 @@ def parse_config_update(
     return config, rules, changed
 
 
-def apply_config(sidecar: Sidecar, config: BackpressureConfig, rules: list[PolicyRule] | None) -> None:
-    """Hand a validated configuration to the engine, all at once, and keep sidecar.config in step."""
-    sidecar.engine.update_config(config, rules, now=sidecar.clock())
-    policies = rules if rules is not None else sidecar.config.policies
-    sidecar.config = msgspec.structs.replace(sidecar.config, backpressure=config, policies=list(policies))
-    sidecar.sync_ack_subscription()
-    log.warning("configuration changed through the admin API: %s", msgspec.to_builtins(config))
-
-
 async def get_config(request: web.Request) -> web.Response:
-    return envelope(config_data(request.app[SIDECAR_KEY]))
+    return envelope(config_data(request.app[SIDECAR_KEY], request.app[RUNTIME_KEY]))
 
 
 async def put_config(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
+    runtime = request.app[RUNTIME_KEY]
     body = await read_json_object(request)
     config, rules, changed = parse_config_update(sidecar.engine.config, body)
-    apply_config(sidecar, config, rules)
-    return envelope({"changed": changed, "config": config_data(sidecar)})
+    runtime.apply_api(config, rules, changed)
+    return envelope({"changed": changed, "config": config_data(sidecar, runtime)})
 
 
 async def post_config_reset(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
-    config, rules = request.app[BASELINE_KEY]
-    apply_config(sidecar, config, list(rules))
-    return envelope({"changed": ["all"], "config": config_data(sidecar)})
+    runtime = request.app[RUNTIME_KEY]
+    runtime.reset()
+    return envelope({"changed": ["all"], "config": config_data(sidecar, runtime)})
 
 
 # -- circuit breakers ------------------------------------------------------------------------------------
@@ -822,6 +820,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     app[HISTORY_KEY] = history
     app[LOAD_TEST_KEY] = load_test
     registry.register(collector)
+    config_collector = ConfigCollector(app[RUNTIME_KEY])
+    registry.register(config_collector)
 
     def on_tick(now: float) -> None:
         # A listener that raised would stop the sidecar's tick loop: never let it.
@@ -838,6 +838,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         if on_tick in sidecar.tick_listeners:
             sidecar.tick_listeners.remove(on_tick)
         registry.unregister(collector)
+        registry.unregister(config_collector)
         await load_test.close()
 
 
@@ -867,16 +868,20 @@ ROUTES: Final[tuple[tuple[str, str, Handler], ...]] = (
 )
 
 
-def create_admin_app(sidecar: Sidecar, registry: CollectorRegistry | None = None) -> web.Application:
-    """Build the admin application for one sidecar; `registry` is the process's (tests pass their own)."""
+def create_admin_app(
+    sidecar: Sidecar, registry: CollectorRegistry | None = None, runtime: RuntimeConfig | None = None
+) -> web.Application:
+    """Build the admin application for one sidecar; `registry` is the process's (tests pass their own),
+    `runtime` owns configuration changes (without one, the sidecar's configuration counts as the file's)."""
     max_body = sidecar.config.admin.max_body_bytes
     app = web.Application(middlewares=[error_middleware, security_middleware], client_max_size=max_body)
     app[SIDECAR_KEY] = sidecar
     app[REGISTRY_KEY] = registry if registry is not None else new_registry()
     app[TOKEN_KEY] = sidecar.config.admin.token or ""
     app[MAX_BODY_KEY] = max_body
-    # POST /config/reset goes back to these: the values loaded from the file at startup.
-    app[BASELINE_KEY] = (sidecar.config.backpressure, tuple(sidecar.config.policies))
+    app[RUNTIME_KEY] = (
+        runtime if runtime is not None else RuntimeConfig(sidecar, LoadedConfig(sidecar.config))
+    )
     app[OPENAPI_KEY] = build_openapi()
     app[PAGE_KEY] = AdminPage.load()
     for method, path, handler in ROUTES:

@@ -1,24 +1,151 @@
-"""Sidecar configuration: one YAML file (JSON is YAML), optional preset base, environment overrides."""
+"""Sidecar configuration: one YAML file (JSON is YAML), optional preset base, environment overrides.
+
+Every error names the file, the line and the `$.path`, in words: `config.yaml:4: $.listen.nats: port 99999
+is out of range: use 1-65535, or 0 for any free port`. Values msgspec's types cannot express (addresses,
+URLs, paths) are checked by FIELD_CHECKS, both when a file is loaded and when a struct is built in code.
+"""
 
 from __future__ import annotations
 
+import difflib
+import enum
+import ipaddress
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
-import yaml
 from msgspec import Meta
 
 from policies.config import BackpressureConfig, Base, PolicyRule
+from proxy.config_source import ConfigSource, parse_source, read_source
 from proxy.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRESET_NAMES = ("default", "production", "development", "high-frequency", "batch-processing")
 
 Milliseconds = Annotated[int, Meta(ge=1, le=3_600_000)]
-HostPort = Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$")]
+# HOST:PORT, checked by listen_address_error (msgspec's pattern errors are not words a user understands).
+HostPort = str
+# Upstream URL schemes the sidecar speaks: plain TCP (TLS when the server asks for it) and TLS only.
+# nats.go, nats.js and nats-py also take ws:// and wss://, which the sidecar refuses: it does not speak
+# NATS over WebSocket towards the upstream.
+UPSTREAM_SCHEMES = ("nats", "tls")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def listen_address_error(value: str) -> str | None:
+    """Why `value` is not a HOST:PORT to listen on (port 0: any free port), or None."""
+    host, sep, port = value.rpartition(":")
+    example = "HOST:PORT such as 127.0.0.1:4222"
+    if not sep:
+        return f"expected {example}, got {value!r}"
+    if not port.isdigit():
+        return f"the port of {value!r} is not a number: expected {example}"
+    number = int(port)
+    if number > 65535:
+        return f"port {number} is out of range: use 1-65535, or 0 for any free port"
+    return _host_error(host, value, example)
+
+
+def _host_error(host: str, value: str, example: str) -> str | None:
+    if host.startswith("[") or host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            return f"{host!r} in {value!r} is not an IPv6 address in brackets (e.g. [::1]:4222)"
+        return None
+    if ":" in host:
+        return f"write an IPv6 address in brackets, e.g. [{host}]:{value.rpartition(':')[2]}"
+    if host and not _HOSTNAME.match(host):
+        return f"{host!r} in {value!r} is not a host name or IP address: expected {example}"
+    return None
+
+
+def upstream_url_error(url: str) -> str | None:
+    """Why `url` is not an upstream server the sidecar can connect to, or None."""
+    if not url.strip():
+        return "an empty server URL: expected nats://HOST:PORT"
+    scheme = url.partition("://")[0].lower() if "://" in url else "nats"
+    if scheme in ("ws", "wss"):
+        return (
+            f"{scheme}:// (NATS over WebSocket) is not supported towards the upstream: use the server's "
+            "client port with nats:// or tls:// (4222 by default)"
+        )
+    if scheme not in UPSTREAM_SCHEMES:
+        return f"{scheme}:// is not a NATS URL: use nats://HOST:PORT or tls://HOST:PORT"
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if not parts.hostname:
+        return f"{url!r} names no host: expected {scheme}://HOST:PORT"
+    try:
+        port = parts.port
+    except ValueError:
+        return f"the port of {url!r} is not a number in 1-65535"
+    if port == 0:
+        return f"port 0 in {url!r}: an upstream server needs its real port (4222 by default)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"{url!r} has a path or query; a NATS URL is only {scheme}://[USER:PASS@]HOST[:PORT]"
+    return None
+
+
+def path_error(value: str) -> str | None:
+    """Why `value` is not usable as a file or directory path, or None."""
+    if not value.strip():
+        return "an empty path: write a path (or leave the key out)"
+    if "\x00" in value:
+        return "a path cannot contain a NUL character"
+    return None
+
+
+def spool_path_error(value: str) -> str | None:
+    """Why `value` is not a spool directory, or None (null, not "", disables the spool)."""
+    if not value.strip():
+        return "an empty path: write the spool's directory, or null to run without a disk spool"
+    return path_error(value)
+
+
+# Struct -> python field name -> check of its value: a list of (sub-path, message), empty when valid.
+FieldCheck = Callable[[Any], list[tuple[str, str]]]
+
+
+def _one(check: Callable[[str], str | None]) -> FieldCheck:
+    def run(value: Any) -> list[tuple[str, str]]:
+        if not isinstance(value, str):
+            return []
+        error = check(value)
+        return [] if error is None else [("", error)]
+
+    return run
+
+
+def _each(check: Callable[[str], str | None]) -> FieldCheck:
+    def run(value: Any) -> list[tuple[str, str]]:
+        if not isinstance(value, list):
+            return []
+        out = []
+        for index, item in enumerate(value):
+            error = check(item) if isinstance(item, str) else None
+            if error is not None:
+                out.append((f"[{index}]", error))
+        return out
+
+    return run
+
+
+def _checked(struct: Any) -> None:
+    """__post_init__ of the structs in FIELD_CHECKS: a struct built in code is held to the same rules."""
+    for name, check in FIELD_CHECKS.get(type(struct), {}).items():
+        for sub, message in check(getattr(struct, name)):
+            raise ValueError(f"{name}{sub}: {message}")
+    cross = CROSS_CHECKS.get(type(struct))
+    if cross is not None:
+        for sub, message in cross(struct):
+            raise ValueError(f"{sub.lstrip('.')}: {message}")
 
 
 class TlsConfig(Base, frozen=True):
@@ -28,6 +155,9 @@ class TlsConfig(Base, frozen=True):
     cert_file: str | None = None
     key_file: str | None = None
     insecure_skip_verify: bool = False
+
+    def __post_init__(self) -> None:
+        _checked(self)
 
 
 class UpstreamConfig(Base, frozen=True):
@@ -59,13 +189,23 @@ class UpstreamConfig(Base, frozen=True):
     # connection is declared dead (docs/zero-loss.md); at the limit the upstream counts as backed up.
     max_unconfirmed_bytes: Annotated[int, Meta(ge=65_536)] = 8 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        _checked(self)
+
 
 class ListenConfig(Base, frozen=True):
-    """Where the sidecar listens: NATS port for applications, HTTP ingest, admin API."""
+    """Where the sidecar listens: NATS port for applications, HTTP ingest, admin API (HOST:PORT each).
+
+    Port 0 means "any free port" (the ports are then logged and written to `run --ports-file`); an empty
+    host means every interface. These cannot change without a restart.
+    """
 
     nats: HostPort = "127.0.0.1:4222"
     http: HostPort | None = "127.0.0.1:8080"
     admin: HostPort = "0.0.0.0:3000"
+
+    def __post_init__(self) -> None:
+        _checked(self)
 
 
 class ClientsConfig(Base, frozen=True):
@@ -106,7 +246,7 @@ class MetricsConfig(Base, frozen=True):
 
 
 class SpoolConfig(Base, frozen=True):
-    """Disk spool for critical messages that cannot stay in memory."""
+    """Disk spool for critical messages that cannot stay in memory; `path: null` disables it."""
 
     path: str | None = "/var/lib/kpi-sidecar/spool"
     max_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024 * 1024
@@ -116,6 +256,9 @@ class SpoolConfig(Base, frozen=True):
     ack_timeout_ms: Milliseconds = 5_000
     # `delivery: jetstream` messages awaiting their PubAck; at the limit new messages wait in the queue.
     max_pending_acks: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+
+    def __post_init__(self) -> None:
+        _checked(self)
 
 
 class ShutdownConfig(Base, frozen=True):
@@ -138,6 +281,45 @@ class SidecarConfig(Base, frozen=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     shutdown: ShutdownConfig = msgspec.field(default_factory=ShutdownConfig)
+
+
+def _listen_ports(listen: ListenConfig) -> list[tuple[str, str]]:
+    """Two listeners on the same fixed port of the same host cannot both bind."""
+    taken: dict[tuple[str, int], str] = {}
+    out = []
+    for name in ("nats", "http", "admin"):
+        value = getattr(listen, name)
+        if value is None or listen_address_error(value) is not None:
+            continue
+        host, _, port = value.rpartition(":")
+        key = (host.strip("[]") or "0.0.0.0", int(port))
+        if key[1] == 0:
+            continue
+        if key in taken:
+            out.append(
+                (f".{name}", f"port {key[1]} is already listen.{taken[key]}'s: each port needs its own")
+            )
+        else:
+            taken[key] = name
+    return out
+
+
+FIELD_CHECKS: dict[type, dict[str, FieldCheck]] = {
+    ListenConfig: {
+        "nats": _one(listen_address_error),
+        "http": _one(listen_address_error),
+        "admin": _one(listen_address_error),
+    },
+    UpstreamConfig: {
+        "servers": _each(upstream_url_error),
+        "creds_file": _one(path_error),
+        "nkey_seed_file": _one(path_error),
+    },
+    TlsConfig: {"ca_file": _one(path_error), "cert_file": _one(path_error), "key_file": _one(path_error)},
+    SpoolConfig: {"path": _one(spool_path_error)},
+}
+# Rules across the fields of one struct, checked once each field is valid: (sub-path, message).
+CROSS_CHECKS: dict[type, Callable[[Any], list[tuple[str, str]]]] = {ListenConfig: _listen_ports}
 
 
 # Secrets come from the environment so they need not sit in a ConfigMap.
@@ -164,20 +346,8 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping; a parse error or a non-mapping top level is a ConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: $: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+    """Read one YAML mapping; a parse error, a duplicate key or a non-mapping top level is a ConfigError."""
+    return read_source(path).data
 
 
 def preset_data(name: str) -> dict[str, Any]:
@@ -189,40 +359,159 @@ def preset_data(name: str) -> dict[str, Any]:
     return data
 
 
+class Problem(msgspec.Struct, frozen=True):
+    """One validation error: where (`$.listen.nats`) and what, in words."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
 def collect_errors(data: Any, typ: Any, path: str = "$") -> list[str]:
-    """Every validation error of `data` against `typ`, each with its `$.path` (msgspec stops at one)."""
+    """Every validation error of `data` against `typ`, each as `$.path: message` (msgspec stops at one)."""
+    return [str(problem) for problem in collect_problems(data, typ, path)]
+
+
+def collect_problems(data: Any, typ: Any, path: str = "$") -> list[Problem]:
+    """Every validation error of `data` against `typ`, each with its `$.path`."""
     struct_type = _struct_type(typ)
     if struct_type is not None and isinstance(data, dict):
-        errors: list[str] = []
+        problems: list[Problem] = []
         fields = {f.encode_name: f for f in msgspec.structs.fields(struct_type)}
+        checks = FIELD_CHECKS.get(struct_type, {})
         for key, value in data.items():
-            field = fields.get(key)
-            if field is None:
-                errors.append(f"{path}: unknown field {key!r}")
-            else:
-                errors.extend(collect_errors(value, field.type, f"{path}.{key}"))
-        if not errors:
-            errors.extend(_convert_error(data, typ, path))
-        return errors
+            field_info = fields.get(key)
+            if field_info is None:
+                problems.append(Problem(f"{path}.{key}", _unknown_key(key, list(fields))))
+                continue
+            found = collect_problems(value, field_info.type, f"{path}.{key}")
+            check = checks.get(field_info.name)
+            if not found and check is not None:
+                found = [Problem(f"{path}.{key}{sub}", message) for sub, message in check(value)]
+            problems.extend(found)
+        if not problems and struct_type in CROSS_CHECKS:
+            values = _field_values(struct_type, data)
+            problems.extend(Problem(f"{path}{sub}", msg) for sub, msg in CROSS_CHECKS[struct_type](values))
+        if not problems:
+            problems.extend(_convert_problems(data, typ, path))
+        return problems
     item_type = _list_item_struct(typ)
     if item_type is not None and isinstance(data, list):
-        errors = []
+        problems = []
         for i, item in enumerate(data):
-            errors.extend(collect_errors(item, item_type, f"{path}[{i}]"))
-        return errors
-    return _convert_error(data, typ, path)
+            problems.extend(collect_problems(item, item_type, f"{path}[{i}]"))
+        return problems or _convert_problems(data, typ, path)
+    return _convert_problems(data, typ, path)
 
 
-def _convert_error(data: Any, typ: Any, path: str) -> list[str]:
+def _field_values(struct_type: type, data: dict[str, Any]) -> SimpleNamespace:
+    """The fields of a (field-valid) mapping by python name, defaults filled in, for CROSS_CHECKS."""
+    values = {}
+    for info in msgspec.structs.fields(struct_type):
+        if info.encode_name in data:
+            values[info.name] = data[info.encode_name]
+        elif info.default is not msgspec.NODEFAULT:
+            values[info.name] = info.default
+        elif info.default_factory is not msgspec.NODEFAULT:
+            values[info.name] = info.default_factory()
+    return SimpleNamespace(**values)
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown key {key!r}{hint}"
+
+
+def _convert_problems(data: Any, typ: Any, path: str) -> list[Problem]:
     try:
         msgspec.convert(data, typ)
     except msgspec.ValidationError as err:
         message = str(err)
+        where = path
         # msgspec words errors as "... - at `$.x`"; re-root that path under ours.
         if " - at `$" in message:
-            text, _, where = message.partition(" - at `$")
-            return [f"{path}{where.rstrip('`')}: {text}"]
-        return [f"{path}: {message}"]
+            message, _, sub = message.partition(" - at `$")
+            where = f"{path}{sub.rstrip('`')}"
+        value = _value_at(data, where[len(path) :])
+        return [Problem(where, humanize(message, value, _leaf_type(typ, where[len(path) :])))]
+    return []
+
+
+_MISSING = object()
+
+
+def _value_at(data: Any, sub: str) -> Any:
+    """The value at a msgspec sub-path such as `.a[0].b` inside `data` (_MISSING when absent)."""
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", sub):
+        try:
+            data = data[name] if name else data[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return data
+
+
+def _leaf_type(typ: Any, sub: str) -> Any:
+    """The declared type at a sub-path, as far as it can be followed (for enum choices)."""
+    for name, _index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", sub):
+        struct = _struct_type(typ)
+        if name and struct is not None:
+            match = [f.type for f in msgspec.structs.fields(struct) if f.encode_name == name]
+            if not match:
+                return None
+            typ = match[0]
+        elif not name and getattr(typ, "__origin__", None) is list:
+            typ = typ.__args__[0]
+    return typ
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "null",
+}
+
+
+def _words(types: str) -> str:
+    return " or ".join(_TYPE_WORDS.get(t.strip(), f"`{t.strip()}`") for t in types.split("|"))
+
+
+def humanize(message: str, value: Any = _MISSING, typ: Any = None) -> str:
+    """msgspec's wording ("Expected `int` >= 1") in a user's words, with the value that was given."""
+    got = "" if value is _MISSING or isinstance(value, dict | list) else f" (got {value!r})"
+    if match := re.fullmatch(r"Expected `(.+?)`, got `(.+?)`", message):
+        given = repr(value) if got else _words(match[2])
+        return f"expected {_words(match[1])}, got {given}"
+    if match := re.fullmatch(r"Expected `(?:int|float)` (>=|>|<=|<) (.+)", message):
+        bound = match[2].removesuffix(".0")
+        verb = {">=": "at least", ">": "greater than", "<=": "at most", "<": "less than"}[match[1]]
+        return f"must be {verb} {bound}{got}"
+    if match := re.fullmatch(r"Expected `array` of length >= (\d+)", message):
+        return f"needs at least {match[1]} item{'s' if match[1] != '1' else ''}"
+    if match := re.fullmatch(r"Expected `str` of length (>=|<=) (\d+)", message):
+        return "must not be empty" if match[2] == "1" else f"length must be {match[1]} {match[2]}{got}"
+    if match := re.fullmatch(r"Expected `str` matching regex '\^\(([\w|-]+)\)\$'", message):
+        return f"must be one of {', '.join(match[1].split('|'))}{got}"
+    if match := re.fullmatch(r"Object missing required field `(.+)`", message):
+        return f"missing required key {match[1]!r}"
+    if message.startswith("Invalid enum value"):
+        choices = _enum_choices(typ)
+        return (
+            f"must be one of {', '.join(choices)}{got}" if choices else f"{message[0].lower()}{message[1:]}"
+        )
+    return message
+
+
+def _enum_choices(typ: Any) -> list[str]:
+    for candidate in (typ, *getattr(typ, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
+            return [str(member.value) for member in candidate]
     return []
 
 
@@ -239,36 +528,101 @@ def _list_item_struct(typ: Any) -> type | None:
     return None
 
 
-def build_config(
-    data: Mapping[str, Any], *, preset: str | None = None, env: Mapping[str, str] | None = None
-) -> SidecarConfig:
-    """Validate a raw mapping (over its preset, under env overrides) into a SidecarConfig."""
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and the layers it was built from, for `GET /config`'s sources."""
+
+    config: SidecarConfig
+    source: ConfigSource | None = None
+    preset: str | None = None
+    preset_data: dict[str, Any] = field(default_factory=dict)
+    env_paths: frozenset[tuple[str, ...]] = frozenset()
+
+    def origin(self, *keys: str) -> str:
+        """Where the value at `keys` (camelCase) came from: env, file, preset or default."""
+        if keys in self.env_paths:
+            return "env"
+        if self.source is not None and _has(self.source.data, keys):
+            return "file"
+        if _has(self.preset_data, keys):
+            return "preset"
+        return "default"
+
+
+def _has(data: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
+    node: Any = data
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def build_layers(
+    data: Mapping[str, Any],
+    *,
+    preset: str | None = None,
+    env: Mapping[str, str] | None = None,
+    source: ConfigSource | None = None,
+) -> LoadedConfig:
+    """Validate a raw mapping (over its preset, under env overrides) into a LoadedConfig."""
     name = preset or data.get("preset")
     merged: dict[str, Any] = dict(data)
+    base: dict[str, Any] = {}
     if name is not None:
         if not isinstance(name, str):
-            raise ConfigError("$.preset: expected a string")
-        merged = deep_merge(preset_data(name), data)
+            raise ConfigError("$.preset: expected a string", ["$.preset: expected a string"])
+        base = preset_data(name)
+        merged = deep_merge(base, data)
         merged["preset"] = name
+    env_paths = set()
     for var, (section, key) in ENV_OVERRIDES.items():
         value = (env if env is not None else os.environ).get(var)
         if value:
             section_data = merged.get(section)
             merged[section] = {**(section_data if isinstance(section_data, dict) else {}), key: value}
-    errors = collect_errors(merged, SidecarConfig)
-    if errors:
+            env_paths.add((section, key))
+    problems = collect_problems(merged, SidecarConfig)
+    if problems:
+        if source is not None:
+            # In the file's order, whatever the order of the sections in the merged mapping.
+            problems.sort(key=lambda p: source.line_of(p.path) or 0)
+        errors = [f"{source.where(p.path)}: {p}" if source is not None else str(p) for p in problems]
         raise ConfigError("invalid configuration", errors)
-    return msgspec.convert(merged, SidecarConfig)
+    config = msgspec.convert(merged, SidecarConfig)
+    return LoadedConfig(config, source, name, base, frozenset(env_paths))
+
+
+def build_config(
+    data: Mapping[str, Any], *, preset: str | None = None, env: Mapping[str, str] | None = None
+) -> SidecarConfig:
+    """Validate a raw mapping (over its preset, under env overrides) into a SidecarConfig."""
+    return build_layers(data, preset=preset, env=env).config
+
+
+def load_layers(
+    path: str | Path | None, *, preset: str | None = None, env: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Load and validate a configuration file; every error names the file, its line and its `$.path`."""
+    if path is None:
+        return build_layers({}, preset=preset, env=env)
+    source = read_source(Path(path))
+    try:
+        return build_layers(source.data, preset=preset, env=env, source=source)
+    except ConfigError as err:
+        errors = [e if e.startswith(source.name) else f"{source.where('$.preset')}: {e}" for e in err.errors]
+        raise ConfigError(f"{source.name}: {err}", errors) from None
 
 
 def load_config(path: str | Path | None, *, preset: str | None = None) -> SidecarConfig:
-    """Load and validate a configuration file; every error names the file and its `$.path`."""
-    data = read_yaml(Path(path)) if path is not None else {}
-    try:
-        return build_config(data, preset=preset)
-    except ConfigError as err:
-        where = str(path) if path is not None else "<defaults>"
-        raise ConfigError(f"{where}: {err}", [f"{where}: {e}" for e in err.errors]) from None
+    """Load and validate a configuration file; every error names the file, its line and its `$.path`."""
+    return load_layers(path, preset=preset).config
+
+
+def parse_config_text(text: str, name: str = "<config>") -> LoadedConfig:
+    """Validate configuration text as if it were the file `name` (tests, `check-config -`)."""
+    source = parse_source(text, name)
+    return build_layers(source.data, source=source)
 
 
 def to_builtins(config: SidecarConfig) -> dict[str, Any]:

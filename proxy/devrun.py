@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from proxy.config import PRESETS_DIR, load_config
+from proxy.ports_file import dev_ports_file
 
 CONFIG = PRESETS_DIR / "development.yaml"
 
@@ -41,9 +42,20 @@ def main() -> int:
     print(f"sidecar: HTTP ingest http://{listen.http}/publish/<subject>")
     print(f"sidecar: admin API http://{listen.admin}/api/backpressure/status, metrics /metrics")
     print(f"sidecar: admin page http://{listen.admin}/  (open it in a browser)")
-    print("Ctrl-C stops it (graceful drain).")
+    ports_file = dev_ports_file()
+    print(f"`kpi-sidecar status` and `kpi-sidecar loadtest` find it through {ports_file}.")
+    print("Ctrl-C stops it (graceful drain); edit the file or send SIGHUP to reload its configuration.")
     sys.stdout.flush()
-    cmd = [sys.executable, "-m", "proxy", "run", "--config", str(Path(CONFIG))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "run",
+        "--config",
+        str(Path(CONFIG)),
+        "--ports-file",
+        str(ports_file),
+    ]
     return subprocess.call(cmd)
 
 

@@ -22,8 +22,10 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from proxy.load_test import MAX_CATCH_UP_S, PREFIX, SLICE_S, LatencyReservoir
-from proxy.status_cli import fetch_json, normalize_admin_url
+from proxy.status_cli import dev_sidecar, fetch_json, normalize_admin_url
 
+# A sidecar's NATS port in a pod (listen.nats's default).
+DEFAULT_URL = "nats://127.0.0.1:4222"
 DRAIN_WAIT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 INTERVAL_SAMPLES = 20_000
@@ -169,15 +171,32 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def _probe(url: str) -> None:
-    """Fail fast (OSError) when nothing listens at the first URL."""
+async def _probe(url: str) -> dict[str, Any]:
+    """The first URL's INFO; OSError (fast) when nothing listens there."""
     parts = urlsplit(url.split(",")[0] if "://" in url else f"nats://{url}")
-    _, writer = await asyncio.wait_for(
+    reader, writer = await asyncio.wait_for(
         asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), CONNECT_TIMEOUT_S
     )
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+    try:
+        line = await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        line = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if not line.startswith(b"INFO "):
+        return {}
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def describe_target(info: dict[str, Any]) -> str:
+    """`kpi-sidecar` when the URL is a sidecar's NATS port (its INFO says so), else `nats-server`."""
+    return "kpi-sidecar" if info.get("server_name") == "kpi-sidecar" else "nats-server"
 
 
 async def drive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -199,7 +218,14 @@ async def drive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "closed_cb": quiet,
     }
     try:
-        await _probe(args.url)
+        info = await _probe(args.url)
+        target = describe_target(info)
+        if target != "kpi-sidecar":
+            print(
+                f"kpi-sidecar loadtest: WARNING: {args.url} is a nats-server {info.get('version', '')}"
+                ", not a kpi-sidecar: this measures NATS directly, not through the sidecar",
+                file=err,
+            )
         # nats-py retries a refused first connection for minutes: bound the wait.
         pub = await asyncio.wait_for(
             nats.connect(args.url, name="kpi-loadtest-pub", **options), CONNECT_TIMEOUT_S
@@ -265,6 +291,7 @@ async def drive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             with contextlib.suppress(Exception):
                 await conn.close()
     summary = summarize(run, args, duration)
+    summary["target"] = target
     if args.json:
         # One line, so that scripts can read the last line of the output.
         print(json.dumps(summary), file=out)
@@ -307,6 +334,19 @@ def run_loadtest(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     if problem is not None:
         print(f"kpi-sidecar loadtest: {problem}", file=err)
         return 2
+    if args.url is None:
+        found = dev_sidecar()
+        if found is not None:
+            args.url = found[0]["urls"]["nats"]
+            args.admin = args.admin or found[0]["urls"].get("admin")
+            print(f"kpi-sidecar loadtest: {args.url}, {found[1]}", file=err)
+        else:
+            args.url = DEFAULT_URL
+            print(
+                f"kpi-sidecar loadtest: {args.url}, the default NATS address (no --url given, no sidecar "
+                "started by `make run`)",
+                file=err,
+            )
     if args.soak and not args.admin:
         print("kpi-sidecar loadtest: --soak without --admin: the sidecar's memory is not reported", file=err)
     return asyncio.run(drive(args, out, err))

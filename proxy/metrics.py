@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
-from policies.config import Level
+from policies.config import Level, Priority
 
 if TYPE_CHECKING:
     from proxy.sidecar import Sidecar
@@ -152,6 +152,7 @@ class SidecarCollector:
         yield reconnects
         yield flow_pauses
         yield taken_back
+        yield _critical_dropped(v)
 
         breaker_open = GaugeMetricFamily(
             "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]
@@ -234,6 +235,19 @@ class SidecarCollector:
         )
 
 
+def _critical_dropped(v: _Values | None) -> Metric:
+    """Critical messages dropped, by reason: the known reasons at 0 from the start (alerts use increase())."""
+    family = CounterMetricFamily(
+        "kpi_streaming_critical_dropped",
+        "Critical messages dropped (must stay 0), by reason; also counted in kpi_streaming_messages_dropped.",
+        labels=["reason"],
+    )
+    if v is not None:
+        for reason, count in sorted(v.engine.critical_dropped_by_reason().items()):
+            family.add_metric([reason], count)
+    return family
+
+
 class _Values:
     """What one scrape reads, computed once."""
 
@@ -241,7 +255,8 @@ class _Values:
         self.sidecar = sidecar
         self.collector = collector
         self.engine = sidecar.engine
-        self.snapshot = self.engine.snapshot(sidecar.clock())
+        self.now = sidecar.clock()
+        self.snapshot = self.engine.snapshot(self.now)
         self.spool = spool_state(sidecar)
 
     def breakers_open(self) -> dict[str, float]:
@@ -362,6 +377,22 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
         "kpi_sidecar_client_pending_bytes",
         "Bytes waiting to be written to all applications together (clients.maxTotalPendingBytes).",
         lambda v: v.sidecar.outbound.total,
+    ),
+    # The configured maxima beside their levels, so that alerts and dashboards use fractions.
+    (
+        "kpi_backpressure_memory_max_mb",
+        "maxMemoryUsageMB in force (the memory signal's 100 %).",
+        lambda v: v.engine.config.max_memory_usage_mb,
+    ),
+    (
+        "kpi_spool_max_bytes",
+        "spool.maxBytes: at this size critical messages stop being spooled (0 when there is no spool).",
+        lambda v: v.sidecar.config.spool.max_bytes if v.sidecar.spool is not None else 0,
+    ),
+    (
+        "kpi_backpressure_oldest_critical_age_seconds",
+        "Age of the oldest critical message waiting in the queue (0 when none waits).",
+        lambda v: v.engine.oldest_queued_age_of(Priority.CRITICAL, v.now),
     ),
 )
 

@@ -251,9 +251,48 @@ def _health_detailed_schema() -> dict[str, Any]:
                             "maxTotalPendingBytes": INT,
                         }
                     ),
+                    "config": _config_health_schema(),
                 }
             ),
         }
+    )
+
+
+def _config_file_properties() -> dict[str, Any]:
+    return {
+        "path": {"type": ["string", "null"], "description": "The --config file (null: none)"},
+        "preset": {"type": ["string", "null"]},
+        "sha256": {"type": ["string", "null"], "description": "Hash of the file's bytes as last applied"},
+        "loadedAt": TS,
+    }
+
+
+def _config_health_schema() -> dict[str, Any]:
+    strings = {"type": "array", "items": STR}
+    last = _obj(
+        {
+            "trigger": {"type": "string", "description": "SIGHUP or file changed"},
+            "at": TS,
+            "result": {"type": "string", "enum": ["applied", "refused"]},
+            "errors": strings,
+            "changed": strings,
+        }
+    )
+    return _obj(
+        {
+            "status": COMPONENT_STATUS,
+            **_config_file_properties(),
+            "lastReload": {"anyOf": [last, {"type": "null"}]},
+            "reloads": NNINT,
+            "failedReloads": NNINT,
+            "restartRequired": {
+                **strings,
+                "description": "Settings the file changed that take effect only at the next restart",
+            },
+            "apiOverrides": NNINT,
+            "reloadable": {**strings, "description": "What a reload can change without a restart"},
+        },
+        description="The configuration file: warning after a refused reload or while a restart is required.",
     )
 
 
@@ -310,6 +349,18 @@ def _config_schemas(components: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     config["title"] = "Config"
     config["description"] = "The `backpressure` section in force, plus the `policies` rules."
     config["properties"]["policies"] = {"type": "array", "items": _ref("PolicyRule")}
+    origin = {"type": "string", "enum": ["api", "file", "preset", "default", "env"]}
+    config["properties"]["sources"] = {
+        "type": "object",
+        "description": "Where each value comes from: the admin API, the file, the file's preset, the default",
+        "additionalProperties": origin,
+    }
+    config["properties"]["overrides"] = {
+        "type": "array",
+        "description": "API values that differ from the file: the next reload or restart undoes them",
+        "items": _obj({"key": STR, "value": {}, "fileValue": {}}, additionalProperties=False),
+    }
+    config["properties"]["file"] = _obj(_config_file_properties(), additionalProperties=False)
     config["required"] = list(config["properties"])
     update = copy.deepcopy(base)
     update["title"] = "ConfigUpdate"

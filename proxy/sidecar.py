@@ -224,7 +224,7 @@ class Sidecar:
         self._servers.append(server)
         self.nats_port = server.sockets[0].getsockname()[1]
         self._tick_task = self.loop.create_task(self._tick_loop(), name="tick")
-        log.info("NATS port listening on %s:%s", host, self.nats_port)
+        log.debug("NATS port listening on %s:%s", host, self.nats_port)
 
     async def shutdown(self) -> None:
         """Stop accepting, forward what can be forwarded within the grace, spool the critical rest."""

@@ -8,7 +8,30 @@ import urllib.error
 import urllib.request
 from typing import Any, TextIO
 
+from proxy.ports_file import dev_ports_file, read_ports_file
+
 TIMEOUT_S = 5.0
+# The admin port of a sidecar in a pod or container (listen.admin's default).
+DEFAULT_ADMIN = "http://127.0.0.1:3000"
+
+
+def dev_sidecar() -> tuple[dict[str, Any], str] | None:
+    """The ports file of the sidecar `make run` started, and a phrase saying so (None when none runs)."""
+    path = dev_ports_file()
+    state = read_ports_file(path)
+    if state is None:
+        return None
+    return state, f"the sidecar `make run` started (pid {state.get('pid')}, {path})"
+
+
+def resolve_admin(given: str | None) -> tuple[str, str | None]:
+    """The admin URL to talk to and, when it was not given, which sidecar that is."""
+    if given:
+        return normalize_admin_url(given), None
+    found = dev_sidecar()
+    if found is not None and found[0]["urls"].get("admin"):
+        return found[0]["urls"]["admin"], found[1]
+    return DEFAULT_ADMIN, "the default admin address (no --admin given, no sidecar started by `make run`)"
 
 
 def normalize_admin_url(url: str) -> str:
@@ -76,11 +99,16 @@ def format_status(admin: str, status: dict[str, Any], health: dict[str, Any] | N
     return "\n".join(lines)
 
 
-def print_status(admin_url: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Print the summary; 1 with a clear message when the admin API cannot be reached or answers an error."""
+def print_status(admin_url: str | None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Print the summary; 1 with a clear message when the admin API cannot be reached or answers an error.
+
+    Without `admin_url`, the sidecar `make run` started (its ports file), else DEFAULT_ADMIN; which one is
+    said on stderr."""
     out = out or sys.stdout
     err = err or sys.stderr
-    admin = normalize_admin_url(admin_url)
+    admin, which = resolve_admin(admin_url)
+    if which is not None:
+        print(f"kpi-sidecar status: {admin}, {which}", file=err)
     url = f"{admin}/api/backpressure/status"
     try:
         body = fetch_json(url)

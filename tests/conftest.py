@@ -159,9 +159,17 @@ def nats_factory(workdir: Path) -> Iterator[Any]:
 
 
 class SidecarProcess:
-    """`python -m proxy run` as a real subprocess, with its ports read from its "ready" line."""
+    """`python -m proxy run` as a real subprocess, with its ports read from its --ports-file."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        *,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.args = args
         self.workdir = workdir
         self.config_path = workdir / f"sidecar-{id(self)}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -173,8 +181,13 @@ class SidecarProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         self.proc, self.ports = spawn_run(
-            self.config_path, self.log_path, env=self.env, cwd=ROOT, timeout=timeout
+            self.config_path, self.log_path, env=self.env, cwd=ROOT, timeout=timeout, args=self.args
         )
+
+    @property
+    def ports_file(self) -> Path:
+        """Where `run --ports-file` wrote this sidecar's ports and URLs (see proxy.cli.spawn_run)."""
+        return self.log_path.with_suffix(".ports.json")
 
     @property
     def nats_url(self) -> str:

@@ -36,7 +36,14 @@ def test_the_seed_example_updates_only_what_it_names(configured: Any) -> None:
     assert answer.status == 200
     assert answer.data["changed"] == ["maxQueueSize"]
     after = get_config(configured)
-    assert after == {**before, "maxQueueSize": 20000}
+    # GET /config says the value now comes from the API, and that the file would undo it.
+    assert before["sources"]["maxQueueSize"] == "file" and before["overrides"] == []
+    assert after == {
+        **before,
+        "maxQueueSize": 20000,
+        "sources": {**before["sources"], "maxQueueSize": "api"},
+        "overrides": [{"key": "maxQueueSize", "value": 20000, "fileValue": before["maxQueueSize"]}],
+    }
     # The engine applies it: the status and the Prometheus gauge show the new bound.
     assert call(configured.admin, "GET", f"{P}/status").data["maxQueueSize"] == 20000
     metrics = call(configured.admin, "GET", "/metrics").body.decode()
@@ -61,7 +68,7 @@ def test_the_seed_example_updates_only_what_it_names(configured: Any) -> None:
             "policies[0].priority",
             None,
         ),
-        ({"maxQueueSize": 30000, "policies": [{"subject": "a", "color": "red"}]}, "policies[0]", None),
+        ({"maxQueueSize": 30000, "policies": [{"subject": "a", "color": "red"}]}, "policies[0].color", None),
     ],
 )
 def test_a_bad_update_names_the_field_and_changes_nothing(

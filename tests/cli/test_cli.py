@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+from proxy.ports_file import PORTS_FILE_ENV
 from proxy.status_cli import format_status, normalize_admin_url
 from tests.conftest import ROOT, free_port
 
 
-def kpi(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def kpi(*args: str, timeout: float = 30, ports_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; `ports_file` stands for the file `make run` writes (none by default, whatever runs)."""
+    env = {**os.environ, PORTS_FILE_ENV: str(ports_file or ROOT / ".run" / "no-such-sidecar.json")}
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=str(ROOT),
+        env=env,
         check=False,
     )
 
@@ -161,3 +167,69 @@ def test_run_with_a_port_already_taken_fails_with_one_line(tmp_path: Path) -> No
     assert out.returncode == 1
     assert "address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_version() -> None:
+    result = kpi("--version")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert result.returncode == 0 and result.stdout == f"kpi-sidecar {version}\n"
+
+
+def test_status_finds_the_sidecar_make_run_started_and_says_so(stack: Any) -> None:
+    # `make run` passes --ports-file .run/sidecar.json; the fixture's sidecar wrote its own the same way.
+    result = kpi("status", ports_file=stack.sidecar.ports_file)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"kpi-sidecar at {stack.admin}: ")
+    pid = stack.sidecar.proc.pid
+    assert result.stderr == (
+        f"kpi-sidecar status: {stack.admin}, the sidecar `make run` started (pid {pid}, "
+        f"{stack.sidecar.ports_file})\n"
+    )
+
+
+def test_status_without_a_running_dev_sidecar_names_the_default_address(tmp_path: Path) -> None:
+    stale = tmp_path / "sidecar.json"
+    # A file left by a sidecar that is gone (pid of no process) is not used.
+    stale.write_text(json.dumps({"pid": 2**22 + 12345, "urls": {"admin": "http://127.0.0.1:1"}}))
+    result = kpi("status", ports_file=stale)
+    assert result.stderr.startswith(
+        "kpi-sidecar status: http://127.0.0.1:3000, the default admin address (no --admin given, no "
+        "sidecar started by `make run`)\n"
+    )
+
+
+def test_loadtest_goes_through_the_dev_sidecar_by_default(stack: Any) -> None:
+    before = stack.sidecar.status()["forwardedMessages"]
+    result = kpi(
+        "loadtest", "--rate", "200", "--duration", "0.5", "--json", ports_file=stack.sidecar.ports_file
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"kpi-sidecar loadtest: {stack.sidecar.nats_url}, the sidecar `make run` started" in result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["target"] == "kpi-sidecar" and summary["url"] == stack.sidecar.nats_url
+    assert summary["delivered"] == summary["sent"] == 100
+    assert stack.sidecar.status()["forwardedMessages"] >= before + 100
+
+
+def test_loadtest_says_when_it_measures_a_nats_server_directly(stack: Any) -> None:
+    result = kpi("loadtest", "--url", stack.nats.url, "--rate", "100", "--duration", "0.3", "--json")
+    assert result.returncode == 0, result.stderr
+    assert f"WARNING: {stack.nats.url} is a nats-server 2." in result.stderr
+    assert "not through the sidecar" in result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["target"] == "nats-server"
+
+
+def test_make_run_installs_only_what_running_needs() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "-B", "run"], capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
+    )
+    assert dry.returncode == 0, dry.stderr
+    commands = dry.stdout
+    assert "nats-server" in commands and "proxy.devrun" in commands
+    for test_only in ("golang", "nodejs", "npm", "prometheus", "[test]", "promtool"):
+        assert test_only not in commands, test_only
+    # The test target still brings them.
+    full = subprocess.run(
+        ["make", "-n", "-B", "test"], capture_output=True, text=True, cwd=ROOT, timeout=30, check=False
+    )
+    assert all(tool in full.stdout for tool in ("golang-go", "prometheus", "nodejs", "[test]"))

@@ -18,7 +18,10 @@ KUSTOMIZATIONS: dict[str, str] = {
     "base": "production",
     "overlays/dev": "development",
     "overlays/prod": "production",
+    "overlays/keda": "production",
+    "overlays/hpa": "production",
 }
+COMPONENT = K8S_DIR / "components" / "kpi-sidecar"
 APT_PACKAGES = Path(__file__).with_name("APT_PACKAGES")
 
 

@@ -47,6 +47,15 @@ CATALOGUE: dict[str, str] = {
     "kpi_upstream_unconfirmed_bytes": "gauge",
     "kpi_upstream_taken_back": "counter",
     "kpi_sidecar_client_pending_bytes": "gauge",
+    # What the operations alerts read: the maxima in force, critical traffic, the configuration's state.
+    "kpi_backpressure_memory_max_mb": "gauge",
+    "kpi_spool_max_bytes": "gauge",
+    "kpi_backpressure_oldest_critical_age_seconds": "gauge",
+    "kpi_streaming_critical_dropped": "counter",
+    "kpi_sidecar_config_reloads": "counter",
+    "kpi_sidecar_config_reload_successful": "gauge",
+    "kpi_sidecar_config_restart_required": "gauge",
+    "kpi_sidecar_config_api_overrides": "gauge",
 }
 
 # A sample name is its family's name plus one of these suffixes, by family type.

@@ -131,7 +131,14 @@ def test_overview_seed_panels() -> None:
 def test_deep_dive_sections() -> None:
     deep = load(DEEP_DIVE)
     rows = row_panels(deep)
-    assert list(rows) == ["System Resources", "Message Flow", "Backpressure Actions", "Recovery", "History"]
+    assert list(rows) == [
+        "System Resources",
+        "Message Flow",
+        "Backpressure Actions",
+        "Recovery",
+        "History",
+        "Operations",
+    ]
     assert all(rows.values())
     resources = set().union(*(metrics(p) for p in rows["System Resources"]))
     assert {
@@ -158,6 +165,16 @@ def test_deep_dive_sections() -> None:
     assert {"kpi_backpressure_degradation_level"} <= set().union(*(metrics(p) for p in rows["History"]))
     variables = {v["name"]: v for v in deep["templating"]["list"]}
     assert variables["subject"]["includeAll"] and variables["subject"]["multi"]
+    # What the operations alerts watch, where the on-call engineer looks.
+    operations = {p["title"]: metrics(p) for p in rows["Operations"]}
+    assert {"kpi_backpressure_queue_max_size", "kpi_backpressure_memory_max_mb", "kpi_spool_max_bytes"} <= (
+        operations["Fill of Configured Maxima"]
+    )
+    assert operations["Oldest Critical Message Age"] == {"kpi_backpressure_oldest_critical_age_seconds"}
+    assert operations["Critical Messages Dropped"] == {"kpi_streaming_critical_dropped_total"}
+    assert "kpi_sidecar_config_reload_successful" in operations["Configuration Reloads"]
+    incidents = panel(deep, "Incidents")["targets"][0]["expr"]
+    assert "KpiSidecar.*" in incidents and "BackpressureCritical" in incidents
 
 
 def test_provisioning_files() -> None:

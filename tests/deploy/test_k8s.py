@@ -16,7 +16,13 @@ from tests.deploy.metric_names import REPO_ROOT
 
 # Validated against the oldest release with native sidecars on by default, and the newest schemas shipped.
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+}
+# Built on overlays/prod: no placeholder Secret, the real one is created out of band.
+ON_PROD = {"overlays/prod", "overlays/keda", "overlays/hpa"}
 SIDECAR = "kpi-sidecar"
 CONFIG_PATH = "/etc/kpi-sidecar/config.yaml"
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
@@ -31,12 +37,12 @@ def find(resources: list[dict[str, Any]], kind: str, name: str | None = None) ->
     return matches[0]
 
 
-def pod_spec(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return find(resources, "Deployment")["spec"]["template"]["spec"]
+def pod_spec(resources: list[dict[str, Any]], kind: str = "Deployment") -> dict[str, Any]:
+    return find(resources, kind)["spec"]["template"]["spec"]
 
 
-def sidecar_container(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    (container,) = [c for c in pod_spec(resources).get("initContainers", []) if c["name"] == SIDECAR]
+def sidecar_container(resources: list[dict[str, Any]], kind: str = "Deployment") -> dict[str, Any]:
+    (container,) = [c for c in pod_spec(resources, kind).get("initContainers", []) if c["name"] == SIDECAR]
     return container
 
 
@@ -73,12 +79,17 @@ def probe_port(container: dict[str, Any], probe: dict[str, Any]) -> int:
 
 
 def kustomization_files(directory: Path) -> set[Path]:
-    """Every file a kustomization uses, following bases; each must exist and parse as YAML."""
+    """Every file a kustomization uses, following bases and components; each must exist and parse."""
     kustomization = directory / "kustomization.yaml"
     assert kustomization.is_file(), f"{directory} has no kustomization.yaml"
     data = yaml.safe_load(kustomization.read_text())
-    assert data["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and data["kind"] == "Kustomization"
+    assert (data["apiVersion"], data["kind"]) in {
+        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        ("kustomize.config.k8s.io/v1alpha1", "Component"),
+    }
     files = {kustomization}
+    for entry in data.get("components", []):
+        files |= kustomization_files((directory / entry).resolve())
     for entry in data.get("resources", []):
         path = (directory / entry).resolve()
         if path.is_dir():
@@ -98,9 +109,11 @@ def kustomization_files(directory: Path) -> set[Path]:
 
 
 def resources_of(directory: Path) -> list[dict[str, Any]]:
-    """The raw resources (before patches) of a kustomization and its bases."""
+    """The raw resources (before patches) of a kustomization, its bases and its components."""
     data = yaml.safe_load((directory / "kustomization.yaml").read_text())
     out: list[dict[str, Any]] = []
+    for entry in data.get("components", []):
+        out += resources_of((directory / entry).resolve())
     for entry in data.get("resources", []):
         path = (directory / entry).resolve()
         out += resources_of(path) if path.is_dir() else list(yaml.safe_load_all(path.read_text()))
@@ -108,17 +121,23 @@ def resources_of(directory: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
-def test_kustomization_resources_and_patches_exist_and_parse(name: str) -> None:
+def test_kustomization_resources_and_patches_exist_and_parse(
+    built: dict[str, list[dict[str, Any]]], name: str
+) -> None:
     directory = K8S_DIR / name
     kustomization_files(directory)
     data = yaml.safe_load((directory / "kustomization.yaml").read_text())
     resources = {(r["kind"], r["metadata"]["name"]) for r in resources_of(directory)}
     for patch in data.get("patches", []):
+        if "target" in patch:
+            target = patch["target"]
+            assert (target["kind"], target["name"]) in resources, f"{name}: {target} patches nothing"
+            continue
         doc = yaml.safe_load((directory / patch["path"]).read_text())
         assert (doc["kind"], doc["metadata"]["name"]) in resources, f"{name}: {patch['path']} patches nothing"
     images = {
         c["image"].rsplit(":", 1)[0]
-        for r in resources_of(directory)
+        for r in built[name]
         if r["kind"] == "Deployment"
         for c in r["spec"]["template"]["spec"]["containers"] + r["spec"]["template"]["spec"]["initContainers"]
     }
@@ -142,8 +161,11 @@ def test_overlays_build(built: dict[str, list[dict[str, Any]]]) -> None:
     assert kinds["overlays/dev"] == sorted([*common, "Secret"])
     # Production brings its own Secret and adds a PodDisruptionBudget.
     assert kinds["overlays/prod"] == sorted([*common, "PodDisruptionBudget"])
+    assert kinds["overlays/keda"] == sorted([*common, "PodDisruptionBudget", "ScaledObject"])
+    assert kinds["overlays/hpa"] == sorted([*common, "PodDisruptionBudget", "HorizontalPodAutoscaler"])
     assert {r["metadata"].get("namespace") for r in built["overlays/dev"]} == {"kpi-sidecar-dev"}
-    assert {r["metadata"].get("namespace") for r in built["overlays/prod"]} == {"kpi-sidecar-prod"}
+    for name in ON_PROD:
+        assert {r["metadata"].get("namespace") for r in built[name]} == {"kpi-sidecar-prod"}, name
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -337,7 +359,7 @@ def test_secrets_come_from_the_secret_as_env(built: dict[str, list[dict[str, Any
     assert set(env) <= set(ENV_OVERRIDES)
     secret_keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in env.values() if "valueFrom" in e}
     secrets = [r for r in resources if r["kind"] == "Secret"]
-    if name == "overlays/prod":
+    if name in ON_PROD:
         assert secrets == []
         assert (
             "kubectl -n kpi-sidecar-prod create secret generic kpi-sidecar-secrets"

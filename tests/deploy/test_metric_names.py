@@ -118,7 +118,7 @@ def test_every_catalogue_metric_is_on_a_dashboard() -> None:
     assert set(CATALOGUE) - dashboards == set()
 
 
-def test_alert_rules_use_the_seed_metrics() -> None:
+def test_alert_rules_use_the_seed_metrics_and_the_operations_ones() -> None:
     names = set().union(*(names_in_expr(expr) for expr in rule_exprs()))
     assert names == {
         "kpi_backpressure_degradation_level",
@@ -126,5 +126,14 @@ def test_alert_rules_use_the_seed_metrics() -> None:
         "kpi_streaming_messages_dropped_total",
         "kpi_nats_messages_published_total",
         "kpi_backpressure_queue_size",
+        "kpi_backpressure_queue_max_size",
         "kpi_backpressure_memory_usage_mb",
+        "kpi_backpressure_memory_max_mb",
+        "kpi_backpressure_upstream_connected",
+        "kpi_spool_messages",
+        "kpi_spool_bytes",
+        "kpi_spool_max_bytes",
+        "kpi_backpressure_oldest_critical_age_seconds",
+        "kpi_streaming_critical_dropped_total",
+        "kpi_sidecar_config_reload_successful",
     }
