@@ -117,8 +117,8 @@ def test_high_drop_rate_keeps_the_seed_ratio() -> None:
     assert "rate(kpi_nats_messages_published_total[5m])" in denominator
     assert denominator.endswith("> 0.1")
     # The two counters have different labels: each side is aggregated over its own before dividing.
-    assert "without (reason, subject)" in numerator
-    assert "without (subject, status, priority)" in denominator
+    assert "without (reason, subject, role)" in numerator
+    assert "without (subject, status, priority, role)" in denominator
 
 
 def test_runbook_has_a_section_per_alert() -> None:
