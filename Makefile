@@ -13,9 +13,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run-deps system-deps node-deps test lint fmt run rules bench soak clean
 
-# setup.py and the C source too: a change rebuilds the optional C scanner (proxy/_speedups.c).
+# setup.py and the C source too: a change rebuilds the optional C scanner (proxy/nats/_speedups.c).
 # .runtime: what `make run` needs; .installed: that plus the test tools (`make install`, `make test`).
-$(VENV)/.runtime: pyproject.toml setup.py proxy/_speedups.c
+$(VENV)/.runtime: pyproject.toml setup.py proxy/nats/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e .
@@ -70,7 +70,7 @@ test: install system-deps node-deps lint
 	$(VENV)/bin/pytest
 
 run: $(VENV)/.runtime run-deps
-	@$(PY) -m proxy.devrun
+	@$(PY) -m proxy.cli.devrun
 
 # k8s/base/prometheusrule.yaml is generated from prometheus/alerts.yaml (a test checks they agree).
 rules: $(VENV)/.runtime

@@ -11,7 +11,9 @@ from setuptools import Extension, setup
 ext_modules = []
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     ext_modules.append(
-        Extension("proxy._speedups", ["proxy/_speedups.c"], optional=True, extra_compile_args=["-O2"])
+        Extension(
+            "proxy.nats._speedups", ["proxy/nats/_speedups.c"], optional=True, extra_compile_args=["-O2"]
+        )
     )
 
 setup(ext_modules=ext_modules)

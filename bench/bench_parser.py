@@ -19,7 +19,7 @@ from pathlib import Path
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.nats_protocol import ClientParser, PubRun, ServerParser, encode_msg, encode_pub, scan_pubs
+from proxy.nats.protocol import ClientParser, PubRun, ServerParser, encode_msg, encode_pub, scan_pubs
 
 
 def batch_parser(scan: object) -> type:

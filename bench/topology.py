@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from proxy.cli import spawn_run
+from proxy.cli.main import spawn_run
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"

@@ -24,11 +24,9 @@ from policies.engine import Decision, Engine, Verdict
 from policies.roles import DATA, REPLY, REQUEST, Role, role_of, subject_role
 from policies.subjects import subject_matches
 from proxy import __version__
-from proxy.client import ClientConnection, ClientSub
-from proxy.config import SidecarConfig
-from proxy.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
-from proxy.journal import RunEntry
-from proxy.nats_protocol import (
+from proxy.config.schema import SidecarConfig
+from proxy.nats.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
+from proxy.nats.protocol import (
     DEFAULT_MAX_PAYLOAD,
     ClientParser,
     Msg,
@@ -46,10 +44,12 @@ from proxy.nats_protocol import (
     route_msgs,
     split_pub,
 )
-from proxy.outbound import OutboundBudget
-from proxy.resources import ResourceMonitor
-from proxy.spool import Spool
-from proxy.upstream import Upstream
+from proxy.pipeline.resources import ResourceMonitor
+from proxy.pipeline.spool import Spool
+from proxy.ports.nats_port import ClientConnection, ClientSub
+from proxy.ports.outbound import OutboundBudget
+from proxy.upstream.connection import Upstream
+from proxy.upstream.journal import RunEntry
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.cli import spawn_run
+from proxy.cli.main import spawn_run
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"

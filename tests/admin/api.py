@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from proxy.openapi import build_openapi
+from proxy.admin.openapi import build_openapi
 from tests.conftest import NatsServer, SidecarProcess, sidecar_config
 
 OPENAPI = build_openapi()

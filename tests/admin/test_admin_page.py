@@ -16,10 +16,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from proxy.admin_api import create_admin_app
-from proxy.admin_page import ASSETS, CSP, PAGE, PAGE_KEY, AdminPage
-from proxy.config import build_config
-from proxy.history import REASON_SECONDS, MetricHistory
+from proxy.admin.api import create_admin_app
+from proxy.admin.history import REASON_SECONDS, MetricHistory
+from proxy.admin.page import ASSETS, CSP, PAGE, PAGE_KEY, AdminPage
+from proxy.config.schema import build_config
 from proxy.sidecar import Sidecar
 from tests.admin.api import call, check_schema, wait_for
 from tests.admin.test_history_recommendations import T0, values
@@ -185,8 +185,8 @@ def test_the_built_wheel_ships_the_page(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = tmp_path.glob("kpi_sidecar-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"proxy/admin_ui/{PAGE}", *(f"proxy/admin_ui/{file}" for file, _ in ASSETS.values())}
-    expected |= {"proxy/admin_ui/vendor/uPlot.LICENSE", "proxy/admin_ui/vendor/README.md"}
+    expected = {f"proxy/admin/ui/{PAGE}", *(f"proxy/admin/ui/{file}" for file, _ in ASSETS.values())}
+    expected |= {"proxy/admin/ui/vendor/uPlot.LICENSE", "proxy/admin/ui/vendor/README.md"}
     assert expected <= names, expected - names
 
 

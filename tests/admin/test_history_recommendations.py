@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from policies.config import BackpressureConfig
-from proxy.admin_api import parse_config_update
-from proxy.history import FIELDS, INDEX, MetricHistory, fold, sample_to_json
-from proxy.recommendations import LevelChange, recommend
+from proxy.admin.api import parse_config_update
+from proxy.admin.history import FIELDS, INDEX, MetricHistory, fold, sample_to_json
+from proxy.admin.recommendations import LevelChange, recommend
 
 T0 = 1_800_000_000.0
 

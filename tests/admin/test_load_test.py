@@ -9,7 +9,7 @@ from typing import Any
 import nats
 import pytest
 
-from proxy.load_test import MAX_RATE, LatencyReservoir, percentile
+from proxy.admin.load_test import MAX_RATE, LatencyReservoir, percentile
 from tests.admin.api import call, check_schema, wait_for
 from tests.conftest import settle
 

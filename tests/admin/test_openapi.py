@@ -21,9 +21,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from proxy.admin_api import create_admin_app
-from proxy.config import build_config
-from proxy.openapi import build_openapi
+from proxy.admin.api import create_admin_app
+from proxy.admin.openapi import build_openapi
+from proxy.config.schema import build_config
 from proxy.sidecar import Sidecar
 from tests.admin.api import call
 

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import LoadedConfig, build_config
-from proxy.metrics import SidecarCollector, SubjectLabels, new_registry
-from proxy.runtime_config import ConfigCollector, RuntimeConfig
+from proxy.admin.metrics import SidecarCollector, SubjectLabels, new_registry
+from proxy.config.runtime import ConfigCollector, RuntimeConfig
+from proxy.config.schema import LoadedConfig, build_config
 from proxy.sidecar import Sidecar
 from tests.admin.api import call, wait_for
 from tests.deploy.metric_names import CATALOGUE
@@ -141,7 +141,7 @@ async def test_the_collector_works_with_a_test_registry() -> None:
     collector = SidecarCollector(sidecar)
     registry.register(collector)
     names = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
-    # The configuration's families come from their own collector (proxy/runtime_config.py).
+    # The configuration's families come from their own collector (proxy/config/runtime.py).
     config_families = {name for name in CATALOGUE if name.startswith("kpi_sidecar_config_")}
     assert set(CATALOGUE) - config_families <= names
     registry.register(ConfigCollector(RuntimeConfig(sidecar, LoadedConfig(sidecar.config))))

@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from proxy.admin_api import create_admin_app, is_loopback
-from proxy.config import build_config
+from proxy.admin.api import create_admin_app, is_loopback
+from proxy.config.schema import build_config
 from proxy.sidecar import Sidecar
 from tests.admin.api import call, check_schema
 

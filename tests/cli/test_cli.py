@@ -10,8 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from proxy.ports_file import PORTS_FILE_ENV
-from proxy.status_cli import format_status, normalize_admin_url
+from proxy.cli.ports_file import PORTS_FILE_ENV
+from proxy.cli.status import format_status, normalize_admin_url
 from tests.conftest import ROOT, free_port
 
 
@@ -225,7 +225,7 @@ def test_make_run_installs_only_what_running_needs() -> None:
     )
     assert dry.returncode == 0, dry.stderr
     commands = dry.stdout
-    assert "nats-server" in commands and "proxy.devrun" in commands
+    assert "nats-server" in commands and "proxy.cli.devrun" in commands
     for test_only in ("golang", "nodejs", "npm", "prometheus", "[test]", "promtool"):
         assert test_only not in commands, test_only
     # The test target still brings them.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from proxy.nats_protocol import SPEEDUPS
+from proxy.nats.protocol import SPEEDUPS
 from tests.conftest import NatsServer, free_port, sidecar_config
 
 PLAIN = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
@@ -52,7 +52,9 @@ def test_json_logs_for_collectors(sidecar_factory: Any, nats_server: NatsServer)
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     (ready,) = [e for e in entries if e.get("event") == "ready"]
     assert ready["ports"] == sidecar.ports and ready["urls"]["admin"] == sidecar.admin_url
-    assert any(e["logger"] == "proxy.upstream" and "upstream connected" in e["message"] for e in entries)
+    assert any(
+        e["logger"] == "proxy.upstream.connection" and "upstream connected" in e["message"] for e in entries
+    )
 
 
 @pytest.mark.parametrize(

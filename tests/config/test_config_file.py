@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from proxy.config import ListenConfig, SpoolConfig, UpstreamConfig, load_config, load_layers
+from proxy.config.schema import ListenConfig, SpoolConfig, UpstreamConfig, load_config, load_layers
 from proxy.errors import ConfigError
 from tests.conftest import ROOT
 

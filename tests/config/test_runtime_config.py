@@ -10,8 +10,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.config import load_layers
-from proxy.runtime_config import ConfigCollector, RuntimeConfig, reloadable
+from proxy.config.runtime import ConfigCollector, RuntimeConfig, reloadable
+from proxy.config.schema import load_layers
 from proxy.sidecar import Sidecar
 
 BASE: dict[str, Any] = {

@@ -16,9 +16,9 @@ import nats
 import yaml
 from nats.aio.msg import Msg
 
-from proxy import config as sidecar_config_module
-from proxy.cli import build_parser
-from proxy.config import build_config, load_config
+from proxy.cli.main import build_parser
+from proxy.config.schema import build_config, load_config
+from proxy.config.schema import schema as sidecar_config_module
 from tests.conftest import settle
 from tests.deploy.metric_names import REPO_ROOT
 
@@ -163,7 +163,7 @@ def test_entrypoint_and_default_config_path() -> None:
     assert cmd.exec_form() == ["--config", CONFIG_PATH]
     # The console script exists and its CLI accepts exactly that command line.
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["kpi-sidecar"] == "proxy.cli:main"
+    assert scripts["kpi-sidecar"] == "proxy.cli.main:main"
     args = build_parser().parse_args(entrypoint.exec_form()[1:] + cmd.exec_form())
     assert (args.command, args.config) == ("run", CONFIG_PATH)
 
@@ -174,7 +174,7 @@ def test_image_holds_the_code_and_the_presets_in_app() -> None:
     assert paths.get("/app/proxy") == "proxy"
     assert paths.get("/app/policies") == "policies"
     assert paths.get("/app/conf") == "conf"
-    # proxy/config.py looks for presets next to its package: /app/proxy -> /app/conf.
+    # proxy/config/schema.py looks for presets next to its package: /app/proxy -> /app/conf.
     package_dir = Path(sidecar_config_module.__file__).resolve().parent
     presets_dir = sidecar_config_module.PRESETS_DIR
     assert presets_dir == package_dir.parent / "conf"

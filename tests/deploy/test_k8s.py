@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.config import ENV_OVERRIDES, SidecarConfig, build_config
+from proxy.config.schema import ENV_OVERRIDES, SidecarConfig, build_config
 from tests.deploy.conftest import K8S_DIR, KUSTOMIZATIONS
 from tests.deploy.metric_names import REPO_ROOT
 

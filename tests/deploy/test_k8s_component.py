@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.config import build_config
+from proxy.config.schema import build_config
 from tests.deploy.conftest import COMPONENT, kustomize_build
 from tests.deploy.metric_names import CATALOGUE, REPO_ROOT, names_in_expr, resolve_family
 from tests.deploy.test_k8s import CRD_KINDS, K8S_VERSIONS, find

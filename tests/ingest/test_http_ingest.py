@@ -13,8 +13,8 @@ import nats
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.config import build_config
-from proxy.http_ingest import create_ingest_app, forwarded_headers, header_block
+from proxy.config.schema import build_config
+from proxy.ports.http_ingest import create_ingest_app, forwarded_headers, header_block
 from proxy.sidecar import Sidecar
 from tests.admin.api import Answer, call, wait_for
 from tests.conftest import settle

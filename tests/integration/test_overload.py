@@ -128,7 +128,7 @@ async def test_stepped_overload_sheds_in_order_keeps_critical_and_recovers(
 async def test_envelope_rule_packs_messages_of_a_subject(
     nats_server: NatsServer, sidecar_factory: Any
 ) -> None:
-    from proxy.envelope import unpack
+    from proxy.nats.envelope import unpack
 
     config = sidecar_config(nats_server.url, policies=[{"subject": "env.>", "batchMode": "envelope"}])
     proc: SidecarProcess = sidecar_factory(config)

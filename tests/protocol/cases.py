@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     ERR_BAD_CLIENT_PROTOCOL,
     ERR_MAX_CONTROL_LINE,
     ERR_MAX_PAYLOAD,

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import nats_protocol
-from proxy.nats_protocol import ClientParser, Pub, PubRun, encode_connect, encode_pub
+from proxy.nats import protocol as nats_protocol
+from proxy.nats.protocol import ClientParser, Pub, PubRun, encode_connect, encode_pub
 from tests.protocol.cases import CASES, Case
 from tests.protocol.chunkings import bytewise, feed_reads, split_offsets, two_reads
 from tests.protocol.test_roundtrip import client_ops, cut, encode_client_op
@@ -30,7 +30,7 @@ def test_the_c_scanner_is_built() -> None:
     if os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
         assert not nats_protocol.SPEEDUPS
     else:
-        assert nats_protocol.SPEEDUPS, "proxy._speedups is not built: pip install -e . with a C compiler"
+        assert nats_protocol.SPEEDUPS, "proxy.nats._speedups is not built: pip install -e . with a C compiler"
 
 
 def batch_parser(case: Case | None = None, scan: object = SCAN) -> ClientParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     DEFAULT_MAX_PAYLOAD,
     MAX_CONTROL_LINE,
     PING,

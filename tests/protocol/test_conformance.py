@@ -14,7 +14,7 @@ from itertools import pairwise
 
 import pytest
 
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     ERR_BAD_CLIENT_PROTOCOL,
     ERR_INVALID_PUBLISH_SUBJECT,
     ERR_INVALID_SUBJECT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     OK_FRAME,
     PING_FRAME,
     PONG_FRAME,

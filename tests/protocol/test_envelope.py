@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.envelope import EnvelopeError, envelope_headers, pack, record_of, unpack
-from proxy.nats_protocol import encode_pub, header_value
+from proxy.nats.envelope import EnvelopeError, envelope_headers, pack, record_of, unpack
+from proxy.nats.protocol import encode_pub, header_value
 
 records = st.lists(
     st.tuples(

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.roles import CONTROL_PREFIXES, INBOX_PREFIX
-from proxy import nats_protocol
-from proxy.nats_protocol import Msg, MsgRun, ServerParser, encode_msg, next_msg
+from proxy.nats import protocol as nats_protocol
+from proxy.nats.protocol import Msg, MsgRun, ServerParser, encode_msg, next_msg
 from tests.protocol.chunkings import bytewise, feed_reads, split_offsets, two_reads
 from tests.protocol.test_roundtrip import cut, encode_server_op, server_ops
 from tests.protocol.test_server_parser import CASES

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from proxy import nats_protocol
-from proxy.nats_protocol import ClientParser, ServerParser, encode_connect, encode_msg, encode_pub
+from proxy.nats import protocol as nats_protocol
+from proxy.nats.protocol import ClientParser, ServerParser, encode_connect, encode_msg, encode_pub
 from tests.protocol.chunkings import feed_reads
 from tests.protocol.test_batch import expand as expand_pubs
 from tests.protocol.test_msg_routing import expand as expand_msgs

@@ -9,7 +9,7 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     OK,
     OK_FRAME,
     PING,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     ERR_MAX_CONTROL_LINE,
     ERR_PARSER,
     ERR_UNKNOWN_OP,

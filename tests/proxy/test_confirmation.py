@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from policies.engine import Verdict
-from proxy.config import build_config
+from proxy.config.schema import build_config
 from proxy.sidecar import Sidecar
 from tests.conftest import NatsServer, eventually, sidecar_config
 
@@ -42,8 +42,8 @@ async def test_a_message_written_after_a_ping_waits_for_the_next_pong(
 
 
 async def test_bounds_of_remembered_failures_and_pending_echoes(workdir: Path) -> None:
-    from proxy.client import ClientConnection, ClientSub
-    from proxy.nats_protocol import encode_pub
+    from proxy.nats.protocol import encode_pub
+    from proxy.ports.nats_port import ClientConnection, ClientSub
     from proxy.sidecar import MAX_FAILURE_RECORDS, MAX_PENDING_ECHOES, OutMsg
 
     config = build_config(sidecar_config("nats://127.0.0.1:1", spool={"path": None}))

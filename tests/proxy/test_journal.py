@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.journal import RunEntry, WriteJournal
+from proxy.upstream.journal import RunEntry, WriteJournal
 
 
 def test_a_pong_confirms_only_what_was_written_before_its_ping() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.outbound import OutboundBudget
+from proxy.ports.outbound import OutboundBudget
 
 
 class FakeTransport:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import __version__, nats_protocol
-from proxy.config import PRESET_NAMES, load_config, load_layers, redacted
+from proxy import __version__
+from proxy.cli.log_format import LOG_FORMATS, configure_logging
+from proxy.cli.ports_file import read_ports_file, remove_ports_file, urls, write_ports_file
+from proxy.config.schema import PRESET_NAMES, load_config, load_layers, redacted
 from proxy.errors import ConfigError
-from proxy.log_format import LOG_FORMATS, configure_logging
-from proxy.ports_file import read_ports_file, remove_ports_file, urls, write_ports_file
+from proxy.nats import protocol as nats_protocol
 
 log = logging.getLogger("proxy")
 # aiohttp waits this long for open HTTP connections at cleanup: idle keep-alive ones must not hold SIGTERM.
@@ -31,9 +32,9 @@ RUNNER_SHUTDOWN_TIMEOUT_S = 2.0
 
 async def serve(config_path: str | None, preset: str | None, ports_file: str | None = None) -> int:
     """Run the sidecar until SIGTERM/SIGINT, then drain and return the exit code. SIGHUP reloads."""
-    from proxy.admin_api import create_admin_app
-    from proxy.metrics import new_registry
-    from proxy.runtime_config import RuntimeConfig
+    from proxy.admin.api import create_admin_app
+    from proxy.admin.metrics import new_registry
+    from proxy.config.runtime import RuntimeConfig
     from proxy.sidecar import Sidecar, split_host_port
 
     loaded = load_layers(config_path, preset=preset)
@@ -64,7 +65,7 @@ async def serve(config_path: str | None, preset: str | None, ports_file: str | N
     ports = {"nats": sidecar.nats_port, "admin": _bound_port(runner)}
     hosts = {"nats": split_host_port(config.listen.nats)[0], "admin": admin_host}
     if config.listen.http:
-        from proxy.http_ingest import create_ingest_app
+        from proxy.ports.http_ingest import create_ingest_app
 
         http_host, http_port = split_host_port(config.listen.http)
         ingest = web.AppRunner(
@@ -204,13 +205,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from proxy.status_cli import print_status
+    from proxy.cli.status import print_status
 
     return print_status(args.admin)
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from proxy.loadtest_cli import run_loadtest
+    from proxy.cli.loadtest import run_loadtest
 
     return run_loadtest(args)
 

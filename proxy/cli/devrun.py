@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from proxy.config import PRESETS_DIR, load_config
-from proxy.ports_file import dev_ports_file
+from proxy.cli.ports_file import dev_ports_file
+from proxy.config.schema import PRESETS_DIR, load_config
 
 CONFIG = PRESETS_DIR / "development.yaml"
 

@@ -7,7 +7,7 @@ sidecar's upstream connection. Both scan with `find(b"\\n", pos)` and move an in
 tail, and copy bytes only when a frame straddles two reads.
 
 Speed: in `batch` mode the client parser hands runs of plain PUBs to `scan_pubs` from the optional C
-module `proxy._speedups` when it is built (`SPEEDUPS`), which counts them without a Python object per
+module `proxy.nats._speedups` when it is built (`SPEEDUPS`), which counts them without a Python object per
 frame; it stops at anything it is not sure about and the Python code below takes over, so the ops and
 errors are the same with and without it (the protocol tests run both). In the other direction the server
 parser in `batch` mode returns runs of plain MSG frames as one `MsgRun` (`scan_msgs`), which the sidecar
@@ -49,7 +49,7 @@ scan_msgs: ScanMsgs | None = None
 route_msgs: RouteMsgs | None = None
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     try:
-        from proxy._speedups import route_msgs, scan_msgs, scan_pubs
+        from proxy.nats._speedups import route_msgs, scan_msgs, scan_pubs
     except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
         scan_pubs = scan_msgs = route_msgs = None
 SPEEDUPS = scan_pubs is not None

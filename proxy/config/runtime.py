@@ -31,9 +31,9 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from policies.config import BackpressureConfig, PolicyRule
-from proxy.config import LoadedConfig, SidecarConfig, load_layers, to_builtins
+from proxy.admin.history import iso_timestamp
+from proxy.config.schema import LoadedConfig, SidecarConfig, load_layers, to_builtins
 from proxy.errors import ConfigError
-from proxy.history import iso_timestamp
 
 if TYPE_CHECKING:
     from proxy.sidecar import Sidecar

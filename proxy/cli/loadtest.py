@@ -21,8 +21,8 @@ import time
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from proxy.load_test import MAX_CATCH_UP_S, PREFIX, SLICE_S, LatencyReservoir
-from proxy.status_cli import dev_sidecar, fetch_json, normalize_admin_url
+from proxy.admin.load_test import MAX_CATCH_UP_S, PREFIX, SLICE_S, LatencyReservoir
+from proxy.cli.status import dev_sidecar, fetch_json, normalize_admin_url
 
 # A sidecar's NATS port in a pod (listen.nats's default).
 DEFAULT_URL = "nats://127.0.0.1:4222"

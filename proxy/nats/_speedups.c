@@ -522,7 +522,7 @@ static PyMethodDef speedups_methods[] = {
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
-    "proxy._speedups",
+    "proxy.nats._speedups",
     "C accelerator for the NATS client parser (optional; see proxy/nats_protocol.py).",
     -1,
     speedups_methods,

@@ -25,11 +25,11 @@ import msgspec
 from msgspec import Meta
 
 from policies.engine import Verdict
-from proxy.history import iso_timestamp
-from proxy.nats_protocol import add_header, is_valid_publish_subject
+from proxy.admin.history import iso_timestamp
+from proxy.nats.protocol import add_header, is_valid_publish_subject
 
 if TYPE_CHECKING:
-    from proxy.config import UpstreamConfig
+    from proxy.config.schema import UpstreamConfig
     from proxy.sidecar import Sidecar
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from policies.config import OnRefuse, PolicyRule
 from policies.engine import Decision, Verdict
-from proxy.admin_api import ApiError, envelope, error_middleware
-from proxy.nats_protocol import add_header, is_valid_publish_subject
+from proxy.admin.api import ApiError, envelope, error_middleware
+from proxy.nats.protocol import add_header, is_valid_publish_subject
 from proxy.sidecar import Sidecar
 
 SIDECAR_KEY: Final = web.AppKey("ingest_sidecar", Sidecar)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from proxy.nats_protocol import split_pub
+from proxy.nats.protocol import split_pub
 
 FORMAT = "kpi-envelope/1"
 COUNT_HEADER = "KPI-Batch-Count"

@@ -23,10 +23,10 @@ import msgspec
 from msgspec import Meta
 
 from policies.config import BackpressureConfig, Base, PolicyRule
-from proxy.config_source import ConfigSource, parse_source, read_source
+from proxy.config.source import ConfigSource, parse_source, read_source
 from proxy.errors import ConfigError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "conf"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "conf"
 PRESET_NAMES = ("default", "production", "development", "high-frequency", "batch-processing")
 
 Milliseconds = Annotated[int, Meta(ge=1, le=3_600_000)]

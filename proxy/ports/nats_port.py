@@ -8,7 +8,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from policies.roles import ReplyMemory
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     OK_FRAME,
     PING,
     PING_FRAME,

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any, TextIO
 
-from proxy.ports_file import dev_ports_file, read_ports_file
+from proxy.cli.ports_file import dev_ports_file, read_ports_file
 
 TIMEOUT_S = 5.0
 # The admin port of a sidecar in a pod or container (listen.admin's default).

@@ -1,6 +1,6 @@
 """The admin page: `GET /` on the admin port, one page that shows the sidecar's state and plots it live.
 
-The page (proxy/admin_ui/) is static: index.html, app.js, app.css and the vendored uPlot chart library.
+The page (proxy/admin/ui/) is static: index.html, app.js, app.css and the vendored uPlot chart library.
 It reads the JSON API (`/api/backpressure/...`) from the browser; nothing is built at run time and
 nothing is fetched from outside the admin port. The files are read once from the installed package
 and kept in memory (about 70 KB); only the names in ASSETS are served, so no request path ever reaches
@@ -21,7 +21,7 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 PAGE: Final = "index.html"
-# URL path under /ui/ -> (file under proxy/admin_ui/, Content-Type).
+# URL path under /ui/ -> (file under proxy/admin/ui/, Content-Type).
 ASSETS: Final[Mapping[str, tuple[str, str]]] = {
     "app.js": ("app.js", "text/javascript; charset=utf-8"),
     "app.css": ("app.css", "text/css; charset=utf-8"),
@@ -79,8 +79,8 @@ class AdminPage:
 
     @classmethod
     def load(cls) -> AdminPage:
-        """Read index.html and ASSETS from the installed package (proxy/admin_ui/)."""
-        root = resources.files("proxy") / "admin_ui"
+        """Read index.html and ASSETS from the installed package (proxy/admin/ui/)."""
+        root = resources.files("proxy.admin") / "ui"
         files: dict[str, PageFile] = {}
         missing: list[str] = []
         for url, (name, content_type) in ((PAGE, (PAGE, HTML_TYPE)), *ASSETS.items()):

@@ -14,7 +14,7 @@ import msgspec
 
 from policies.config import BackpressureConfig, PolicyRule
 from proxy import __version__
-from proxy.load_test import (
+from proxy.admin.load_test import (
     MAX_BYTES_PER_SECOND,
     MAX_DURATION_S,
     MAX_MESSAGE_SIZE,
@@ -23,7 +23,7 @@ from proxy.load_test import (
     MIN_MESSAGE_SIZE,
     LoadTestSpec,
 )
-from proxy.recommendations import Recommendation
+from proxy.admin.recommendations import Recommendation
 
 P: Final = "/api/backpressure"
 REF: Final = "#/components/schemas/{name}"

@@ -1,6 +1,6 @@
 """Tuning recommendations from the recent history: pure rules over samples, transitions and the config.
 
-Each rule looks at the per-second samples of the window (proxy.history) and returns at most one
+Each rule looks at the per-second samples of the window (proxy.admin.history) and returns at most one
 Recommendation with a severity, the evidence it saw and a body ready for `PUT /api/backpressure/config`.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from policies.config import BackpressureConfig
-from proxy.history import INDEX, Sample
+from proxy.admin.history import INDEX, Sample
 
 WINDOW_S: Final = 900
 # Fewer samples than this (seconds of history) is not enough evidence for the ratio rules.

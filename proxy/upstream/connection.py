@@ -24,10 +24,9 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from proxy import __version__
-from proxy.config import UpstreamConfig
+from proxy.config.schema import UpstreamConfig
 from proxy.errors import ProtocolError, UpstreamUnavailable
-from proxy.journal import WriteJournal
-from proxy.nats_protocol import (
+from proxy.nats.protocol import (
     PING,
     PING_FRAME,
     PONG,
@@ -42,6 +41,7 @@ from proxy.nats_protocol import (
     encode_unsub,
     route_msgs,
 )
+from proxy.upstream.journal import WriteJournal
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Upstream:
         # k-th PONG confirms everything written before PING number k.
         self.pings_written = 0
         self.pongs_received = 0
-        # Non-critical publishes written and not yet confirmed (see proxy/journal.py).
+        # Non-critical publishes written and not yet confirmed (see proxy/upstream/journal.py).
         self.journal = WriteJournal(config.max_unconfirmed_bytes)
         self.lame_duck = False
         # Leaving a lame-duck server: nothing more is written to it (the queue holds it meanwhile).

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from proxy.config import PRESETS_DIR
+from proxy.config.schema import PRESETS_DIR
 
 DEV_PORTS_FILE = PRESETS_DIR.parent / ".run" / "sidecar.json"
 # Tests (and anyone running several checkouts) point the commands at another file.

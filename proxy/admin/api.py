@@ -3,7 +3,7 @@
 Every JSON answer is an envelope: `{"success": true, "data": ..., "timestamp": ...}` or
 `{"success": false, "error": {"code", "message", "details"}, "timestamp": ...}`. Mutations (POST, PUT)
 need `Authorization: Bearer <admin.token>` when a token is configured, else a loopback client.
-The routes, bodies and answers are described by proxy/openapi.py and docs/api.md.
+The routes, bodies and answers are described by proxy/admin/openapi.py and docs/api.md.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from policies.config import BackpressureConfig, Level, PolicyRule
-from proxy.admin_page import PAGE_KEY, AdminPage, get_page, get_page_asset
-from proxy.config import LoadedConfig, collect_errors
-from proxy.history import FIELDS, TIME_RANGES, MetricHistory, iso_timestamp, sample_to_json
-from proxy.load_test import LoadTest, LoadTestError, LoadTestSpec
-from proxy.metrics import SidecarCollector, new_registry, spool_state
-from proxy.nats_protocol import is_valid_publish_subject
-from proxy.openapi import CONFIG_BOUNDS, build_openapi
-from proxy.recommendations import WINDOW_S, LevelChange, recommend
-from proxy.runtime_config import ConfigCollector, RuntimeConfig
+from proxy.admin.history import FIELDS, TIME_RANGES, MetricHistory, iso_timestamp, sample_to_json
+from proxy.admin.load_test import LoadTest, LoadTestError, LoadTestSpec
+from proxy.admin.metrics import SidecarCollector, new_registry, spool_state
+from proxy.admin.openapi import CONFIG_BOUNDS, build_openapi
+from proxy.admin.page import PAGE_KEY, AdminPage, get_page, get_page_asset
+from proxy.admin.recommendations import WINDOW_S, LevelChange, recommend
+from proxy.config.runtime import ConfigCollector, RuntimeConfig
+from proxy.config.schema import LoadedConfig, collect_errors
+from proxy.nats.protocol import is_valid_publish_subject
 from proxy.sidecar import Sidecar
 
 log = logging.getLogger(__name__)

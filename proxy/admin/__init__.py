@@ -1,0 +1,1 @@
+"""The admin port: REST API, OpenAPI, Prometheus metrics, history, recommendations, load test, page."""

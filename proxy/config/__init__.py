@@ -1,0 +1,1 @@
+"""Configuration: the schema (msgspec Structs), sources and layers, runtime changes."""

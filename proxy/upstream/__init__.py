@@ -1,0 +1,1 @@
+"""The one shared connection to the NATS cluster: connect, reconnect, write journal."""
