@@ -17,8 +17,8 @@ import yaml
 from nats.aio.msg import Msg
 
 from proxy.cli.main import build_parser
+from proxy.config import schema as sidecar_config_module
 from proxy.config.schema import build_config, load_config
-from proxy.config.schema import schema as sidecar_config_module
 from tests.conftest import settle
 from tests.deploy.metric_names import REPO_ROOT
 
