@@ -4,6 +4,9 @@
     python -m bench.loadgen pub        raw-socket publisher: pre-built frames, big writes, optional rate
     python -m bench.loadgen distinct   raw-socket publisher of one message to each of N distinct subjects
     python -m bench.loadgen natspy-pub a nats-py application publishing as fast as it can
+    python -m bench.loadgen multisub   N raw-socket subscribers of one subject in one process, counted
+    python -m bench.loadgen http-pub   HTTP ingest clients posting NDJSON batches as fast as they can
+    python -m bench.loadgen js-stream  create (or delete) a JetStream stream on a server
     python -m bench.loadgen responder  nats-py responder (request-reply)
     python -m bench.loadgen requester  nats-py requester at a fixed rate, reports latencies
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -74,6 +78,36 @@ def raw_connect(addr: str, timeout: float = 10.0) -> socket.socket:
 
 def pub_frame(subject: str, payload: bytes) -> bytes:
     return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+
+
+def hpub_frame(subject: str, headers: list[tuple[str, str]], payload: bytes) -> bytes:
+    """An HPUB frame with these headers (NATS/1.0 header block)."""
+    block = b"NATS/1.0\r\n" + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers) + b"\r\n"
+    return b"HPUB %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        len(block),
+        len(block) + len(payload),
+        block,
+        payload,
+    )
+
+
+# The priority mix of the shedding workloads: 40 % low, 40 % medium, 15 % high, 5 % critical, spread
+# evenly over each block of 20 frames (so that any run of frames holds about the same mix).
+MIX_BLOCK: tuple[str, ...] = (
+    "low", "medium", "low", "medium", "high", "low", "medium", "low", "medium", "high",
+    "low", "medium", "critical", "low", "medium", "high", "low", "medium", "low", "medium",
+)  # fmt: skip
+
+
+def publish_frames(subject: str, size: int, kind: str) -> list[bytes]:
+    """The repeating frames of a publisher: plain PUBs, HPUBs with `KPI-Priority: <kind>`, or the mix."""
+    payload = b"x" * size
+    if kind == "plain":
+        return [pub_frame(subject, payload)]
+    if kind == "mix":
+        return [hpub_frame(subject, [("KPI-Priority", p)], payload) for p in MIX_BLOCK]
+    return [hpub_frame(subject, [("KPI-Priority", kind)], payload)]
 
 
 # ------------------------------------------------------------------------------------------- subscriber
@@ -164,9 +198,14 @@ def cmd_sub(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------- publishers
 
 
-def finish(sock: socket.socket, end_subject: str | None) -> float:
-    """Send the end marker and a PING; return when the PONG is back (every publish taken in charge)."""
-    tail = pub_frame(end_subject, b"") if end_subject else b""
+def finish(sock: socket.socket, end_subject: str | None, critical: bool = False) -> float:
+    """Send the end marker and a PING; return when the PONG is back (every publish taken in charge).
+    `critical`: the marker says `KPI-Priority: critical`, so that a shedding sidecar keeps it."""
+    tail = b""
+    if end_subject and critical:
+        tail = hpub_frame(end_subject, [("KPI-Priority", "critical")], b"")
+    elif end_subject:
+        tail = pub_frame(end_subject, b"")
     sock.sendall(tail + PING_FRAME)
     read_until(sock, PONG_FRAME, 120.0)
     return time.monotonic()
@@ -175,7 +214,11 @@ def finish(sock: socket.socket, end_subject: str | None) -> float:
 def cmd_pub(args: argparse.Namespace) -> None:
     """Publish `size`-byte messages for `duration` seconds, as fast as possible or at `rate` msg/s."""
     sock = raw_connect(args.addr)
-    frame = pub_frame(args.subject, b"x" * args.size)
+    if args.msg_id:
+        cmd_pub_ids(args, sock)
+        return
+    frames = publish_frames(args.subject, args.size, args.headers)
+    frame = b"".join(frames)
     emit("ready")
     monotonic = time.monotonic
     sendall = sock.sendall
@@ -185,6 +228,7 @@ def cmd_pub(args: argparse.Namespace) -> None:
     if args.rate <= 0:
         per_write = max(1, WRITE_SIZE // len(frame))
         chunk = frame * per_write
+        per_write *= len(frames)
         while monotonic() < deadline:
             sendall(chunk)
             sent += per_write
@@ -200,8 +244,187 @@ def cmd_pub(args: argparse.Namespace) -> None:
                 sent += due
             time.sleep(tick)
     t_sent = monotonic()
-    t_pong = finish(sock, args.end)
+    t_pong = finish(sock, args.end, critical=args.headers != "plain")
     emit("result", sent=sent, t_start=t_start, t_sent=t_sent, t_pong=t_pong)
+
+
+def cmd_pub_ids(args: argparse.Namespace, sock: socket.socket) -> None:
+    """`count` HPUBs, each with its own `Nats-Msg-Id` (what a JetStream client sends), as fast as possible."""
+    payload = b"x" * args.size
+    frames = [
+        hpub_frame(args.subject, [("Nats-Msg-Id", f"{args.msg_id}-{i}")], payload) for i in range(args.count)
+    ]
+    emit("ready")
+    t_start = time.monotonic()
+    batch: list[bytes] = []
+    size = 0
+    for frame in frames:
+        batch.append(frame)
+        size += len(frame)
+        if size >= WRITE_SIZE:
+            sock.sendall(b"".join(batch))
+            batch, size = [], 0
+    if batch:
+        sock.sendall(b"".join(batch))
+    t_sent = time.monotonic()
+    t_pong = finish(sock, args.end)
+    emit("result", sent=args.count, t_start=t_start, t_sent=t_sent, t_pong=t_pong)
+
+
+def cmd_pub_count(args: argparse.Namespace) -> None:
+    """`count` plain PUBs as fast as possible (the same frames as `pub`, a fixed number of them)."""
+    sock = raw_connect(args.addr)
+    frame = pub_frame(args.subject, b"x" * args.size)
+    emit("ready")
+    t_start = time.monotonic()
+    per_write = max(1, WRITE_SIZE // len(frame))
+    left = args.count
+    while left > 0:
+        n = min(per_write, left)
+        sock.sendall(frame * n)
+        left -= n
+    t_sent = time.monotonic()
+    t_pong = finish(sock, args.end)
+    emit("result", sent=args.count, t_start=t_start, t_sent=t_sent, t_pong=t_pong)
+
+
+def cmd_multisub(args: argparse.Namespace) -> None:
+    """`conns` subscriber connections to one data subject in one process; counts every delivery."""
+    import selectors
+
+    socks = [raw_connect(args.addr) for _ in range(args.conns)]
+    sel = selectors.DefaultSelector()
+    counters = []
+    for sock in socks:
+        sock.sendall(
+            b"SUB %s 1\r\nSUB %s 2\r\nSUB %s 3\r\nPING\r\n"
+            % (args.data.encode(), args.probe.encode(), args.end.encode())
+        )
+        read_until(sock, PONG_FRAME, 10.0)
+        sock.setblocking(False)
+        entry = [
+            FrameCounter(b"MSG %s 1 " % args.data.encode()),
+            FrameCounter(b"MSG %s 2 " % args.probe.encode()),
+            FrameCounter(b"MSG %s 3 " % args.end.encode()),
+        ]
+        counters.append(entry)
+        sel.register(sock, selectors.EVENT_READ, entry)
+    emit("ready")
+    buf = bytearray(RECV_SIZE)
+    monotonic = time.monotonic
+    t_first = t_last = 0.0
+    first_chunk = 0
+    probed: set[int] = set()
+    ended: set[int] = set()
+    deadline = monotonic() + args.timeout
+    while len(ended) < len(socks) and monotonic() < deadline:
+        for key, _ in sel.select(timeout=1.0):
+            sock = key.fileobj
+            data, probe, end = key.data
+            try:
+                n = sock.recv_into(buf)  # type: ignore[union-attr]
+            except BlockingIOError:
+                continue
+            if n == 0:
+                sel.unregister(sock)
+                ended.add(id(sock))
+                continue
+            now = monotonic()
+            got = data.feed(buf, n)
+            if got:
+                if not t_first:
+                    t_first, first_chunk = now, got
+                t_last = now
+            if id(sock) not in probed and probe.feed(buf, n):
+                probed.add(id(sock))
+                if len(probed) == len(socks):
+                    emit("probe")
+            if end.feed(buf, n):
+                ended.add(id(sock))
+    total = sum(entry[0].count for entry in counters)
+    emit(
+        "result",
+        count=total,
+        first_chunk=first_chunk,
+        t_first=t_first,
+        t_last=t_last,
+        ended=len(ended) == len(socks),
+        conns=len(socks),
+    )
+
+
+def cmd_http_pub(args: argparse.Namespace) -> None:
+    """`clients` HTTP clients, each posting NDJSON batches of `batch` messages in a loop for `duration` s.
+
+    The rate is the messages the sidecar accepted (202, result not refused) over the time to the last
+    answer (forwarded, queued or spooled); each batch's round trip is reported for the p50 / p99."""
+    import aiohttp
+
+    line = json.dumps({"subject": args.subject, "data": "x" * args.size}).encode() + b"\n"
+    body = line * args.batch
+
+    async def main() -> None:
+        accepted = 0
+        refused = 0
+        latencies: list[float] = []
+        perf = time.perf_counter
+        connector = aiohttp.TCPConnector(limit=args.clients)
+        async with aiohttp.ClientSession(
+            connector=connector, headers={"Content-Type": "application/x-ndjson"}
+        ) as session:
+            url = f"{args.url}/publish"
+            async with session.post(url, data=line) as resp:  # warm up: one message
+                await resp.read()
+            emit("ready")
+            t_start = time.monotonic()
+            start = perf()
+            deadline = start + args.duration
+
+            async def client() -> None:
+                nonlocal accepted, refused
+                while perf() < deadline:
+                    t0 = perf()
+                    async with session.post(url, data=body) as resp:
+                        answer = await resp.json()
+                    latencies.append((perf() - t0) * 1e6)
+                    summary = answer.get("data", {}).get("summary", {})
+                    good = sum(v for k, v in summary.items() if k in ("forwarded", "queued", "spooled"))
+                    refused += args.batch - good
+                    accepted += good
+
+            await asyncio.gather(*(client() for _ in range(args.clients)))
+            elapsed = perf() - start
+            async with session.post(f"{url}/{args.end}", data=b"") as resp:  # the subscriber's end marker
+                await resp.read()
+        emit(
+            "result",
+            sent=accepted,
+            refused=refused,
+            elapsed=elapsed,
+            rate=accepted / elapsed,
+            t_start=t_start,
+            latencies_us=sorted(round(x, 1) for x in latencies),
+        )
+
+    run_loop(main(), args.uvloop)
+
+
+def cmd_js_stream(args: argparse.Namespace) -> None:
+    """Create (`--delete`: delete) stream `name` on `subjects`, in memory or on file, with nats-py."""
+    import nats
+
+    async def main() -> None:
+        nc = await nats.connect(args.url, allow_reconnect=False, connect_timeout=5)
+        js = nc.jetstream()
+        if args.delete:
+            with contextlib.suppress(Exception):
+                await js.delete_stream(args.name)
+        else:
+            await js.add_stream(name=args.name, subjects=args.subjects.split(","), storage=args.storage)
+        await nc.close()
+        emit("result")
+
+    asyncio.run(main())
 
 
 def cmd_distinct(args: argparse.Namespace) -> None:
@@ -362,7 +585,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--rate", type=float, default=0.0, help="msg/s; 0 = as fast as possible")
     p.add_argument("--end", default=None)
+    p.add_argument(
+        "--headers",
+        default="plain",
+        help="plain PUBs, or HPUBs with KPI-Priority: low|medium|high|critical|mix",
+    )
+    p.add_argument("--msg-id", default="", help="HPUBs with Nats-Msg-Id <this>-<i>, --count of them")
+    p.add_argument("--count", type=int, default=100_000)
     p.set_defaults(func=cmd_pub)
+
+    p = sub.add_parser("pub-count")
+    p.add_argument("--addr", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--count", type=int, default=100_000)
+    p.add_argument("--end", default=None)
+    p.set_defaults(func=cmd_pub_count)
+
+    p = sub.add_parser("multisub")
+    p.add_argument("--addr", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--probe", required=True)
+    p.add_argument("--end", required=True)
+    p.add_argument("--conns", type=int, default=50)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_multisub)
+
+    p = sub.add_parser("http-pub")
+    p.add_argument("--url", required=True, help="the sidecar's HTTP ingest base URL")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--end", required=True)
+    p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument("--uvloop", action="store_true")
+    p.set_defaults(func=cmd_http_pub)
+
+    p = sub.add_parser("js-stream")
+    p.add_argument("--url", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--subjects", default="")
+    p.add_argument("--storage", default="file", choices=("file", "memory"))
+    p.add_argument("--delete", action="store_true")
+    p.set_defaults(func=cmd_js_stream)
 
     p = sub.add_parser("distinct")
     p.add_argument("--addr", required=True)

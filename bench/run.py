@@ -259,15 +259,17 @@ class Bench:
         self.paths: tuple[str, ...] = PATHS
         self.watcher: LevelWatcher | None = None
         self.results: dict[str, Any] = {"runs": []}
+        # Level changes the shedding workloads (g) caused on purpose: not reported as the run's level.
+        self.shed_log: set[str] = set()
         assert topo.sidecar is not None and topo.leaf is not None
         self.pids = {"sidecar": topo.sidecar.pid, "leaf": topo.leaf.pid, "hub": topo.hub.pid}
 
     def worker(self, *args: str) -> Worker:
         return Worker(list(args), self.workdir / f"worker-{args[0]}.log")
 
-    def order(self, round_no: int) -> tuple[str, ...]:
+    def order(self, round_no: int, among: tuple[str, ...] = PATHS) -> tuple[str, ...]:
         # Alternate the order so that no path always runs first (or right after another).
-        paths = tuple(p for p in PATHS if p in self.paths)
+        paths = tuple(p for p in among if p in self.paths)
         return paths if round_no % 2 == 0 else tuple(reversed(paths))
 
     def probe(self, addr: str, subject: str, sub: Worker, timeout: float = 20.0) -> float:
@@ -293,6 +295,7 @@ class Bench:
         duration: float,
         profile: Path | None = None,
         subscriber_on_path: bool = False,
+        subscriber: tuple[str, ...] = ("sub",),
     ) -> dict[str, Any]:
         """Subscriber on the hub, probe, then `publisher` through `path`; CPU/RSS sampled meanwhile.
         With `subscriber_on_path`, the other way round: the subscriber connects through `path` and the
@@ -303,7 +306,7 @@ class Bench:
         sub_addr, pub_addr = (
             (self.topo.addr(path), hub) if subscriber_on_path else (hub, self.topo.addr(path))
         )
-        sub = self.worker("sub", "--addr", sub_addr, "--data", data, "--probe", probe, "--end", end)
+        sub = self.worker(*subscriber, "--addr", sub_addr, "--data", data, "--probe", probe, "--end", end)
         pub: Worker | None = None
         spy: subprocess.Popen[bytes] | None = None
         sampler = Sampler(self.pids)
@@ -394,6 +397,208 @@ class Bench:
                 self.record(
                     "natspy", path, r, pub["rate"], res, delivered=res["sub"]["count"], sent=pub["sent"]
                 )
+
+    # (g) ------------------------------------------------------------------------------------------
+    def shedding(self, level: str, size: int = 128) -> None:
+        """Intake while the sidecar sheds: HPUBs with a KPI-Priority mix (40/40/15/5 % low, medium, high,
+        critical) from a pipelining publisher, through a sidecar held at `level`, against the leaf node.
+
+        The level is held by the memory signal (maxMemoryUsageMB set under the sidecar's own RSS), which
+        does not move with the traffic measured: the sidecar's RSS divided by it stays in the level's band
+        (high: 150-200 %, critical: >= 200 %). Intake is what the publisher got taken in charge: messages
+        sent over the time until the PONG that follows them (the sidecar forwards only part of them)."""
+        if self.watcher is not None:
+            self.watcher.paused.set()  # the level is not none here on purpose
+        self.restart_with(None)
+        assert self.topo.sidecar is not None
+        time.sleep(1.0)
+        rss = psutil.Process(self.topo.sidecar.pid).memory_info().rss / 1_048_576
+        # High: 155 % at the fresh RSS leaves room for the RSS to grow by 25 % under load (under 200 %).
+        limit = rss / (1.55 if level == "high" else 3.0)
+        self.restart_with({"maxMemoryUsageMB": round(limit, 1)})
+        self.wait_level(level)
+        self.say(f"  sidecar held at {level} (maxMemoryUsageMB {limit:.1f}, RSS {rss:.1f} MB)")
+        try:
+            for r in range(self.s.rounds):
+                for path in self.order(r, ("leaf", "sidecar")):
+                    publisher = ["pub", "--addr", self.topo.addr(path), "--subject", "{subject}"]
+                    publisher += ["--end", "{end}", "--size", str(size), "--headers", "mix"]
+                    publisher += ["--duration", str(self.s.duration)]
+                    res = self.flow(path, publisher, self.s.duration)
+                    pub = res["pub"]
+                    rate = pub["sent"] / (pub["t_pong"] - pub["t_start"])
+                    seen = self.topo.sidecar.level()["level"] if path == "sidecar" else level
+                    self.record(
+                        f"shed_{level}",
+                        path,
+                        r,
+                        rate,
+                        res,
+                        delivered=res["sub"]["count"],
+                        sent=pub["sent"],
+                        level=seen,
+                        shed=True,
+                    )
+        finally:
+            self.shed_log.update(self.topo.sidecar.level_changes())
+            self.restart_with(None)
+            if self.watcher is not None:
+                self.watcher.paused.clear()
+
+    def restart_with(self, backpressure: dict[str, Any] | None) -> None:
+        sidecar = self.topo.restart_sidecar(backpressure)
+        self.pids["sidecar"] = sidecar.pid
+
+    def wait_level(self, level: str, timeout: float = 20.0) -> None:
+        assert self.topo.sidecar is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.topo.sidecar.level()["level"]
+            if seen == level:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sidecar at level {seen}, wanted {level}")
+            time.sleep(0.2)
+
+    # (h) ------------------------------------------------------------------------------------------
+    def hpub_none(self, size: int = 128) -> None:
+        """HPUBs with `KPI-Priority: medium` at level none, counted on the hub like (a)."""
+        for r in range(self.s.rounds):
+            for path in self.order(r):
+                publisher = [
+                    "pub",
+                    "--addr",
+                    self.topo.addr(path),
+                    "--subject",
+                    "{subject}",
+                    "--end",
+                    "{end}",
+                ]
+                publisher += ["--size", str(size), "--duration", str(self.s.duration), "--headers", "medium"]
+                res = self.flow(path, publisher, self.s.duration)
+                sub = res["sub"]
+                span = sub["t_last"] - sub["t_first"]
+                rate = (sub["count"] - sub["first_chunk"]) / span if span > 0 else float("nan")
+                self.record(
+                    f"hpub{size}", path, r, rate, res, delivered=sub["count"], sent=res["pub"]["sent"]
+                )
+
+    # (i) ------------------------------------------------------------------------------------------
+    def http_ingest(self, size: int = 128) -> None:
+        """HTTP ingest (4 clients, NDJSON batches of 1,000) against a nats-py application publishing the
+        same messages straight to the hub (reported in the direct column)."""
+        assert self.topo.sidecar is not None
+        for r in range(self.s.rounds):
+            for path in self.order(r, ("direct", "sidecar")):
+                if path == "sidecar":
+                    publisher = ["http-pub", "--url", self.topo.sidecar.http_url, "--clients", "4"]
+                    publisher += ["--batch", "1000", "--end", "{end}"]
+                else:
+                    publisher = ["natspy-pub", "--url", f"nats://{self.topo.hub.addr}", "--end", "{end}"]
+                publisher += [
+                    "--subject",
+                    "{subject}",
+                    "--size",
+                    str(size),
+                    "--duration",
+                    str(self.s.duration),
+                ]
+                res = self.flow(path, publisher, self.s.duration)
+                pub = res["pub"]
+                extra: dict[str, Any] = {}
+                if "latencies_us" in pub:
+                    lat = pub.pop("latencies_us")
+                    extra = {"batch_p50_us": pct(lat, 50), "batch_p99_us": pct(lat, 99)}
+                self.record(
+                    "http",
+                    path,
+                    r,
+                    pub["rate"],
+                    res,
+                    delivered=res["sub"]["count"],
+                    sent=pub["sent"],
+                    **extra,
+                )
+
+    # (j) ------------------------------------------------------------------------------------------
+    def jetstream_critical(self, size: int = 128) -> None:
+        """Critical messages with `delivery: jetstream` through the sidecar (it adds Nats-Msg-Id and waits
+        for each PubAck) against a raw client sending HPUBs with Nats-Msg-Id straight to the hub: messages
+        stored in the stream per second, from the first write to the last message stored."""
+        count = 30_000 if self.s.rounds == 1 else 100_000
+        for r in range(self.s.rounds):
+            for path in self.order(r, ("direct", "sidecar")):
+                rid = next(self.ids)
+                subject, name = f"bench.js.{rid}", f"BENCHJS{rid}"
+                self.worker(
+                    "js-stream", "--url", self.topo.hub.url, "--name", name, "--subjects", subject
+                ).expect("result", 30)
+                args = ["--addr", self.topo.addr(path), "--subject", subject, "--count", str(count)]
+                args += ["--size", str(size)]
+                pub = self.worker(
+                    *(["pub", "--msg-id", f"b{rid}"] if path == "direct" else ["pub-count"]), *args
+                )
+                try:
+                    pub.expect("ready", 20)
+                    loadavg = os.getloadavg()[0]
+                    stored, t_done = self.wait_stored(count, 120.0)
+                    res_pub = pub.expect("result", 60)
+                finally:
+                    pub.close()
+                    self.worker("js-stream", "--url", self.topo.hub.url, "--name", name, "--delete").expect(
+                        "result", 30
+                    )
+                rate = stored / (t_done - res_pub["t_start"])
+                run = {"workload": "js", "path": path, "round": r, "rate": rate, "loadavg": loadavg}
+                run.update(sent=count, delivered=stored)
+                self.results["runs"].append(run)
+                self.say(
+                    f"  js      {path:<8} round {r}: {rate:12,.0f} msg/s stored ({stored}/{count}, "
+                    f"load {loadavg:.2f})"
+                )
+
+    def stream(self, name: str, *args: str) -> None:
+        worker = self.worker("js-stream", "--url", self.topo.hub.url, "--name", name, *args)
+        try:
+            worker.expect("result", 30)
+        finally:
+            worker.close()
+
+    def wait_stored(self, count: int, timeout: float) -> tuple[int, float]:
+        """Poll the hub until its streams hold `count` messages (or stop growing for 10 s)."""
+        deadline = time.monotonic() + timeout
+        last, last_change = -1, time.monotonic()
+        while True:
+            stored = int(self.topo.hub.monitor("/jsz").get("messages", 0))
+            now = time.monotonic()
+            if stored >= count:
+                return stored, now
+            if stored != last:
+                last, last_change = stored, now
+            if now - last_change > 10.0 or now > deadline:
+                return stored, last_change
+            time.sleep(0.02)
+
+    # (k) ------------------------------------------------------------------------------------------
+    def fanout(self, conns: int = 50, size: int = 128) -> None:
+        """A raw publisher on the hub, `conns` subscribers of that one subject behind each path: deliveries
+        per second to all of them together (a leaf node merges their interest into one subscription)."""
+        for r in range(self.s.rounds):
+            for path in self.order(r):
+                publisher = ["pub", "--addr", "{addr}", "--subject", "{subject}", "--end", "{end}"]
+                publisher += ["--size", str(size), "--duration", str(self.s.duration)]
+                res = self.flow(
+                    path,
+                    publisher,
+                    self.s.duration,
+                    subscriber_on_path=True,
+                    subscriber=("multisub", "--conns", str(conns)),
+                )
+                sub = res["sub"]
+                span = sub["t_last"] - sub["t_first"]
+                rate = (sub["count"] - sub["first_chunk"]) / span if span > 0 else float("nan")
+                sent = res["pub"]["sent"] * conns
+                self.record("fanout", path, r, rate, res, delivered=sub["count"], sent=sent)
 
     # (c) ------------------------------------------------------------------------------------------
     def request_reply(self) -> None:
@@ -549,7 +754,7 @@ class Bench:
             **extra,
         }
         self.results["runs"].append(run)
-        lost = extra.get("sent", 0) - extra.get("delivered", 0)
+        lost = 0 if extra.get("shed") else extra.get("sent", 0) - extra.get("delivered", 0)
         lost_text = f", LOST {lost}" if lost else ""
         delivered = f"{extra.get('delivered')}/{extra.get('sent')}{lost_text}"
         self.say(
@@ -633,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md (default unless --quick)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
-    ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated workloads to run (a..f)")
+    ap.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="comma-separated workloads to run (a..k)")
     ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths to measure")
     ap.add_argument("--out", type=Path, default=None, help="directory for results.json, profiles, logs")
     ap.add_argument(
@@ -684,6 +889,22 @@ def main(argv: list[str] | None = None) -> int:
         if "f" in only:
             say("(f) raw PUBs on the hub, counted by a subscriber behind each path")
             bench.raw_delivery(128)
+        if "h" in only:
+            say("(h) HPUB with KPI-Priority: medium at level none, counted on the hub")
+            bench.hpub_none()
+        if "i" in only:
+            say("(i) HTTP ingest, 4 clients, NDJSON batches of 1,000 (direct: a nats-py application)")
+            bench.http_ingest()
+        if "j" in only:
+            say("(j) critical messages over JetStream (direct: a raw client sending Nats-Msg-Id)")
+            bench.jetstream_critical()
+        if "k" in only:
+            say("(k) 50 subscribers of one subject behind each path, raw publisher on the hub")
+            bench.fanout()
+        if "g" in only:
+            say("(g) intake while shedding: KPI-Priority mix 40/40/15/5, sidecar held at high, then critical")
+            bench.shedding("high")
+            bench.shedding("critical")
         if "c" in only:
             say(f"(c) request-reply at {settings.rr_rate:,.0f} req/s")
             bench.request_reply()
@@ -701,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
             "highest": watcher.highest,
             "at": watcher.highest_at,
             "poll_errors": watcher.errors,
-            "log": topo.sidecar.level_changes(),
+            "log": [line for line in topo.sidecar.level_changes() if line not in bench.shed_log],
         }
         if not args.no_profile and ("a" in only or "b" in only):
             say("profile: py-spy on the sidecar during (a) 128 B and (b)")

@@ -118,6 +118,10 @@ class Sidecar:
     def url(self) -> str:
         return f"nats://{self.addr}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
     def admin(self, path: str) -> Any:
         return http_json(f"http://127.0.0.1:{self.ports['admin']}{path}")
 
@@ -171,8 +175,10 @@ def sidecar_config(upstream_url: str, workdir: Path) -> dict[str, Any]:
             "enablePrioritization": True,
             "enableBatching": True,
         },
-        # Rules that the benchmark subjects do not match: every message is classified through them.
+        # Rules that the benchmark subjects do not match: every message is classified through them
+        # (but bench.js.>, workload (j): critical messages delivered with JetStream PubAcks).
         "policies": [
+            {"subject": "bench.js.>", "priority": "critical", "delivery": "jetstream"},
             {"subject": "kpi.payment.>", "priority": "critical"},
             {"subject": "kpi.marketing.>", "priority": "low"},
             {"subject": "kpi.*.debug", "priority": "low"},
@@ -189,7 +195,13 @@ class Topology:
         self.workdir = workdir
         self.sidecar_root = sidecar_root
         leaf_port = free_port()
-        self.hub = NatsServer(workdir, "hub", f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}")
+        # JetStream on the hub for workload (j); no stream exists outside that workload.
+        self.hub = NatsServer(
+            workdir,
+            "hub",
+            f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}\n"
+            f'jetstream {{ store_dir: "{workdir / "hub-js"}", max_memory_store: 1G, max_file_store: 4G }}',
+        )
         self.leaf: NatsServer | None = None
         self.sidecar: Sidecar | None = None
         try:
@@ -204,11 +216,15 @@ class Topology:
             self.stop()
             raise
 
-    def restart_sidecar(self) -> Sidecar:
-        """A fresh sidecar process (same configuration), e.g. to measure memory without earlier peaks."""
+    def restart_sidecar(self, backpressure: dict[str, Any] | None = None) -> Sidecar:
+        """A fresh sidecar process, e.g. to measure memory without earlier peaks; `backpressure` overrides
+        some of the configuration's backpressure settings (the shedding workloads)."""
         if self.sidecar is not None:
             self.sidecar.stop()
-        self.sidecar = Sidecar(self.workdir, sidecar_config(self.hub.url, self.workdir), self.sidecar_root)
+        config = sidecar_config(self.hub.url, self.workdir)
+        if backpressure:
+            config["backpressure"].update(backpressure)
+        self.sidecar = Sidecar(self.workdir, config, self.sidecar_root)
         return self.sidecar
 
     def _wait_leaf_connected(self, timeout: float = 20.0) -> None:
