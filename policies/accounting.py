@@ -203,6 +203,22 @@ class Accounting:
         self.forwarded -= 1
         self.forwarded_by_role[role] -= 1
 
+    def drop_many(self, subject: str, priority: Priority, reason: str, role: Role, k: int) -> None:
+        """Count `k` messages of one group received and dropped for `reason` (a run decided in bulk)."""
+        self.received += k
+        self.received_by_priority[priority] += k
+        self.received_by_role[role] += k
+        counters = self.counters_for(subject, role)
+        dropped = counters.dropped
+        by_role = dropped.get(reason)
+        if by_role is None:
+            by_role = dropped[reason] = [0] * _ROLES
+        by_role[role] += k
+        reasons = self._reasons
+        reasons[reason] = reasons.get(reason, 0) + k
+        self.dropped += k
+        self.dropped_by_role[role] += k
+
     def drop(self, subject: str, reason: str, role: Role = DATA) -> None:
         """Count one message dropped for `reason`."""
         counters = self.counters_for(subject, role)

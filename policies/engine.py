@@ -36,7 +36,7 @@ from policies.levels import HISTORY_SIZE, LOWER_BOUNDS, LevelTracker, Transition
 from policies.queue import CRITICAL_LANE, FINISH_LANE, PriorityQueue, lane_of
 from policies.rate import RateMeter, TokenBucket
 from policies.roles import DATA, REPLY, Role, subject_role
-from policies.sampling import sampling_rate
+from policies.sampling import APART, SHARE_ONE, kept_of, phase_of, sampling_rate, share_of
 from policies.subjects import DEFAULT_CACHE_SIZE, SubjectClassifier
 from policies.traffic import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRAFFIC_SUBJECTS
 from policies.traffic import SubjectTraffic
@@ -139,6 +139,13 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     dropped_by_reason: dict[str, int]
     by_role: dict[str, dict[str, int]]
     open_breakers: int
+
+
+class _Written(NamedTuple):
+    """A subject and role a bulk write carried (Accounting.record_batch reads these two)."""
+
+    subject: str
+    role: Role
 
 
 class _Keep(enum.Enum):
@@ -343,6 +350,81 @@ class Engine:
         if now >= self._next_check:
             self._check_level(now)
         return True
+
+    def decide_run(
+        self, groups: list[tuple[str, int, Priority, Role]], now: float, can_send: bool
+    ) -> list[tuple[int, int]] | None:
+        """Decide a run of messages given as (subject, count, priority, role) groups in bulk, as offer()
+        would decide them one by one, with one selection per group instead of one draw per message.
+
+        Returns one (share, phase) per group (policies.sampling: kept_of, keeps): low messages shed at high
+        and critical (share 0), sampled data (a share of the level's rate, the phase drawn from the rng),
+        everything else kept (SHARE_ONE); critical groups APART (the shell offers them one by one). The
+        kept messages are counted forwarded: the shell writes them at once. None, with nothing counted,
+        when the run needs the per-message path: the upstream does not take writes, messages are queued
+        (they go first), a breaker has records, the tokens do not cover the kept messages, or fewer are
+        kept than one batch (offer() would queue them until a batch fills). A run that fills a batch is
+        written whole, its last partial batch included, instead of waiting maxBatchDelayMs for more.
+        """
+        if not can_send or self._queue.size or self._breaker_records:
+            return None
+        prioritize = self._prioritize
+        shed_low = self._shed_low
+        share = share_of(self._sampling_rate)
+        rng = self._rng
+        plan: list[tuple[int, int]] = []
+        kept = finishing = 0
+        for _, count, priority, role in groups:
+            p = priority if prioritize else MEDIUM
+            if p >= CRITICAL:
+                plan.append((APART, 0))
+            elif role >= REPLY:
+                plan.append((SHARE_ONE, 0))
+                finishing += count
+            elif shed_low and p <= LOW:
+                plan.append((0, 0))
+            elif share < SHARE_ONE and p <= MEDIUM and role is DATA:
+                phase = phase_of(rng)
+                plan.append((share, phase))
+                kept += kept_of(count, share, phase)
+            else:
+                plan.append((SHARE_ONE, 0))
+                kept += count
+        bucket = self._bucket
+        if (kept and kept < self._batch_size) or bucket.refill(now) < kept:
+            return None
+        bucket.take(kept)
+        for _ in range(finishing):
+            bucket.spend(now)
+        acc = self._acc
+        forwarded: list[tuple[str, int, Priority, Role]] = []
+        written: list[_Written] = []
+        offered = 0
+        track = self._track_traffic
+        for (subject, count, priority, role), (group_share, phase) in zip(groups, plan, strict=True):
+            if group_share == APART:
+                continue
+            if role < REPLY:
+                offered += count
+                if track:
+                    self._traffic.add_many(subject, count)
+            k = kept_of(count, group_share, phase)
+            if k:
+                forwarded.append((subject, k, priority, role))
+                written.append(_Written(subject, role))
+            if k < count:
+                reason = REASON_LOW_PRIORITY if group_share == 0 and shed_low else REASON_SAMPLING
+                acc.drop_many(subject, priority, reason, role, count - k)
+                if reason == REASON_SAMPLING:
+                    acc.sampled += count - k
+        self._meter.add_many(now, offered)
+        total = sum(k for _, k, _, _ in forwarded)
+        if total:
+            acc.forward_many(forwarded, total)
+            acc.record_batch(written, total)
+        if now >= self._next_check:
+            self._check_level(now)
+        return plan
 
     def _drop(self, item: Item, decision: Decision) -> Decision:
         acc = self._acc

@@ -19,9 +19,9 @@ from typing import Any
 
 from policies import roles
 from policies.circuit_breaker import BreakerState
-from policies.config import BatchMode, Delivery, Priority
+from policies.config import BatchMode, Delivery, Level, Priority
 from policies.engine import Decision, Engine, Verdict
-from policies.roles import DATA, REPLY, REQUEST, Role, role_of, subject_role
+from policies.roles import DATA, REPLY, Role, role_of, subject_role
 from policies.subjects import subject_matches
 from proxy import __version__
 from proxy.config.schema import SidecarConfig
@@ -45,6 +45,7 @@ from proxy.nats.protocol import (
     split_pub,
 )
 from proxy.pipeline.resources import ResourceMonitor
+from proxy.pipeline.runs import run_groups, select_frames
 from proxy.pipeline.spool import Spool
 from proxy.ports.nats_port import ClientConnection, ClientSub
 from proxy.ports.outbound import OutboundBudget
@@ -834,7 +835,8 @@ class Sidecar:
                 refused[op.subject] -= 1  # the upstream refused it: settled already
                 continue
             role = role_of(op.subject, op.reply is not None, replies, now)
-            priority, rule = classify(op.subject, None, role < REPLY)
+            header = header_value(op.headers, "KPI-Priority") if op.hdr_size > 0 else None  # type: ignore[arg-type]
+            priority, rule = classify(op.subject, header, role < REPLY)
             msgs.append(OutMsg(op.subject, op.reply, priority, op.size, op.frame, client, now, rule, role))
         return msgs
 
@@ -899,40 +901,37 @@ class Sidecar:
             msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule, role)
         return self.offer(msg, now).verdict is not BLOCK
 
-    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> bool:
-        """Consecutive publishes classified by subject alone (PubRun) forwarded as one write, when the
-        engine would have forwarded each of them at once; False: the caller offers them one by one."""
-        classify = self.engine.classify
-        replies = client.replies if client is not None else None
-        requests = op.requests
-        groups: list[tuple[str, int, Priority, Role]] = []
-        for subject, count in op.counts.items():
-            role = subject_role(subject)
-            if role is None and replies and replies.contains(subject, now):
-                role = REPLY
-            priority, rule = classify(subject, None, role is None)
-            if priority is CRITICAL or (rule is not None and rule.batch_mode is ENVELOPE):
-                return False  # critical: Msg-Id and confirmation; envelope: packed per subject
-            if role is None:
-                asked = requests.get(subject, 0) if requests else 0
-                if asked:
-                    groups.append((subject, asked, priority, REQUEST))
-                    count -= asked
-                    if not count:
-                        continue
-                role = DATA
-            groups.append((subject, count, priority, role))
+    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> bytes | None:
+        """Consecutive publishes (PubRun) decided per group and written as one slice.
+
+        At level none, when the engine would have forwarded each of them at once, the run goes as it
+        came. Otherwise the engine decides each group in bulk (`Engine.decide_run`: shed, sampled, kept)
+        and the kept frames are copied into one write (`select_frames`). Returns the frames still to be
+        offered one by one (the critical ones: Nats-Msg-Id and confirmation; b"" when none), or None when
+        the whole run takes the per-message path."""
+        engine = self.engine
+        found = run_groups(op, engine.classify, client.replies if client is not None else None, now)
+        if found.enveloped:
+            return None  # packed per subject (_envelope)
         upstream = self.upstream
         # can_stream, not can_send: a backed-up socket pauses the client after this read (flow_pause)
         # rather than sending its messages through the queue one by one.
-        if not self.engine.forward_batch(
-            groups, op.n, now, upstream.can_stream and not self.upstream_stalled
-        ):
-            return False
-        frames = op.frames
-        upstream.write(frames)
-        upstream.track(RunEntry(client, frames, op.counts), len(frames))
-        return True
+        can_send = upstream.can_stream and not self.upstream_stalled
+        if not found.critical and engine.forward_batch(found.groups, op.n, now, can_send):
+            frames = op.frames
+            upstream.write(frames)
+            upstream.track(RunEntry(client, frames, op.counts), len(frames))
+            return b""
+        if found.critical and engine.level is Level.NONE:
+            return None  # in order, message by message, as a leaf node would forward them
+        plan = engine.decide_run(found.groups, now, can_send)
+        if plan is None:
+            return None
+        kept, apart = select_frames(op.frames, found.plan_entries(plan))
+        if kept:
+            upstream.write(kept)
+            upstream.track(RunEntry(client, kept, found.kept_counts(plan)), len(kept))
+        return apart
 
     def _critical_msg(
         self,

@@ -95,6 +95,153 @@ mentions_priority(const unsigned char *h, Py_ssize_t len)
     return 0;
 }
 
+/* The priority a header block gives its message, as ClientParser's Python loop reads it
+ * (nats_protocol._header_priority, after header_value() and Engine.classify()): the value of the first
+ * header line named KPI-Priority (any case), trimmed of blanks and tabs: 1-4 for low, medium, high,
+ * critical in any case, 0 for no such header or another word (the subject's rule decides), and -1 when
+ * the value holds anything but ASCII letters: the Python code decides that message on its own. The block
+ * is read once, in place, never lowercased into a copy. */
+static int
+header_priority(const unsigned char *h, Py_ssize_t len)
+{
+    static const char key[] = "\r\nkpi-priority:";
+    const Py_ssize_t klen = (Py_ssize_t)sizeof(key) - 1;
+    Py_ssize_t i = 0;
+    for (;; i++) {
+        if (i + klen > len) {
+            return 0;
+        }
+        if (h[i] != '\r') {
+            const void *cr = memchr(h + i, '\r', (size_t)(len - i));
+            if (cr == NULL) {
+                return 0;
+            }
+            i = (const unsigned char *)cr - h;
+            if (i + klen > len) {
+                return 0;
+            }
+        }
+        Py_ssize_t j = 1;
+        while (j < klen) {
+            unsigned char c = h[i + j];
+            if (c >= 'A' && c <= 'Z') {
+                c = (unsigned char)(c + 32);
+            }
+            if (c != (unsigned char)key[j]) {
+                break;
+            }
+            j++;
+        }
+        if (j == klen) {
+            break;
+        }
+    }
+    Py_ssize_t start = i + klen;
+    Py_ssize_t stop = start;
+    while (stop + 1 < len && !(h[stop] == '\r' && h[stop + 1] == '\n')) {
+        stop++;
+    }
+    if (stop + 1 >= len) {
+        stop = len; /* no CRLF after the value: header_value() reads to the end */
+    }
+    while (start < stop && (h[start] == ' ' || h[start] == '\t')) {
+        start++;
+    }
+    while (stop > start && (h[stop - 1] == ' ' || h[stop - 1] == '\t')) {
+        stop--;
+    }
+    char word[9];
+    Py_ssize_t wlen = stop - start;
+    for (Py_ssize_t k = start; k < stop; k++) {
+        unsigned char c = h[k];
+        if (c >= 'A' && c <= 'Z') {
+            c = (unsigned char)(c + 32);
+        }
+        else if (c < 'a' || c > 'z') {
+            return -1;
+        }
+        if (k - start < 8) {
+            word[k - start] = (char)c;
+        }
+    }
+    if (wlen == 3 && memcmp(word, "low", 3) == 0) {
+        return 1;
+    }
+    if (wlen == 6 && memcmp(word, "medium", 6) == 0) {
+        return 2;
+    }
+    if (wlen == 4 && memcmp(word, "high", 4) == 0) {
+        return 3;
+    }
+    if (wlen == 8 && memcmp(word, "critical", 8) == 0) {
+        return 4;
+    }
+    return 0;
+}
+
+/* Counts per (subject, priority, request) of the frames a header gives a priority, gathered in a small
+ * table during one scan and added to the caller's dict at its end (or when the table is full). */
+#define PRIO_SLOTS 16
+typedef struct {
+    const unsigned char *subj;
+    Py_ssize_t len;
+    int code;
+    int request;
+    Py_ssize_t count;
+} prio_slot;
+
+static int
+flush_prio(PyObject *priorities, prio_slot *slots, int *used)
+{
+    for (int k = 0; k < *used; k++) {
+        PyObject *subject = PyUnicode_DecodeUTF8((const char *)slots[k].subj, slots[k].len, NULL);
+        if (subject == NULL) {
+            return -1;
+        }
+        PyObject *key = Py_BuildValue("(Nii)", subject, slots[k].code, slots[k].request);
+        if (key == NULL) {
+            return -1;
+        }
+        PyObject *old = PyDict_GetItemWithError(priorities, key); /* borrowed */
+        Py_ssize_t total = slots[k].count;
+        if (old != NULL) {
+            total += PyLong_AsSsize_t(old);
+        }
+        PyObject *value = PyErr_Occurred() ? NULL : PyLong_FromSsize_t(total);
+        int rc = value == NULL ? -1 : PyDict_SetItem(priorities, key, value);
+        Py_DECREF(key);
+        Py_XDECREF(value);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    *used = 0;
+    return 0;
+}
+
+static int
+add_prio(PyObject *priorities, prio_slot *slots, int *used, const unsigned char *subj, Py_ssize_t len, int code,
+         int request)
+{
+    for (int k = *used - 1; k >= 0; k--) {
+        prio_slot *s = &slots[k];
+        if (s->code == code && s->request == request && s->len == len && memcmp(s->subj, subj, (size_t)len) == 0) {
+            s->count++;
+            return 0;
+        }
+    }
+    if (*used == PRIO_SLOTS && flush_prio(priorities, slots, used) < 0) {
+        return -1;
+    }
+    slots[*used].subj = subj;
+    slots[*used].len = len;
+    slots[*used].code = code;
+    slots[*used].request = request;
+    slots[*used].count = 1;
+    (*used)++;
+    return 0;
+}
+
 /* A decimal of 1 to max_len ASCII digits (9: nats-server's sizes, 18: its sids) into *value. */
 static int
 parse_digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t max_len, long long *value)
@@ -166,25 +313,30 @@ add_run(PyObject *counts, PyObject *requests, const unsigned char *subject, Py_s
 }
 
 PyDoc_STRVAR(scan_pubs_doc,
-"scan_pubs(buf, pos, counts, limit, max_control_line, headers[, requests]) -> int\n\n"
+"scan_pubs(buf, pos, counts, limit, max_control_line, headers[, requests[, priorities]]) -> int\n\n"
 "Consume the complete PUB frames of buf from pos on ('PUB <subject> [reply] <size>\\r\\n' with blanks\n"
 "between the tokens, a 1-9 digit size <= limit, line <= max_control_line, body ending in CRLF), and, when\n"
 "headers is true, the HPUB frames whose header block does not mention KPI-Priority; add one per frame\n"
 "to counts[subject], and one per frame with a reply subject to requests[subject] when requests is a\n"
-"dict; return the position after the last one (pos if none).");
+"dict; return the position after the last one (pos if none). When priorities is a dict, HPUBs with a\n"
+"KPI-Priority header are taken too unless its value holds other bytes than letters: one per frame whose\n"
+"header names a priority is added to priorities[(subject, code, request)] (code 1-4: low..critical,\n"
+"request 0 or 1); they stay counted in counts and requests as well.");
 
 static PyObject *
 scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 && nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "scan_pubs() takes 6 or 7 arguments");
+    if (nargs < 6 || nargs > 8) {
+        PyErr_SetString(PyExc_TypeError, "scan_pubs() takes 6 to 8 arguments");
         return NULL;
     }
     PyObject *bufobj = args[0];
     PyObject *counts = args[2];
-    PyObject *requests = nargs == 7 && args[6] != Py_None ? args[6] : NULL;
+    PyObject *requests = nargs >= 7 && args[6] != Py_None ? args[6] : NULL;
+    PyObject *priorities = nargs == 8 && args[7] != Py_None ? args[7] : NULL;
     if (!PyBytes_CheckExact(bufobj) || !PyDict_CheckExact(counts) ||
-        (requests != NULL && !PyDict_CheckExact(requests))) {
+        (requests != NULL && !PyDict_CheckExact(requests)) ||
+        (priorities != NULL && !PyDict_CheckExact(priorities))) {
         PyErr_SetString(PyExc_TypeError, "scan_pubs() needs bytes and dicts");
         return NULL;
     }
@@ -206,6 +358,8 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t run_len = 0;
     Py_ssize_t run_count = 0;
     Py_ssize_t run_requests = 0; /* of run_count, the frames with a reply subject */
+    prio_slot slots[PRIO_SLOTS];
+    int used = 0;
 
     while (n - pos >= 11) { /* the shortest frame: "PUB a 0\r\n\r\n" */
         const unsigned char *p = buf + pos;
@@ -245,7 +399,11 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (frame_end > n || buf[frame_end - 2] != '\r' || buf[frame_end - 1] != '\n') {
             break;
         }
-        if (hpub && mentions_priority(p + line_len, (Py_ssize_t)hdr)) {
+        int code = 0;
+        if (hpub && priorities == NULL && mentions_priority(p + line_len, (Py_ssize_t)hdr)) {
+            break;
+        }
+        if (hpub && priorities != NULL && (code = header_priority(p + line_len, (Py_ssize_t)hdr)) < 0) {
             break;
         }
         const unsigned char *subj = toks[0];
@@ -267,12 +425,181 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             run_count = 1;
             run_requests = request;
         }
+        /* subject_ok() has passed for this subject (this frame's or the equal one before it). */
+        if (code > 0 && add_prio(priorities, slots, &used, subj, subj_len, code, request) < 0) {
+            return NULL;
+        }
         pos = frame_end;
     }
     if (run_count > 0 && add_run(counts, requests, run_subject, run_len, run_count, run_requests) < 0) {
         return NULL;
     }
+    if (used > 0 && flush_prio(priorities, slots, &used) < 0) {
+        return NULL;
+    }
     return PyLong_FromSsize_t(pos);
+}
+
+/* ---- deciding a run in bulk: the kept frames of each group copied into one buffer ---- */
+
+#define SELECT_GROUPS 64
+#define SELECT_ONE ((unsigned long long)1 << 32) /* a keep share of 1.0 in 32-bit fixed point */
+
+typedef struct {
+    const char *subj;
+    Py_ssize_t len;
+    int code;
+    int request;
+    long long share; /* 0..SELECT_ONE: keep frame j iff ((j+1)*share + phase) >> 32 > (j*share + phase) >> 32;
+                        -1: the frame goes to the second buffer (decided one by one) */
+    unsigned long long phase;
+    unsigned long long seen;
+} select_group;
+
+PyDoc_STRVAR(select_frames_doc,
+"select_frames(frames, plan) -> (kept, apart) | None\n\n"
+"frames: the frames of a PubRun; plan: a list of (subject: bytes, code, request, share, phase) per\n"
+"group of the run, code and request as in PubRun.priorities (code 0: no KPI-Priority header). Frame j\n"
+"of a group (0-based, in order) is kept when ((j+1)*share + phase) >> 32 > (j*share + phase) >> 32\n"
+"(share 2**32 keeps all, 0 none); a group of share -1 goes to `apart`. Returns the kept frames and the\n"
+"frames apart, each in order, or None when a frame has no group or is not one the scanner reads (the\n"
+"pure-Python selection, proxy.pipeline.runs.select_frames, is the reference).");
+
+static PyObject *
+select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "select_frames(frames: bytes, plan: list)");
+        return NULL;
+    }
+    PyObject *plan = args[1];
+    Py_ssize_t ngroups = PyList_GET_SIZE(plan);
+    if (ngroups > SELECT_GROUPS) {
+        Py_RETURN_NONE;
+    }
+    select_group groups[SELECT_GROUPS];
+    int any_apart = 0;
+    for (Py_ssize_t g = 0; g < ngroups; g++) {
+        PyObject *item = PyList_GET_ITEM(plan, g);
+        PyObject *subj;
+        int code, request;
+        long long share;
+        unsigned long long phase;
+        if (!PyTuple_CheckExact(item) || !PyArg_ParseTuple(item, "SiiLK", &subj, &code, &request, &share, &phase)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "select_frames(): a plan entry is (bytes, int, int, int, int)");
+            }
+            return NULL;
+        }
+        if (share < -1 || share > (long long)SELECT_ONE || phase >= SELECT_ONE) {
+            PyErr_SetString(PyExc_ValueError, "select_frames(): share in -1..2**32, phase in 0..2**32-1");
+            return NULL;
+        }
+        groups[g].subj = PyBytes_AS_STRING(subj);
+        groups[g].len = PyBytes_GET_SIZE(subj);
+        groups[g].code = code;
+        groups[g].request = request;
+        groups[g].share = share;
+        groups[g].phase = phase;
+        groups[g].seen = 0;
+        any_apart |= share < 0;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    PyObject *kept = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *apart = any_apart ? PyBytes_FromStringAndSize(NULL, n) : PyBytes_FromStringAndSize("", 0);
+    if (kept == NULL || apart == NULL) {
+        Py_XDECREF(kept);
+        Py_XDECREF(apart);
+        return NULL;
+    }
+    char *kd = PyBytes_AS_STRING(kept);
+    char *ad = any_apart ? PyBytes_AS_STRING(apart) : NULL;
+    Py_ssize_t kn = 0, an = 0;
+    Py_ssize_t pos = 0;
+    int last = -1;
+    while (pos < n) {
+        const unsigned char *p = buf + pos;
+        Py_ssize_t avail = n - pos;
+        int hpub;
+        const unsigned char *q;
+        if (avail >= 4 && p[0] == 'P' && p[1] == 'U' && p[2] == 'B' && (p[3] == ' ' || p[3] == '\t')) {
+            hpub = 0;
+            q = p + 4;
+        }
+        else if (avail >= 5 && p[0] == 'H' && p[1] == 'P' && p[2] == 'U' && p[3] == 'B' &&
+                 (p[4] == ' ' || p[4] == '\t')) {
+            hpub = 1;
+            q = p + 5;
+        }
+        else {
+            goto refuse;
+        }
+        const unsigned char *toks[4];
+        Py_ssize_t lens[4];
+        int ntok = split_args(q, buf + n, 1, toks, lens, &q);
+        long long size, hdr = -1;
+        if (ntok < 2 + hpub || ntok > 3 + hpub || !parse_digits(toks[ntok - 1], lens[ntok - 1], 9, &size) ||
+            (hpub && (!parse_digits(toks[ntok - 2], lens[ntok - 2], 9, &hdr) || hdr > size))) {
+            goto refuse;
+        }
+        Py_ssize_t line_len = (q + 2) - p;
+        Py_ssize_t frame_len = line_len + (Py_ssize_t)size + 2;
+        if (frame_len > avail) {
+            goto refuse;
+        }
+        int code = hpub ? header_priority(p + line_len, (Py_ssize_t)hdr) : 0;
+        if (code < 0) {
+            goto refuse;
+        }
+        int request = ntok == 3 + hpub;
+        int g = -1;
+        if (last >= 0 && groups[last].code == code && groups[last].request == request &&
+            groups[last].len == lens[0] && memcmp(groups[last].subj, toks[0], (size_t)lens[0]) == 0) {
+            g = last;
+        }
+        else {
+            for (Py_ssize_t k = 0; k < ngroups; k++) {
+                if (groups[k].code == code && groups[k].request == request && groups[k].len == lens[0] &&
+                    memcmp(groups[k].subj, toks[0], (size_t)lens[0]) == 0) {
+                    g = (int)k;
+                    break;
+                }
+            }
+            if (g < 0) {
+                goto refuse;
+            }
+            last = g;
+        }
+        select_group *grp = &groups[g];
+        if (grp->share < 0) {
+            memcpy(ad + an, p, (size_t)frame_len);
+            an += frame_len;
+        }
+        else {
+            unsigned long long share = (unsigned long long)grp->share;
+            unsigned long long j = grp->seen;
+            if (((j + 1) * share + grp->phase) >> 32 > (j * share + grp->phase) >> 32) {
+                memcpy(kd + kn, p, (size_t)frame_len);
+                kn += frame_len;
+            }
+        }
+        grp->seen++;
+        pos += frame_len;
+    }
+    if (_PyBytes_Resize(&kept, kn) < 0) {
+        Py_DECREF(apart);
+        return NULL;
+    }
+    if (any_apart && _PyBytes_Resize(&apart, an) < 0) {
+        Py_DECREF(kept);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", kept, apart);
+refuse:
+    Py_DECREF(kept);
+    Py_DECREF(apart);
+    Py_RETURN_NONE;
 }
 
 /* ---- the upstream direction: runs of plain MSG frames, routed to application buffers ---- */
@@ -516,6 +843,7 @@ done:
 static PyMethodDef speedups_methods[] = {
     {"scan_pubs", (PyCFunction)(void (*)(void))scan_pubs, METH_FASTCALL, scan_pubs_doc},
     {"scan_msgs", (PyCFunction)(void (*)(void))scan_msgs, METH_FASTCALL, scan_msgs_doc},
+    {"select_frames", (PyCFunction)(void (*)(void))select_frames, METH_FASTCALL, select_frames_doc},
     {"route_msgs", (PyCFunction)(void (*)(void))route_msgs, METH_FASTCALL, route_msgs_doc},
     {NULL, NULL, 0, NULL},
 };

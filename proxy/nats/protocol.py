@@ -41,17 +41,19 @@ import msgspec
 
 from proxy.errors import ProtocolError
 
-ScanPubs = Callable[[bytes, int, dict, int, int, bool, dict], int]
+ScanPubs = Callable[[bytes, int, dict, int, int, bool, dict, dict], int]
 ScanMsgs = Callable[[bytes, int, int], int]
 RouteMsgs = Callable[[bytes, int, dict, dict], int]
+SelectFrames = Callable[[bytes, list], "tuple[bytes, bytes] | None"]
 scan_pubs: ScanPubs | None = None
 scan_msgs: ScanMsgs | None = None
 route_msgs: RouteMsgs | None = None
+select_frames: SelectFrames | None = None
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     try:
-        from proxy.nats._speedups import route_msgs, scan_msgs, scan_pubs
+        from proxy.nats._speedups import route_msgs, scan_msgs, scan_pubs, select_frames
     except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
-        scan_pubs = scan_msgs = route_msgs = None
+        scan_pubs = scan_msgs = route_msgs = select_frames = None
 SPEEDUPS = scan_pubs is not None
 
 __all__ = [
@@ -104,6 +106,7 @@ __all__ = [
     "is_valid_subject",
     "next_msg",
     "route_msgs",
+    "select_frames",
     "split_pub",
     "status_message_headers",
 ]
@@ -200,17 +203,24 @@ class Pub(msgspec.Struct, frozen=True, gc=False):
 
 
 _NO_REQUESTS: dict[str, int] = {}
+_NO_PRIORITIES: dict[tuple[str, int, int], int] = {}
+# KPI-Priority header values (ASCII letters, any case) -> the code a PubRun counts them by (1-4: the
+# policies' Priority values; 0 and absent: the subject's rule decides).
+PRIORITY_CODES: dict[bytes, int] = {b"low": 1, b"medium": 2, b"high": 3, b"critical": 4}
+PRIORITY_LABELS: tuple[str, ...] = ("", "low", "medium", "high", "critical")
 
 
 class PubRun(msgspec.Struct, frozen=True, gc=False):
-    """Consecutive PUBs and HPUBs whose priority does not depend on a KPI-Priority header, from a parser
-    with `batch` on: their frames as one bytes object, the count per subject, the total, and per subject
-    the count of those with a reply subject (requests, by their protocol role)."""
+    """Consecutive PUBs and HPUBs from a parser with `batch` on: their frames as one bytes object, the
+    count per subject, the total, per subject the count of those with a reply subject (requests, by
+    their protocol role), and per (subject, priority code, request 0/1) the count of those a
+    `KPI-Priority` header gives a priority (code 1-4, PRIORITY_LABELS; they are in counts too)."""
 
     frames: bytes
     counts: dict[str, int]
     n: int
     requests: dict[str, int] = msgspec.field(default_factory=dict)
+    priorities: dict[tuple[str, int, int], int] = msgspec.field(default_factory=dict)
 
 
 class MsgRun(msgspec.Struct, frozen=True, gc=False):
@@ -359,10 +369,23 @@ def _parse_size(tok: bytes) -> int:
     return _parse_uint(tok) if len(tok) <= 9 else -1
 
 
-def _mentions_priority(buf: bytes, start: int, hdr_size: int) -> bool:
-    """Whether a header block mentions KPI-Priority (any case): such a message is classified by its
-    header, so it never joins a PubRun. The C scanner applies the same test."""
-    return b"kpi-priority" in buf[start : start + hdr_size].lower()
+def _header_priority(buf: bytes, start: int, hdr_size: int) -> int:
+    """The priority code a header block gives its message, as `header_value` and `Engine.classify` read
+    it: 1-4 (PRIORITY_CODES), 0 for no KPI-Priority header or another word, -1 when the value holds
+    anything but ASCII letters (that message is decided on its own, outside a run). The C scanner's
+    `header_priority` is the same function."""
+    block = buf[start : start + hdr_size]
+    at = block.lower().find(b"\r\nkpi-priority:")
+    if at < 0:
+        return 0
+    at += 15
+    stop = block.find(b"\r\n", at)
+    value = block[at : stop if stop >= 0 else len(block)].strip(b" \t")
+    if not value:
+        return 0
+    if not value.isalpha():
+        return -1
+    return PRIORITY_CODES.get(value.lower(), 0)
 
 
 def _str(b: bytes) -> str:
@@ -657,6 +680,7 @@ class ClientParser(_Parser):
 
     __slots__ = (
         "_run_counts",
+        "_run_priorities",
         "_run_requests",
         "_run_start",
         "_scan",
@@ -698,6 +722,7 @@ class ClientParser(_Parser):
         self._run_start = -1
         self._run_counts = {}
         self._run_requests = {}
+        self._run_priorities = {}
 
     def feed_data(self, data: bytes) -> list[ClientOp]:
         """Parse more bytes; return every op they complete, in order, ending with an Err if one is met."""
@@ -719,7 +744,16 @@ class ClientParser(_Parser):
         try:
             while pos < n:
                 if scan is not None:
-                    end = scan(buf, pos, self._run_counts, limit, max_line, self.headers, self._run_requests)
+                    end = scan(
+                        buf,
+                        pos,
+                        self._run_counts,
+                        limit,
+                        max_line,
+                        self.headers,
+                        self._run_requests,
+                        self._run_priorities,
+                    )
                     if end != pos:
                         if self._run_start < 0:
                             self._run_start = pos
@@ -756,14 +790,9 @@ class ClientParser(_Parser):
                     return
                 if buf[end - 2] != _CR or buf[end - 1] != _LF:
                     raise ProtocolError(ERR_UNKNOWN_OP)
-                if self.batch and (hdr < 0 or not _mentions_priority(buf, pos + line_len, hdr)):
-                    if self._run_start < 0:
-                        self._run_start = pos
-                    counts = self._run_counts
-                    counts[subject] = counts.get(subject, 0) + 1
-                    if reply is not None:
-                        requests = self._run_requests
-                        requests[subject] = requests.get(subject, 0) + 1
+                code = 0 if hdr <= 0 or not self.batch else _header_priority(buf, pos + line_len, hdr)
+                if self.batch and code >= 0:
+                    self._join_run(pos, subject, reply is not None, code)
                 else:
                     self._flush_run(buf, pos, ops)
                     append(Pub(subject, reply, hdr, buf[pos:end], line_len))
@@ -788,20 +817,28 @@ class ClientParser(_Parser):
             raise
         if self.batch and end > 0 and len(found) == 1:
             op = found[0]
-            if type(op) is Pub and (
-                op.hdr_size < 0 or not _mentions_priority(op.frame, op.body_start, op.hdr_size)
-            ):
-                if self._run_start < 0:
-                    self._run_start = pos
-                counts = self._run_counts
-                counts[op.subject] = counts.get(op.subject, 0) + 1
-                if op.reply is not None:
-                    requests = self._run_requests
-                    requests[op.subject] = requests.get(op.subject, 0) + 1
-                return end
+            if type(op) is Pub:
+                code = 0 if op.hdr_size <= 0 else _header_priority(op.frame, op.body_start, op.hdr_size)
+                if code >= 0:
+                    self._join_run(pos, op.subject, op.reply is not None, code)
+                    return end
         self._flush_run(buf, pos, ops)
         ops.extend(found)
         return end
+
+    def _join_run(self, pos: int, subject: str, request: bool, code: int) -> None:
+        """Count the frame at pos into the open run (opening it): by subject, request, header priority."""
+        if self._run_start < 0:
+            self._run_start = pos
+        counts = self._run_counts
+        counts[subject] = counts.get(subject, 0) + 1
+        if request:
+            requests = self._run_requests
+            requests[subject] = requests.get(subject, 0) + 1
+        if code:
+            key = (subject, code, int(request))
+            priorities = self._run_priorities
+            priorities[key] = priorities.get(key, 0) + 1
 
     def _flush_run(self, buf: bytes, pos: int, ops: list) -> int:
         start = self._run_start
@@ -814,8 +851,13 @@ class ClientParser(_Parser):
                 self._run_requests = {}
             else:
                 requests = _NO_REQUESTS  # shared, never written: the common run has no request
+            priorities = self._run_priorities
+            if priorities:
+                self._run_priorities = {}
+            else:
+                priorities = _NO_PRIORITIES
             frames = buf if start == 0 and pos == len(buf) else buf[start:pos]  # a whole read: no copy
-            ops.append(PubRun(frames, counts, sum(counts.values()), requests))
+            ops.append(PubRun(frames, counts, sum(counts.values()), requests, priorities))
         return pos
 
     def _quick(self, line: bytes) -> tuple | None:

@@ -152,18 +152,24 @@ class ClientConnection(asyncio.Protocol):
         for i, op in enumerate(ops):
             kind = type(op)
             if kind is PubRun:
-                # The fast path for a run of plain PUBs; anything that needs per-message work (verbose
-                # +OKs, pedantic checks, auth, echo suppression, shedding) re-parses it into single PUBs.
-                if (
-                    self.verbose
+                # The fast path for a run of publishes, decided per group; anything that needs per-message
+                # work (verbose +OKs, pedantic checks, auth, echo suppression, a run the engine cannot
+                # decide in bulk) re-parses it into single PUBs, and so do the frames the run sets apart
+                # (critical ones while shedding).
+                rest = (
+                    None
+                    if self.verbose
                     or self.pedantic
                     or not self.echo
                     or (not self.connect_received and sidecar.client_auth_required)
-                    or not sidecar.publish_run(op, now, self)
-                ):
+                    else sidecar.publish_run(op, now, self)
+                )
+                if rest is None:
+                    rest = op.frames
+                if rest:
                     split = ClientParser(max_payload=-1)
                     split.headers = True  # HPUBs in a run were accepted already
-                    self.process(split.feed_data(op.frames) + list(ops[i + 1 :]), now)
+                    self.process(split.feed_data(rest) + list(ops[i + 1 :]), now)
                     return
                 continue
             if kind is Pub:

@@ -16,7 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.nats import protocol as nats_protocol
-from proxy.nats.protocol import ClientParser, Pub, PubRun, encode_connect, encode_pub
+from proxy.nats.protocol import (
+    PRIORITY_CODES,
+    ClientParser,
+    Pub,
+    PubRun,
+    encode_connect,
+    encode_pub,
+    header_value,
+)
 from tests.protocol.cases import CASES, Case
 from tests.protocol.chunkings import bytewise, feed_reads, split_offsets, two_reads
 from tests.protocol.test_roundtrip import client_ops, cut, encode_client_op
@@ -50,12 +58,18 @@ def expand(ops: list) -> list:
         split.headers = True
         pubs = split.feed_data(op.frames)
         assert all(type(p) is Pub for p in pubs), pubs
-        # Only messages classified by subject alone: no KPI-Priority header.
-        assert all(p.headers is None or b"kpi-priority" not in p.headers.lower() for p in pubs), pubs
         counts: dict[str, int] = {}
+        priorities: dict[tuple[str, int, int], int] = {}
         for p in pubs:
             counts[p.subject] = counts.get(p.subject, 0) + 1
-        assert (counts, op.n) == (op.counts, len(pubs))
+            # A KPI-Priority header joins a run only with a value of letters; its priority is counted.
+            value = header_value(p.headers, "KPI-Priority") if p.headers else None
+            assert value is None or value == "" or (value.isascii() and value.isalpha()), p
+            code = PRIORITY_CODES.get(value.lower().encode(), 0) if value else 0
+            if code:
+                key = (p.subject, code, int(p.reply is not None))
+                priorities[key] = priorities.get(key, 0) + 1
+        assert (counts, op.n, priorities) == (op.counts, len(pubs), op.priorities)
         out.extend(pubs)
     return out
 
@@ -88,15 +102,45 @@ def test_a_run_is_one_op_with_counts_per_subject() -> None:
         + encode_pub("a", None, b"", b"NATS/1.0\r\nTrace: x\r\n\r\n")  # and headers
     )
     by_header = encode_pub("a", None, b"q", b"NATS/1.0\r\nkpi-PRIORITY: low\r\n\r\n")
+    unsure = encode_pub("a", None, b"q", b"NATS/1.0\r\nKPI-Priority: 1\r\n\r\n")
     parser = batch_parser()
     parser.headers = True
-    ops = parser.feed_data(frames + by_header + frames)
-    hdr = by_header.index(b"\r\n\r\n") + 4 - (by_header.index(b"\n") + 1)
+    ops = parser.feed_data(frames + by_header + frames + unsure + frames)
+    hdr = unsure.index(b"\r\n\r\n") + 4 - (unsure.index(b"\n") + 1)
     assert ops == [
-        PubRun(frames, {"a": 2, "b": 1}, 3, {"b": 1}),  # b's one frame is a request
-        Pub("a", None, hdr, by_header, by_header.index(b"\n") + 1),
+        # b's frames are requests; the KPI-Priority header's low is counted by (subject, code, request).
+        PubRun(frames + by_header + frames, {"a": 5, "b": 2}, 7, {"b": 2}, {("a", 1, 0): 1}),
+        # A value that is not a word: decided on its own.
+        Pub("a", None, hdr, unsure, unsure.index(b"\n") + 1),
         PubRun(frames, {"a": 2, "b": 1}, 3, {"b": 1}),
     ]
+
+
+@pytest.mark.parametrize("scan", [SCAN, None], ids=["c", "python"])
+def test_header_priorities_are_read_once_as_classify_reads_them(scan: object) -> None:
+    def hpub(block: bytes, reply: str | None = None) -> bytes:
+        return encode_pub("s", reply, b"x", b"NATS/1.0\r\n" + block + b"\r\n")
+
+    frames = [
+        hpub(b"KPI-Priority: medium\r\n"),
+        hpub(b"kpi-priority:HIGH\r\n", "inbox.1"),
+        hpub(b"Trace: 1\r\nKpi-Priority: \t Low \t\r\nKPI-Priority: high\r\n"),  # the first one counts
+        hpub(b"KPI-Priority: urgent\r\n"),  # a word that names no priority: the rule decides (0)
+        hpub(b"KPI-Priority:\r\n"),
+        hpub(b"X-KPI-Priority: high\r\nX: kpi-priority: low\r\n"),  # not the header itself
+        hpub(b"KPI-Priority: Critical\r\n"),
+    ]
+    parser = batch_parser(scan=scan)
+    parser.headers = True
+    (op,) = parser.feed_data(b"".join(frames))
+    assert type(op) is PubRun
+    assert op.counts == {"s": 7} and op.requests == {"s": 1}
+    assert op.priorities == {("s", 2, 0): 1, ("s", 3, 1): 1, ("s", 1, 0): 1, ("s", 4, 0): 1}
+    for odd in (b"KPI-Priority: h\xc3\xa9gh\r\n", b"KPI-Priority: hi gh\r\n", b"KPI-Priority: \x0bhigh\r\n"):
+        parser = batch_parser(scan=scan)
+        parser.headers = True
+        ops = parser.feed_data(frames[0] + hpub(odd) + frames[0])
+        assert [type(o) for o in ops] == [PubRun, Pub, PubRun], odd
 
 
 # Subjects the scanner must either take exactly as the Python loop does or leave to it: non-ASCII,
@@ -124,6 +168,11 @@ raw_lines = st.sampled_from(
         b"PUB a \xff 1\r\nx\r\n",
         b"HPUB a 12 13\r\nNATS/1.0\r\n\r\nx\r\n",
         encode_pub("a", "r", b"", b"NATS/1.0\r\nKPI-Priority: high\r\n\r\n"),
+        encode_pub("a", None, b"xy", b"NATS/1.0\r\nKPI-Priority: low\r\n\r\n"),
+        encode_pub("b", None, b"", b"NATS/1.0\r\nkpi-priority:  CRITICAL\t\r\n\r\n"),
+        encode_pub("a", None, b"", b"NATS/1.0\r\nKPI-Priority: 1\r\n\r\n"),
+        encode_pub("a", None, b"", b"NATS/1.0\r\nKPI-Priority: nope\r\n\r\n"),
+        b"HPUB a 24 24\r\nNATS/1.0\r\nKPI-Priority:\r\n\r\n",
         encode_pub("a", None, b"x", b"NATS/1.0\r\nX: kpi-priority\r\n\r\n"),
         b"HPUB a 4 2\r\nab\r\n",
         b"PING\r\n",

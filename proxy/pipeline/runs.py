@@ -1,0 +1,161 @@
+"""A run of publishes (`PubRun`) as the groups the engine decides on, and the frames it keeps.
+
+The parser counts a run's frames per subject, per subject with a reply (requests) and per (subject,
+KPI-Priority code, request). `run_groups` turns those counts into the engine's groups (subject, count,
+priority, role), classifying each subject once per run, with the header's priority where there is one;
+the engine decides each group at once (`Engine.forward_batch` at level none, `Engine.decide_run` when it
+sheds or samples), and `select_frames` copies the frames it keeps into one buffer: in C
+(`proxy.nats._speedups.select_frames`), or in Python here (`select_frames_py`, the reference the tests
+compare it with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from policies.config import BatchMode, PolicyRule, Priority
+from policies.roles import DATA, REPLY, REQUEST, Role, subject_role
+from policies.sampling import APART, SHARE_ONE, keeps, kept_of
+from proxy.nats import protocol
+from proxy.nats.protocol import PRIORITY_LABELS, ClientParser, Pub, PubRun, _header_priority
+
+CRITICAL: Final = Priority.CRITICAL
+ENVELOPE: Final = BatchMode.ENVELOPE
+
+Group = tuple[str, int, Priority, Role]
+# What select_frames matches each frame by: its subject (bytes), KPI-Priority code, and reply (0/1).
+Key = tuple[bytes, int, int]
+Classify = Callable[[str, "str | None", bool], tuple[Priority, "PolicyRule | None"]]
+
+
+class RunGroups:
+    """The groups of one run, the frame keys each covers, and whether any is critical or enveloped."""
+
+    __slots__ = ("critical", "enveloped", "groups", "keys")
+
+    def __init__(self) -> None:
+        self.groups: list[Group] = []
+        self.keys: list[tuple[Key, ...]] = []
+        self.critical = False
+        self.enveloped = False
+
+    def add(self, group: Group, keys: tuple[Key, ...], rule: PolicyRule | None) -> None:
+        self.groups.append(group)
+        self.keys.append(keys)
+        if group[2] is CRITICAL:
+            self.critical = True
+        if rule is not None and rule.batch_mode is ENVELOPE:
+            self.enveloped = True
+
+    def plan_entries(self, plan: list[tuple[int, int]]) -> list[tuple[bytes, int, int, int, int]]:
+        """The engine's (share, phase) per group as select_frames takes them: one entry per frame key.
+
+        Only a reply or control subject's group covers two keys (with and without a reply subject), and
+        the engine never samples those (share 0, SHARE_ONE or APART): a sampled group is one key, so its
+        kept count is the selection's over that key alone."""
+        assert all(
+            len(keys) == 1 or share in (0, SHARE_ONE, APART)
+            for keys, (share, _) in zip(self.keys, plan, strict=True)
+        ), "a sampled group has a single key"
+        return [
+            (*key, share, phase) for keys, (share, phase) in zip(self.keys, plan, strict=True) for key in keys
+        ]
+
+    def kept_counts(self, plan: list[tuple[int, int]]) -> dict[str, int]:
+        """Per subject, how many of the run's messages the plan keeps (the journal's counts)."""
+        counts: dict[str, int] = {}
+        for (subject, count, _, _), (share, phase) in zip(self.groups, plan, strict=True):
+            if share != APART:
+                k = kept_of(count, share, phase)
+                if k:
+                    counts[subject] = counts.get(subject, 0) + k
+        return counts
+
+
+def _role(subject: str, replies: Any, now: float) -> Role | None:
+    """The role a subject gives by itself (reply and control prefixes, remembered inboxes), else None."""
+    role = subject_role(subject)
+    if role is None and replies and replies.contains(subject, now):
+        return REPLY
+    return role
+
+
+def _wire(subject: str) -> bytes:
+    return subject.encode("utf-8", "surrogateescape")
+
+
+def run_groups(op: PubRun, classify: Classify, replies: Any, now: float) -> RunGroups:
+    """The run's groups: per subject and header priority, requests apart from data (by role)."""
+    out = RunGroups()
+    requests = op.requests
+    counts = op.counts
+    if op.priorities:
+        counts = dict(counts)
+        requests = dict(requests)
+        for (subject, code, request), k in op.priorities.items():
+            role = _role(subject, replies, now)
+            priority, rule = classify(subject, PRIORITY_LABELS[code], role is None)
+            counts[subject] -= k
+            if request:
+                requests[subject] -= k
+            if role is None:
+                role = REQUEST if request else DATA
+            out.add((subject, k, priority, role), ((_wire(subject), code, request),), rule)
+    for subject, count in counts.items():
+        if not count:
+            continue
+        wire = _wire(subject)
+        role = _role(subject, replies, now)
+        priority, rule = classify(subject, None, role is None)
+        if role is not None:
+            out.add((subject, count, priority, role), ((wire, 0, 0), (wire, 0, 1)), rule)
+            continue
+        asked = requests.get(subject, 0) if requests else 0
+        if asked:
+            out.add((subject, asked, priority, REQUEST), ((wire, 0, 1),), rule)
+            count -= asked
+        if count:
+            out.add((subject, count, priority, DATA), ((wire, 0, 0),), rule)
+    return out
+
+
+def select_frames_py(
+    frames: bytes, plan: list[tuple[bytes, int, int, int, int]]
+) -> tuple[bytes, bytes] | None:
+    """The frames of a run the plan keeps, and those it sets apart, each in order (the C select_frames'
+    reference): frame j of a key's group is kept when `keeps(j, share, phase)`."""
+    groups = {(subject, code, request): (share, phase) for subject, code, request, share, phase in plan}
+    seen: dict[Key, int] = {}
+    parser = ClientParser(max_payload=-1)
+    parser.headers = True  # HPUBs in a run were accepted already
+    kept: list[bytes] = []
+    apart: list[bytes] = []
+    for op in parser.feed_data(frames):
+        if type(op) is not Pub:
+            return None
+        code = _header_priority(op.frame, op.body_start, op.hdr_size) if op.hdr_size > 0 else 0
+        key = (_wire(op.subject), code, int(op.reply is not None))
+        selection = groups.get(key)
+        if selection is None or code < 0:
+            return None
+        share, phase = selection
+        j = seen.get(key, 0)
+        seen[key] = j + 1
+        if share == APART:
+            apart.append(op.frame)
+        elif keeps(j, share, phase):
+            kept.append(op.frame)
+    return b"".join(kept), b"".join(apart)
+
+
+def select_frames(frames: bytes, plan: list[tuple[bytes, int, int, int, int]]) -> tuple[bytes, bytes]:
+    """select_frames in C when built, else (or when C declines a frame) the Python reference."""
+    fast = protocol.select_frames
+    if fast is not None:
+        chosen = fast(frames, plan)
+        if chosen is not None:
+            return chosen
+    chosen = select_frames_py(frames, plan)
+    assert chosen is not None, "a run's frames are publishes the parser took"
+    return chosen

@@ -1,0 +1,116 @@
+"""Engine.decide_run: a run of messages decided per group (shed, sampled, kept, set apart) at once, with
+the same counters offer() keeps; and the fixed-point selection it hands the shell (policies.sampling)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from policies.config import Level, Priority
+from policies.roles import Role
+from policies.sampling import APART, SHARE_ONE, keeps, kept_of, share_of
+from tests.policies.fakes import Clock, Msg, make_engine, reconciles, tick_load
+
+LOW, MEDIUM, HIGH, CRITICAL = Priority.LOW, Priority.MEDIUM, Priority.HIGH, Priority.CRITICAL
+DATA, REQUEST, REPLY = Role.DATA, Role.REQUEST, Role.REPLY
+MIX = [
+    ("s", 400, LOW, DATA),
+    ("s", 400, MEDIUM, DATA),
+    ("s", 150, HIGH, DATA),
+    ("s", 50, CRITICAL, DATA),
+    ("s", 30, MEDIUM, REQUEST),
+    ("_INBOX.x", 20, MEDIUM, REPLY),
+]
+
+
+@given(n=st.integers(0, 5000), rate=st.sampled_from([0.2, 0.5, 0.7, 0.9, 1.0, 0.0]), u=st.floats(0, 0.999999))
+def test_the_selection_keeps_what_kept_of_says_spread_over_the_group(n: int, rate: float, u: float) -> None:
+    share, phase = share_of(rate), int(u * SHARE_ONE)
+    kept = [j for j in range(n) if keeps(j, share, phase)]
+    assert len(kept) == kept_of(n, share, phase)
+    assert abs(len(kept) - n * rate) <= 1
+    # Evenly: no two kept messages closer than the share allows (at a rate of 0.5, every other one).
+    if rate and len(kept) > 1:
+        assert min(b - a for a, b in itertools.pairwise(kept)) >= int(1 / rate)
+
+
+@pytest.mark.parametrize("level", [Level.HIGH, Level.CRITICAL])
+def test_a_run_at_high_and_critical_is_decided_per_group(level: Level) -> None:
+    clock = Clock()
+    engine = make_engine(clock, max_queue_size=10_000)
+    tick_load(engine, clock.now, 170 if level is Level.HIGH else 250)
+    assert engine.level is level
+    plan = engine.decide_run(MIX, clock.now, True)
+    assert plan is not None
+    rate = 0.5 if level is Level.HIGH else 0.2
+    low, medium, high, critical, request, reply = plan
+    assert low == (0, 0)  # shed: low_priority
+    assert medium[0] == share_of(rate)  # sampled, the phase drawn from the rng
+    assert high == request == reply == (SHARE_ONE, 0)  # requests and replies are never sampled
+    assert critical == (APART, 0)  # offered one by one by the shell
+    kept_medium = kept_of(400, *medium)
+    assert abs(kept_medium - 400 * rate) <= 1
+    assert engine.forwarded == kept_medium + 150 + 30 + 20
+    assert engine.dropped_by_reason() == {"low_priority": 400, "sampling": 400 - kept_medium}
+    assert engine.sampled == 400 - kept_medium
+    assert engine.received == 1000  # the critical 50 are not counted: they are offered later
+    assert reconciles(engine)
+    assert engine.received_by_priority()["low"] == 400
+
+
+def test_the_same_seed_gives_the_same_plan() -> None:
+    plans = []
+    for _ in range(2):
+        clock = Clock()
+        engine = make_engine(clock, max_queue_size=10_000)
+        tick_load(engine, clock.now, 170)
+        plans.append([engine.decide_run(MIX, clock.now + i, True) for i in range(5)])
+    assert plans[0] == plans[1]
+    assert len({p[1] for p in plans[0]}) > 1  # a new phase for each run
+
+
+def test_over_many_runs_the_kept_share_is_the_sampling_rate() -> None:
+    clock = Clock()
+    engine = make_engine(clock, max_queue_size=10_000, max_publish_rate=10_000_000)
+    tick_load(engine, clock.now, 170)
+    groups = [("s", 17, MEDIUM, DATA)]
+    runs = 2000
+    for _ in range(runs):
+        clock.advance(0.001)
+        assert engine.decide_run(groups * 3, clock.now, True) is not None
+    assert engine.forwarded / (runs * 51) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["upstream busy", "queued messages", "too few tokens", "less than a batch", "a breaker"],
+)
+def test_the_per_message_path_when_a_run_cannot_be_decided_at_once(why: str) -> None:
+    clock = Clock()
+    engine = make_engine(clock, max_queue_size=10_000, max_publish_rate=100_000)
+    tick_load(engine, clock.now, 170)
+    groups = [("s", 100, HIGH, DATA)]
+    can_send = why != "upstream busy"
+    if why == "queued messages":
+        engine.offer(Msg(priority=HIGH), clock.now, True)  # batching at high: it waits in the queue
+        assert engine.queue_size == 1
+    if why == "too few tokens":
+        groups = [("s", 100_000, HIGH, DATA)]  # the burst is 0.1 s of 100 k/s
+    if why == "less than a batch":
+        groups = [("s", 19, HIGH, DATA)]  # batches of 20 at high
+    if why == "a breaker":
+        engine.open_breaker("other", clock.now)
+    before = (engine.received, engine.forwarded, engine.dropped)
+    assert engine.decide_run(groups, clock.now, can_send) is None
+    assert (engine.received, engine.forwarded, engine.dropped) == before
+
+
+def test_at_none_everything_is_kept_and_critical_set_apart() -> None:
+    clock = Clock()
+    engine = make_engine(clock)
+    plan = engine.decide_run(MIX, clock.now, True)
+    assert plan == [(SHARE_ONE, 0)] * 3 + [(APART, 0)] + [(SHARE_ONE, 0)] * 2
+    assert engine.forwarded == 1000 and engine.dropped == 0
