@@ -359,10 +359,11 @@ class Engine:
 
         Returns one (share, phase) per group (policies.sampling: kept_of, keeps): low messages shed at high
         and critical (share 0), sampled data (a share of the level's rate, the phase drawn from the rng),
-        everything else kept (SHARE_ONE); critical groups APART (the shell offers them one by one). The
-        kept messages are counted forwarded: the shell writes them at once. None, with nothing counted,
+        everything else kept (SHARE_ONE); critical groups APART: kept too, but the shell writes each on its
+        own (Nats-Msg-Id, confirmation), ahead of the others. The kept messages are counted forwarded: the
+        shell writes them at once. None, with nothing counted,
         when the run needs the per-message path: the upstream does not take writes, messages are queued
-        (they go first), a breaker has records, the tokens do not cover the kept messages, or fewer are
+        (they go first), a breaker has records, a request would be shed (it is answered with a 503), the tokens do not cover the kept messages, or fewer are
         kept than one batch (offer() would queue them until a batch fills). A run that fills a batch is
         written whole, its last partial batch included, instead of waiting maxBatchDelayMs for more.
         """
@@ -378,10 +379,16 @@ class Engine:
             p = priority if prioritize else MEDIUM
             if p >= CRITICAL:
                 plan.append((APART, 0))
+                if role >= REPLY:
+                    finishing += count
+                else:
+                    kept += count
             elif role >= REPLY:
                 plan.append((SHARE_ONE, 0))
                 finishing += count
             elif shed_low and p <= LOW:
+                if role is not DATA:
+                    return None  # a shed request gets its 503 from the per-message path
                 plan.append((0, 0))
             elif share < SHARE_ONE and p <= MEDIUM and role is DATA:
                 phase = phase_of(rng)
@@ -402,13 +409,11 @@ class Engine:
         offered = 0
         track = self._track_traffic
         for (subject, count, priority, role), (group_share, phase) in zip(groups, plan, strict=True):
-            if group_share == APART:
-                continue
             if role < REPLY:
                 offered += count
-                if track:
+                if track and priority < CRITICAL:
                     self._traffic.add_many(subject, count)
-            k = kept_of(count, group_share, phase)
+            k = count if group_share == APART else kept_of(count, group_share, phase)
             if k:
                 forwarded.append((subject, k, priority, role))
                 written.append(_Written(subject, role))
@@ -483,13 +488,15 @@ class Engine:
             for item in items:
                 self._queue.push(item, CRITICAL, now, item.role)
 
-    def take(self, now: float, limit: int | None = None) -> list[Any]:
+    def take(self, now: float, limit: int | None = None, batch_due: bool = False) -> list[Any]:
         """Queued messages due now, in lane order, within the rate ceiling; counted forwarded.
 
         Replies and control messages go first, without waiting for a token (they may leave the bucket in
         debt). A queued request makes the batching delay count as expired: requests never wait for a
         batch to fill. While `hold_below_critical` (a spool replay), only critical messages go.
         `limit` caps how many one call releases (the shell writes in slices while the upstream takes them).
+        `batch_due`: the batching delay counts as expired (a run decided in bulk is about to fill batches:
+        the partial batch waiting goes ahead of it).
         """
         queue = self._queue
         if not queue.size:
@@ -511,7 +518,7 @@ class Engine:
             return self._forward_all(out)
         size_target = self._batch_size
         delay_expired = True
-        if size_target > 1 and not queue.has_requests:
+        if size_target > 1 and not queue.has_requests and not batch_due:
             oldest = queue.oldest_time()
             # Same expression as next_deadline(), so that take(next_deadline()) releases.
             delay_expired = oldest is not None and now >= oldest + self._batch_delay_s
@@ -687,6 +694,14 @@ class Engine:
         """The upstream refused a forwarded message (permissions): it moves from forwarded to dropped."""
         self._acc.unforward(subject, priority, role)
         self._acc.drop(subject, REASON_PERMISSIONS, role)
+
+    def note_unforwarded(self, subject: str, priority: Priority, role: Role, reason: str) -> None:
+        """A message decide_run counted forwarded was never written (`reason`, e.g. max_payload): it
+        moves from forwarded to dropped."""
+        self._acc.unforward(subject, priority, role)
+        self._acc.drop(subject, reason, role)
+        if priority >= CRITICAL:
+            self._count_critical_drop(reason)
 
     # -- outcomes the shell reports ------------------------------------------------------------------------
     def _settle(self, item: Any) -> None:

@@ -922,16 +922,45 @@ class Sidecar:
             upstream.write(frames)
             upstream.track(RunEntry(client, frames, op.counts), len(frames))
             return b""
-        if found.critical and engine.level is Level.NONE:
-            return None  # in order, message by message, as a leaf node would forward them
+        if found.critical and (engine.level is Level.NONE or self.spool_mode):
+            # At none, in order, message by message, as a leaf node would forward them; with a spool,
+            # critical messages keep their order behind it.
+            return None
+        if engine.queue_size and can_send and engine.queue_size < engine.batch_size:
+            # A partial batch waits for more messages: this run brings them, so it goes first.
+            for msg in engine.take(now, batch_due=True):
+                self._write(msg, now)
         plan = engine.decide_run(found.groups, now, can_send)
         if plan is None:
             return None
         kept, apart = select_frames(op.frames, found.plan_entries(plan))
+        if apart:
+            self._write_critical(apart, client, now)
         if kept:
             upstream.write(kept)
             upstream.track(RunEntry(client, kept, found.kept_counts(plan)), len(kept))
-        return apart
+        return b""
+
+    def _write_critical(self, frames: bytes, client: ClientConnection | None, now: float) -> None:
+        """The critical messages of a run the engine decided in bulk (counted forwarded already): each
+        written on its own, with its Nats-Msg-Id, and PubAck or PONG confirmation, ahead of the run's
+        other kept messages (the priority queue's order)."""
+        parser = ClientParser(max_payload=-1)
+        parser.headers = True  # HPUBs in a run were accepted already
+        replies = client.replies if client is not None else None
+        for op in parser.feed_data(frames):
+            headers = op.headers if op.hdr_size > 0 else None
+            role = role_of(op.subject, op.reply is not None, replies, now)
+            rule = self.engine.classify(op.subject, "critical", role < REPLY)[1]
+            msg = self._critical_msg(
+                op.subject, op.reply, op.payload, headers, op.frame, client, rule, now, role
+            )
+            if msg.size > self.max_payload:
+                # With its Nats-Msg-Id it no longer fits: never written (as offer() decides it).
+                self.engine.note_unforwarded(msg.subject, CRITICAL, role, "max_payload")
+                self._refused(msg, "max_payload")
+                continue
+            self._write(msg, now)
 
     def _critical_msg(
         self,

@@ -1313,9 +1313,12 @@ def header_value(headers: bytes, name: str) -> str | None:
     return _str(headers[start:stop].strip(b" \t"))
 
 
+_BAD_HEADER_NAME = re.compile("[:\r\n \t]")
+
+
 def add_header(headers: bytes | None, name: str, value: str) -> bytes:
     """Return the header block with `name: value` appended, creating b"NATS/1.0\\r\\n...\\r\\n" if None."""
-    if not name or any(c in name for c in ":\r\n \t") or "\r" in value or "\n" in value:
+    if not name or _BAD_HEADER_NAME.search(name) or "\r" in value or "\n" in value:
         raise ValueError(f"invalid NATS header {name!r}: {value!r}")
     line = b"%s: %s\r\n\r\n" % (_bytes(name), _bytes(value))
     if not headers:

@@ -66,7 +66,7 @@ class RunGroups:
         """Per subject, how many of the run's messages the plan keeps (the journal's counts)."""
         counts: dict[str, int] = {}
         for (subject, count, _, _), (share, phase) in zip(self.groups, plan, strict=True):
-            if share != APART:
+            if share != APART:  # written on their own, with their own confirmation
                 k = kept_of(count, share, phase)
                 if k:
                     counts[subject] = counts.get(subject, 0) + k

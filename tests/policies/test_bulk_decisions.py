@@ -50,13 +50,13 @@ def test_a_run_at_high_and_critical_is_decided_per_group(level: Level) -> None:
     assert low == (0, 0)  # shed: low_priority
     assert medium[0] == share_of(rate)  # sampled, the phase drawn from the rng
     assert high == request == reply == (SHARE_ONE, 0)  # requests and replies are never sampled
-    assert critical == (APART, 0)  # offered one by one by the shell
+    assert critical == (APART, 0)  # kept, written one by one by the shell (Nats-Msg-Id, confirmation)
     kept_medium = kept_of(400, *medium)
     assert abs(kept_medium - 400 * rate) <= 1
-    assert engine.forwarded == kept_medium + 150 + 30 + 20
+    assert engine.forwarded == kept_medium + 150 + 50 + 30 + 20
     assert engine.dropped_by_reason() == {"low_priority": 400, "sampling": 400 - kept_medium}
     assert engine.sampled == 400 - kept_medium
-    assert engine.received == 1000  # the critical 50 are not counted: they are offered later
+    assert engine.received == 1050
     assert reconciles(engine)
     assert engine.received_by_priority()["low"] == 400
 
@@ -86,7 +86,14 @@ def test_over_many_runs_the_kept_share_is_the_sampling_rate() -> None:
 
 @pytest.mark.parametrize(
     "why",
-    ["upstream busy", "queued messages", "too few tokens", "less than a batch", "a breaker"],
+    [
+        "upstream busy",
+        "queued messages",
+        "too few tokens",
+        "less than a batch",
+        "a breaker",
+        "a shed request",
+    ],
 )
 def test_the_per_message_path_when_a_run_cannot_be_decided_at_once(why: str) -> None:
     clock = Clock()
@@ -101,6 +108,8 @@ def test_the_per_message_path_when_a_run_cannot_be_decided_at_once(why: str) -> 
         groups = [("s", 100_000, HIGH, DATA)]  # the burst is 0.1 s of 100 k/s
     if why == "less than a batch":
         groups = [("s", 19, HIGH, DATA)]  # batches of 20 at high
+    if why == "a shed request":
+        groups = [("s", 100, HIGH, DATA), ("s", 1, LOW, REQUEST)]  # its requester gets a 503, one by one
     if why == "a breaker":
         engine.open_breaker("other", clock.now)
     before = (engine.received, engine.forwarded, engine.dropped)
@@ -113,4 +122,4 @@ def test_at_none_everything_is_kept_and_critical_set_apart() -> None:
     engine = make_engine(clock)
     plan = engine.decide_run(MIX, clock.now, True)
     assert plan == [(SHARE_ONE, 0)] * 3 + [(APART, 0)] + [(SHARE_ONE, 0)] * 2
-    assert engine.forwarded == 1000 and engine.dropped == 0
+    assert engine.forwarded == 1050 and engine.dropped == 0
