@@ -1,0 +1,132 @@
+"""Runs of publishes decided in bulk against a real nats-server: HPUBs with a KPI-Priority header at level
+none, and a priority mix while a flood holds the sidecar at high (shed per group, sampled by a selection,
+critical messages with their Nats-Msg-Id, written ahead of the rest). The outcome a user sees is the one
+the per-message path gives (it passes these tests too); the speed is `make bench`'s (g) and (h)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+import nats
+import pytest
+
+from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
+from tests.flood import Flood
+
+pytestmark = pytest.mark.slow
+
+CEILING = 1000
+MIX = ("low", "medium", "low", "medium", "high", "low", "medium", "low", "medium", "high") * 2
+MIX = (*MIX[:12], "critical", *MIX[13:])  # 40/40/15/5 per block of 20
+
+
+def hpub(subject: str, priority: str, payload: bytes) -> bytes:
+    block = b"NATS/1.0\r\nKPI-Priority: %s\r\n\r\n" % priority.encode()
+    return b"HPUB %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        len(block),
+        len(block) + len(payload),
+        block,
+        payload,
+    )
+
+
+def raw_client(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.recv(4096)  # INFO
+    sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\nPING\r\n')
+    buf = b""
+    while b"PONG" not in buf:
+        buf += sock.recv(4096)
+    return sock
+
+
+def finish(sock: socket.socket) -> None:
+    sock.sendall(b"PING\r\n")
+    buf = b""
+    while b"PONG" not in buf:
+        buf += sock.recv(4096)
+    sock.close()
+
+
+async def collect(nc: nats.NATS, subject: str) -> tuple[Counter[str], list[Any]]:
+    counts: Counter[str] = Counter()
+    msgs: list[Any] = []
+
+    async def on(msg: Any) -> None:
+        counts[msg.headers.get("KPI-Priority", "?") if msg.headers else "?"] += 1
+        msgs.append(msg)
+
+    await nc.subscribe(subject, cb=on)
+    await settle(nc)
+    return counts, msgs
+
+
+async def test_hpubs_with_a_priority_header_are_forwarded_as_a_run(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    proc: SidecarProcess = sidecar_factory(sidecar_config(nats_server.url))
+    direct = await nats.connect(nats_server.url)
+    counts, msgs = await collect(direct, "bulk.none")
+    sock = raw_client(proc.ports["nats"])
+    n = 5000
+    sock.sendall(b"".join(hpub("bulk.none", ("medium", "high", "low")[i % 3], b"%d" % i) for i in range(n)))
+    finish(sock)
+    deadline = time.monotonic() + 10
+    while len(msgs) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [int(m.data) for m in msgs] == list(range(n))  # all of them, in order, headers kept
+    assert counts == {"medium": n // 3 + 1, "high": n // 3 + 1, "low": n // 3}
+    assert proc.status()["degradationLevel"] == "none"
+    await direct.close()
+
+
+async def test_a_priority_mix_at_high_is_shed_sampled_and_kept_per_group(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    config = sidecar_config(
+        nats_server.url,
+        backpressure={
+            "maxPublishRate": CEILING,
+            "rateBurstSeconds": 10,  # tokens for the bursts below on top of the flood
+            "maxQueueSize": 100_000,
+            "maxCpuUsagePercent": 1000,
+            "maxMemoryUsageMB": 4096,
+            "breakerCriticalTopSubjects": 0,
+        },
+    )
+    proc: SidecarProcess = sidecar_factory(config)
+    direct = await nats.connect(nats_server.url)
+    counts, msgs = await collect(direct, "bulk.mix")
+    sent: Counter[str] = Counter()
+    with Flood(proc.ports["nats"], "flood.bulk", 1600):  # 160 % of the ceiling: level high
+        deadline = time.monotonic() + 15
+        while proc.status()["degradationLevel"] != "high":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # the tokens the flood leaves build up
+        for burst in range(5):
+            # 200 messages at once: the rate stays under 200 % (critical)
+            frames = [hpub("bulk.mix", MIX[i % 20], b"%d.%d" % (burst, i)) for i in range(200)]
+            sent.update(MIX[i % 20] for i in range(200))
+            sock = raw_client(proc.ports["nats"])
+            sock.sendall(b"".join(frames))
+            finish(sock)
+            await asyncio.sleep(1.2)  # one burst per rate window
+        assert proc.status()["degradationLevel"] == "high"
+    await asyncio.sleep(1.0)
+    assert counts["low"] == 0  # shed at high
+    assert counts["high"] == sent["high"] and counts["critical"] == sent["critical"]
+    assert 0.4 * sent["medium"] <= counts["medium"] <= 0.6 * sent["medium"]  # sampled at 0.5
+    critical = [m for m in msgs if m.headers.get("KPI-Priority") == "critical"]
+    assert all(m.headers.get("Nats-Msg-Id") for m in critical)
+    assert len({m.headers["Nats-Msg-Id"] for m in critical}) == sent["critical"]
+    status = proc.status()
+    dropped = sum(status["droppedByReason"].values())
+    queued = status["receivedMessages"] - status["forwardedMessages"] - dropped - status["spooledMessages"]
+    assert queued >= 0 and status["droppedByReason"].get("low_priority", 0) >= sent["low"]
+    await direct.close()
