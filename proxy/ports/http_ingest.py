@@ -18,13 +18,14 @@ from aiohttp import web
 from policies.config import OnRefuse, PolicyRule
 from policies.engine import Decision, Verdict
 from proxy.admin.api import ApiError, envelope, error_middleware
-from proxy.nats.protocol import add_header, is_valid_publish_subject
+from proxy.nats.protocol import add_header
+from proxy.ports import ingest_batch
 from proxy.sidecar import Sidecar
 
 SIDECAR_KEY: Final = web.AppKey("ingest_sidecar", Sidecar)
 
 # A PUB control line must stay under nats-server's 4096 bytes: bound subject and reply.
-MAX_SUBJECT_BYTES: Final = 1024
+MAX_SUBJECT_BYTES: Final = ingest_batch.MAX_SUBJECT_BYTES
 MAX_RETRY_AFTER_S: Final = 60
 # Request headers that describe the HTTP exchange, not the message: never forwarded as NATS headers.
 FORWARD_EXCLUDED: Final = frozenset(
@@ -111,11 +112,7 @@ class Refused(Exception):
 
 def check_subject(value: str, field: str) -> None:
     """400 unless `value` is a literal NATS subject (no wildcard, blank or control character)."""
-    if (
-        not is_valid_publish_subject(value)
-        or any(ord(c) < 32 or ord(c) == 127 for c in value)
-        or len(value.encode("utf-8", "surrogateescape")) > MAX_SUBJECT_BYTES
-    ):
+    if not ingest_batch.subject_ok(value):
         raise Refused(
             400,
             "INVALID_SUBJECT",
@@ -332,8 +329,13 @@ async def post_publish_batch(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
     _check_running(sidecar)
     raw = await request.read()
-    items = _decode_batch(raw, sidecar.config.http.max_batch_items)
     now = sidecar.clock()
+    typed = ingest_batch.decode_items(raw, BatchItem)
+    if typed is not None and 0 < len(typed) <= sidecar.config.http.max_batch_items:
+        fast = ingest_batch.publish_plain(sidecar, typed, now)
+        if fast is not None:
+            return envelope({"count": len(fast), "summary": {"forwarded": len(fast)}, "results": fast}, 202)
+    items = _decode_batch(raw, sidecar.config.http.max_batch_items)
     results: list[dict[str, Any]] = []
     summary: dict[str, int] = {}
     retry_after = 0

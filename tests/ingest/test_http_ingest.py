@@ -12,6 +12,8 @@ from typing import Any
 import nats
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.config.schema import build_config
 from proxy.ports.http_ingest import create_ingest_app, forwarded_headers, header_block
@@ -343,3 +345,51 @@ async def test_shutting_down_ingest_answers_503() -> None:
         assert (await client.post("/publish", data=b'[{"subject": "a"}]')).status == 503
     finally:
         await client.close()
+
+
+def test_a_plain_batch_gets_the_answers_and_messages_of_the_per_item_path(plain: Any) -> None:
+    # A plain batch is decided in one engine call and written in one slice (proxy/ports/ingest_batch.py);
+    # the same items followed by one with a reply subject take the per-item path: same answers, same bytes.
+    items = [
+        {"subject": f"kpi.fast.{i % 3}", "data": f"m{i}", **({"priority": "high"} if i % 4 == 0 else {})}
+        for i in range(300)
+    ]
+    tail = {"subject": "kpi.fast.0", "data": "r", "reply": "kpi.inbox.fast"}
+    ndjson = "\n".join(json.dumps(item) for item in items).encode()
+
+    def post(body: bytes) -> Answer:
+        return call(
+            plain.sidecar.http_url, "POST", "/publish", raw=body, headers={"Content-Type": "x-ndjson"}
+        )
+
+    fast, fast_msgs = receive(plain, "kpi.fast.>", 300, lambda: post(ndjson))
+    slow, slow_msgs = receive(
+        plain, "kpi.fast.>", 301, lambda: post(ndjson + b"\n" + json.dumps(tail).encode())
+    )
+    assert fast.status == slow.status == 202
+    assert fast.data["results"] == slow.data["results"][:300]
+    assert fast.data["summary"] == {"forwarded": 300}
+    assert [(m.subject, m.data, m.headers) for m in fast_msgs] == [
+        (m.subject, m.data, m.headers) for m in slow_msgs[:300]
+    ]
+    assert fast_msgs[0].headers == {"KPI-Priority": "high"} and fast_msgs[1].headers is None
+
+
+def old_subject_check(value: str) -> bool:
+    """check_subject before the regular expression: the reference it must agree with."""
+    from proxy.nats.protocol import is_valid_publish_subject
+
+    return (
+        is_valid_publish_subject(value)
+        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+        and len(value.encode("utf-8", "surrogateescape")) <= 1024
+    )
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab.*> \t\x00\x1f\x7f\x85é\u00a0>*")), max_size=12))
+def test_the_subject_check_is_the_one_it_replaces(value: str) -> None:
+    from proxy.ports.ingest_batch import subject_ok
+
+    assert subject_ok(value) is old_subject_check(value)
+    for long in ("a" * 1024, "é" * 512, "é" * 513, "a" * 1025, "a." * 512):
+        assert subject_ok(long) is old_subject_check(long)

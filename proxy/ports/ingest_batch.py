@@ -1,0 +1,133 @@
+"""HTTP ingest's fast path for `POST /publish`: a batch decoded in one call, classified once per subject,
+decided by the engine in one call and written upstream in one slice.
+
+A batch takes this path when every item is a plain message (a subject checked once per distinct
+subject, `data` text, no headers, no reply, no base64, a priority or none) that is not critical and no
+`batchMode: envelope` rule covers, and when the engine would have forwarded each of them at once
+(`Engine.forward_batch`: level none, nothing queued, tokens for all). Otherwise, or for any item the typed
+decoding refuses, `post_publish_batch` takes the batch message by message as before, so the answers
+(results, errors, statuses) are the same either way; the tests compare both.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from policies.config import BatchMode, Priority
+from policies.roles import DATA, subject_role
+from proxy.nats.protocol import add_header
+from proxy.upstream.journal import RunEntry
+
+if TYPE_CHECKING:
+    from proxy.ports.http_ingest import BatchItem
+    from proxy.sidecar import Sidecar
+
+CRITICAL: Final = Priority.CRITICAL
+ENVELOPE: Final = BatchMode.ENVELOPE
+MAX_SUBJECT_BYTES: Final = 1024
+# A literal publish subject: tokens of bytes above 0x20 but DEL and ".", none of them exactly "*" or ">"
+# (is_valid_publish_subject), and no control character anywhere: one regular expression, no loop in Python.
+_PUBLISH_SUBJECT: Final = re.compile(
+    r"(?![*>](?:\.|\Z))[^\x00-\x20\x7f.]+(?:\.(?![*>](?:\.|\Z))[^\x00-\x20\x7f.]+)*\Z"
+)
+# Subjects found valid, so that a batch's repeated subjects are checked once (bounded: cleared when full).
+SUBJECT_CACHE_SIZE: Final = 4096
+_valid_subjects: dict[str, bool] = {}
+# KPI-Priority header blocks by priority, built once.
+_PRIORITY_BLOCKS: Final = {
+    p: add_header(None, "KPI-Priority", p) for p in ("low", "medium", "high", "critical")
+}
+
+
+def subject_ok(value: str) -> bool:
+    """Whether `value` is a literal NATS subject to publish to, at most MAX_SUBJECT_BYTES in UTF-8."""
+    known = _valid_subjects.get(value)
+    if known is not None:
+        return known
+    ok = _PUBLISH_SUBJECT.match(value) is not None and (
+        len(value) * 4 <= MAX_SUBJECT_BYTES
+        or len(value.encode("utf-8", "surrogateescape")) <= MAX_SUBJECT_BYTES
+    )
+    if len(_valid_subjects) >= SUBJECT_CACHE_SIZE:
+        _valid_subjects.clear()
+    _valid_subjects[value] = ok
+    return ok
+
+
+def decode_items(raw: bytes, item_type: type[BatchItem]) -> list[BatchItem] | None:
+    """A JSON array or NDJSON body decoded to items in one call, or None (let the per-item path decode it
+    and report each line's error as it does)."""
+    text = raw.strip()
+    if not text:
+        return None
+    if text[:1] != b"[":
+        lines = [line for line in text.split(b"\n") if line.strip()]
+        text = b"[" + b",".join(lines) + b"]"
+    try:
+        return msgspec.json.decode(text, type=list[item_type])  # type: ignore[valid-type]
+    except msgspec.DecodeError:
+        return None
+
+
+def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> list[dict[str, Any]] | None:
+    """Forward a batch of plain, non-critical messages in one engine call and one write; their results,
+    or None (nothing done) when the batch needs the per-message path."""
+    engine = sidecar.engine
+    classify = engine.classify
+    max_payload = sidecar.max_payload
+    frames: list[bytes] = []
+    results: list[dict[str, Any]] = []
+    groups: dict[tuple[str, Priority], int] = {}
+    counts: dict[str, int] = {}
+    seen: dict[tuple[str, str | None], tuple[Priority, str]] = {}
+    for index, item in enumerate(items):
+        subject = item.subject
+        if item.reply is not None or item.headers is not None or item.data_base64 is not None:
+            return None
+        key = (subject, item.priority)
+        known = seen.get(key)
+        if known is None:
+            if not subject_ok(subject) or subject_role(subject) is not None:
+                return None
+            priority, rule = classify(subject, item.priority)
+            if priority is CRITICAL or (rule is not None and rule.batch_mode is ENVELOPE):
+                return None
+            known = seen[key] = (priority, priority.label)
+        priority, label = known
+        payload = (item.data or "").encode("utf-8", "surrogateescape")
+        block = _PRIORITY_BLOCKS[item.priority] if item.priority is not None else None
+        size = len(payload)
+        subj = subject.encode("utf-8", "surrogateescape")
+        if block is None:
+            frames.append(b"PUB %s %d\r\n%s\r\n" % (subj, size, payload))
+        else:
+            hdr = len(block)
+            size += hdr
+            frames.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subj, hdr, size, block, payload))
+        if size > max_payload:
+            return None
+        group = (subject, priority)
+        groups[group] = groups.get(group, 0) + 1
+        counts[subject] = counts.get(subject, 0) + 1
+        results.append(
+            {
+                "index": index,
+                "status": 202,
+                "subject": subject,
+                "priority": label,
+                "size": size,
+                "reason": None,
+                "result": "forwarded",
+            }
+        )
+    upstream = sidecar.upstream
+    batch = [(subject, k, priority, DATA) for (subject, priority), k in groups.items()]
+    if not engine.forward_batch(batch, len(items), now, upstream.can_stream and not sidecar.upstream_stalled):
+        return None
+    data = b"".join(frames)
+    upstream.write(data)
+    upstream.track(RunEntry(None, data, counts), len(data))
+    return results
