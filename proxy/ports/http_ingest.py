@@ -334,7 +334,8 @@ async def post_publish_batch(request: web.Request) -> web.Response:
     if typed is not None and 0 < len(typed) <= sidecar.config.http.max_batch_items:
         fast = ingest_batch.publish_plain(sidecar, typed, now)
         if fast is not None:
-            return envelope({"count": len(fast), "summary": {"forwarded": len(fast)}, "results": fast}, 202)
+            n = len(typed)
+            return envelope({"count": n, "summary": {"forwarded": n}, "results": fast}, 202)
     items = _decode_batch(raw, sidecar.config.http.max_batch_items)
     results: list[dict[str, Any]] = []
     summary: dict[str, int] = {}

@@ -72,35 +72,38 @@ def decode_items(raw: bytes, item_type: type[BatchItem]) -> list[BatchItem] | No
         return None
 
 
-def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> list[dict[str, Any]] | None:
-    """Forward a batch of plain, non-critical messages in one engine call and one write; their results,
-    or None (nothing done) when the batch needs the per-message path."""
+def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> msgspec.Raw | None:
+    """Forward a batch of plain, non-critical messages in one engine call and one write; their results
+    (already encoded: a JSON array, as the per-item path would answer), or None (nothing done) when the
+    batch needs the per-message path."""
     engine = sidecar.engine
     classify = engine.classify
     max_payload = sidecar.max_payload
     frames: list[bytes] = []
-    results: list[dict[str, Any]] = []
+    answers: list[bytes] = []
     groups: dict[tuple[str, Priority], int] = {}
     counts: dict[str, int] = {}
-    seen: dict[tuple[str, str | None], tuple[Priority, str]] = {}
+    # Per (subject, priority field): the group, the header block, the wire subject, the answer's start.
+    seen: dict[tuple[str, str | None], tuple[tuple[str, Priority], bytes | None, bytes, bytes]] = {}
+    # Per (answer start, size): the encoded rest of the answer.
+    tails: dict[tuple[bytes, int], bytes] = {}
+    last_key: tuple[str, str | None] | None = None
+    known: Any = None
     for index, item in enumerate(items):
-        subject = item.subject
         if item.reply is not None or item.headers is not None or item.data_base64 is not None:
             return None
-        key = (subject, item.priority)
-        known = seen.get(key)
-        if known is None:
-            if not subject_ok(subject) or subject_role(subject) is not None:
-                return None
-            priority, rule = classify(subject, item.priority)
-            if priority is CRITICAL or (rule is not None and rule.batch_mode is ENVELOPE):
-                return None
-            known = seen[key] = (priority, priority.label)
-        priority, label = known
-        payload = (item.data or "").encode("utf-8", "surrogateescape")
-        block = _PRIORITY_BLOCKS[item.priority] if item.priority is not None else None
+        key = (item.subject, item.priority)
+        if key != last_key:
+            known = seen.get(key)
+            if known is None:
+                known = _describe(classify, item.subject, item.priority)
+                if known is None:
+                    return None
+                seen[key] = known
+            last_key = key
+        group, block, subj, head = known
+        payload = item.data.encode("utf-8", "surrogateescape") if item.data else b""
         size = len(payload)
-        subj = subject.encode("utf-8", "surrogateescape")
         if block is None:
             frames.append(b"PUB %s %d\r\n%s\r\n" % (subj, size, payload))
         else:
@@ -109,20 +112,13 @@ def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> list[
             frames.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (subj, hdr, size, block, payload))
         if size > max_payload:
             return None
-        group = (subject, priority)
         groups[group] = groups.get(group, 0) + 1
+        subject = group[0]
         counts[subject] = counts.get(subject, 0) + 1
-        results.append(
-            {
-                "index": index,
-                "status": 202,
-                "subject": subject,
-                "priority": label,
-                "size": size,
-                "reason": None,
-                "result": "forwarded",
-            }
-        )
+        tail = tails.get((head, size))
+        if tail is None:
+            tail = tails[(head, size)] = head + b',"size":%d,"reason":null,"result":"forwarded"}' % size
+        answers.append(b'{"index":%d,"status":202,%s' % (index, tail))
     upstream = sidecar.upstream
     batch = [(subject, k, priority, DATA) for (subject, priority), k in groups.items()]
     if not engine.forward_batch(batch, len(items), now, upstream.can_stream and not sidecar.upstream_stalled):
@@ -130,4 +126,19 @@ def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> list[
     data = b"".join(frames)
     upstream.write(data)
     upstream.track(RunEntry(None, data, counts), len(data))
-    return results
+    return msgspec.Raw(b"[" + b",".join(answers) + b"]")
+
+
+def _describe(
+    classify: Any, subject: str, priority: str | None
+) -> tuple[tuple[str, Priority], bytes | None, bytes, bytes] | None:
+    """What every item of one (subject, priority) shares, or None when such an item needs the per-item
+    path (an invalid subject, a reply or control subject, critical, an envelope rule)."""
+    if not subject_ok(subject) or subject_role(subject) is not None:
+        return None
+    level, rule = classify(subject, priority)
+    if level is CRITICAL or (rule is not None and rule.batch_mode is ENVELOPE):
+        return None
+    block = _PRIORITY_BLOCKS[priority] if priority is not None else None
+    head = b'"subject":%s,"priority":%s' % (msgspec.json.encode(subject), msgspec.json.encode(level.label))
+    return (subject, level), block, subject.encode("utf-8", "surrogateescape"), head
