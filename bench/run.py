@@ -600,6 +600,69 @@ class Bench:
                 sent = res["pub"]["sent"] * conns
                 self.record("fanout", path, r, rate, res, delivered=sub["count"], sent=sent)
 
+    # (l) ------------------------------------------------------------------------------------------
+    def queue_memory(self, size: int = 128) -> None:
+        """Memory per queued message and after the queue drains: the hub is frozen (SIGSTOP), a raw
+        publisher sends `count` messages through a fresh sidecar, which queues them once the upstream
+        counts as stalled; RSS with the queue full, then the hub resumes and RSS is read again once the
+        queue is empty (and a tick later)."""
+        import signal as _signal
+
+        count = 200_000 if self.s.rounds == 1 else 500_000
+        self.restart_with(None)
+        assert self.topo.sidecar is not None
+        sidecar = self.topo.sidecar
+        proc = psutil.Process(sidecar.pid)
+        time.sleep(1.5)
+        idle = proc.memory_info().rss / 1_048_576
+        hub = self.topo.hub.proc
+        rid = next(self.ids)
+        pub = self.worker(
+            "pub-count", "--addr", sidecar.addr, "--subject", f"bench.q.{rid}", "--count", str(count)
+        )
+        pub.expect("ready", 20)  # connected (through a live hub), now publishing
+        hub.send_signal(_signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 120
+            queued = 0
+            while time.monotonic() < deadline:
+                queued = sidecar.admin("/api/backpressure/status")["data"]["currentQueueSize"]
+                if queued >= count * 0.95:
+                    break
+                time.sleep(0.5)
+            time.sleep(1.0)
+            queued = sidecar.admin("/api/backpressure/status")["data"]["currentQueueSize"]
+            full = proc.memory_info().rss / 1_048_576
+        finally:
+            hub.send_signal(_signal.SIGCONT)
+        try:
+            pub.expect("result", 120)
+        finally:
+            pub.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if sidecar.admin("/api/backpressure/status")["data"]["currentQueueSize"] == 0:
+                break
+            time.sleep(0.5)
+        time.sleep(2.5)  # a tick or two
+        drained = proc.memory_info().rss / 1_048_576
+        frame = len(pub_frame(f"bench.q.{rid}", b"x" * size))
+        per_msg = (full - idle) * 1_048_576 / queued - frame if queued else float("nan")
+        self.results["queue_memory"] = {
+            "count": count,
+            "queued": queued,
+            "frame_bytes": frame,
+            "rss_idle_mb": idle,
+            "rss_full_mb": full,
+            "rss_drained_mb": drained,
+            "bytes_per_message_beyond_frame": per_msg,
+        }
+        self.say(
+            f"  queue   {queued:,} queued: RSS {idle:.1f} -> {full:.1f} MB ({per_msg:.0f} B per message "
+            f"beyond its {frame} B frame), {drained:.1f} MB after draining ({drained / idle:.2f}x idle)"
+        )
+        self.restart_with(None)
+
     # (c) ------------------------------------------------------------------------------------------
     def request_reply(self) -> None:
         # No admin-API polling meanwhile: an HTTP request handled by the sidecar would show in p99.
@@ -838,7 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md (default unless --quick)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
-    ap.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="comma-separated workloads to run (a..k)")
+    ap.add_argument(
+        "--only", default="a,b,c,d,e,f,g,h,i,j,k,l", help="comma-separated workloads to run (a..l)"
+    )
     ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths to measure")
     ap.add_argument("--out", type=Path, default=None, help="directory for results.json, profiles, logs")
     ap.add_argument(
@@ -901,6 +966,9 @@ def main(argv: list[str] | None = None) -> int:
         if "k" in only:
             say("(k) 50 subscribers of one subject behind each path, raw publisher on the hub")
             bench.fanout()
+        if "l" in only:
+            say("(l) memory per queued message, and after the queue drains (hub frozen, then resumed)")
+            bench.queue_memory()
         if "g" in only:
             say("(g) intake while shedding: KPI-Priority mix 40/40/15/5, sidecar held at high, then critical")
             bench.shedding("high")
