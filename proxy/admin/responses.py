@@ -57,6 +57,8 @@ def from_json_dict(cls: type[R], data: dict[str, Any]) -> R:
 
 # -- status -------------------------------------------------------------------------------------------
 class RoleCounts(Response):
+    """Messages of one role: received, forwarded, dropped."""
+
     received: NNInt
     forwarded: NNInt
     dropped: NNInt
@@ -153,6 +155,8 @@ class MetricsHistory(Response):
 
 # -- health -------------------------------------------------------------------------------------------
 class Health(Response):
+    """GET /health: the overall status; always 200 while the process works."""
+
     status: OverallStatus
     degradation_level: LevelName
     upstream_connected: bool
@@ -161,11 +165,15 @@ class Health(Response):
 
 
 class Ready(Response):
+    """GET /ready: whether the sidecar takes traffic (503 with this as details when not)."""
+
     ready: bool
     upstream_connected: bool
 
 
 class UpstreamHealth(Response):
+    """The upstream NATS connection: critical after 30 s down, warning while stalled."""
+
     status: ComponentStatus
     connected: bool
     url: str | None
@@ -185,6 +193,8 @@ class UpstreamHealth(Response):
 
 
 class QueueHealth(Response):
+    """The in-memory queue: warning from 80 % of maxQueueSize, critical at it."""
+
     status: ComponentStatus
     size: NNInt
     max_size: int
@@ -196,6 +206,8 @@ class QueueHealth(Response):
 
 
 class MemoryHealth(Response):
+    """Memory against maxMemoryUsageMB: warning from 80 %, critical at 100 %."""
+
     status: ComponentStatus
     current_mb: float
     rss_mb: float
@@ -206,6 +218,8 @@ class MemoryHealth(Response):
 
 
 class CpuHealth(Response):
+    """CPU against maxCpuUsagePercent: warning from 80 %, critical at 100 %."""
+
     status: ComponentStatus
     percent: float
     threshold_percent: float
@@ -214,6 +228,8 @@ class CpuHealth(Response):
 
 
 class BreakersHealth(Response):
+    """The circuit breakers: warning while any is open."""
+
     status: ComponentStatus
     enabled: bool
     open: NNInt
@@ -222,6 +238,8 @@ class BreakersHealth(Response):
 
 
 class SpoolHealth(Response):
+    """The disk spool: warning while it holds messages, critical from 90 % of its bytes."""
+
     status: ComponentStatus
     max_bytes: int
     enabled: bool
@@ -231,6 +249,8 @@ class SpoolHealth(Response):
 
 
 class ClientsHealth(Response):
+    """Application connections and their pending output."""
+
     status: ComponentStatus
     connections: NNInt
     max_connections: int
@@ -249,6 +269,8 @@ class ConfigFile(Response):
 
 
 class LastReload(Response):
+    """The last reload of the configuration file."""
+
     trigger: Annotated[str, Meta(description="SIGHUP or file changed")]
     at: Timestamp
     result: Literal["applied", "refused"]
@@ -275,6 +297,8 @@ class ConfigHealth(Response):
 
 
 class HealthComponents(Response):
+    """Every component of /health/detailed; `config` is present when the app has a RuntimeConfig."""
+
     upstream: UpstreamHealth
     queue: QueueHealth
     memory: MemoryHealth
@@ -290,6 +314,8 @@ class HealthComponents(Response):
 
 
 class HealthDetailed(Response):
+    """GET /health/detailed: the overall status and each component."""
+
     status: OverallStatus
     degradation_level: LevelName
     load_percent: float
@@ -301,6 +327,8 @@ class HealthDetailed(Response):
 
 # -- configuration ------------------------------------------------------------------------------------
 class Override(Response):
+    """An API value that differs from the file's."""
+
     key: str
     value: Any
     file_value: Any
@@ -348,12 +376,16 @@ Config: Final = _config_view()
 
 
 class ConfigChange(Response):
+    """PUT /config and POST /config/reset: the keys changed and the configuration now in force."""
+
     changed: list[str]
     config: Config  # type: ignore[valid-type]
 
 
 # -- breakers, load test, actions ---------------------------------------------------------------------
 class Breaker(Response):
+    """One circuit breaker, with wall-clock times."""
+
     subject: str
     state: BreakerState
     reason: str | None
@@ -364,6 +396,8 @@ class Breaker(Response):
 
 
 class Breakers(Response):
+    """GET /circuit-breaker/status: every tracked breaker."""
+
     enabled: bool
     open: NNInt
     half_open: NNInt
@@ -371,6 +405,8 @@ class Breakers(Response):
 
 
 class BreakerResult(Response):
+    """POST /circuit-breaker: what the action did and the breaker after it."""
+
     subject: str
     action: BreakerVerb
     changed: bool
@@ -379,6 +415,8 @@ class BreakerResult(Response):
 
 
 class LatencySummary(Response):
+    """Latency percentiles of the delivered messages, in milliseconds."""
+
     p50: float
     p95: float
     p99: float
@@ -387,6 +425,8 @@ class LatencySummary(Response):
 
 
 class LoadTestStatus(Response):
+    """The load test: its state, plan, counts and latencies (also the answer of start and stop)."""
+
     state: Literal["idle", "starting", "running", "draining", "completed", "stopped", "failed"]
     running: bool
     id: str | None
@@ -411,17 +451,23 @@ class LoadTestStatus(Response):
 
 
 class Drained(Response):
+    """POST /actions/drain-queue: messages forwarded and what is left."""
+
     forwarded: NNInt
     queue_size: NNInt
 
 
 class Cleared(Response):
+    """POST /actions/clear-queue: messages dropped and what is left."""
+
     cleared: NNInt
     queue_size: NNInt
 
 
 # -- analytics ----------------------------------------------------------------------------------------
 class Transition(Response):
+    """One level change."""
+
     timestamp: Timestamp
     from_level: LevelName = msgspec.field(name="from")
     to: LevelName
@@ -432,12 +478,16 @@ class Transition(Response):
 
 
 class DegradationHistory(Response):
+    """GET /analytics/degradation-history: the recent level changes, oldest first."""
+
     current_level: LevelName
     count: NNInt
     transitions: list[Transition]
 
 
 class Recommendations(Response):
+    """GET /analytics/recommendations: tuning hints from the last window of history."""
+
     window_seconds: int
     samples: NNInt
     recommendations: list[Recommendation]
