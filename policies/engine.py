@@ -15,6 +15,10 @@ shed or broken and go ahead of queued data; only data is sampled.
 
 Every public call keeps `received == forwarded + dropped + queue_size + spooled`. The semantics of each
 level, switch and counter are written down in docs/backpressure.md.
+
+Size: one class on purpose. Every call reads and updates the same accounting, queue, breakers and level,
+and the invariant above holds at its boundary; the policies it composes each live in their own module
+(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting).
 """
 
 from __future__ import annotations
@@ -361,11 +365,11 @@ class Engine:
         and critical (share 0), sampled data (a share of the level's rate, the phase drawn from the rng),
         everything else kept (SHARE_ONE); critical groups APART: kept too, but the shell writes each on its
         own (Nats-Msg-Id, confirmation), ahead of the others. The kept messages are counted forwarded: the
-        shell writes them at once. None, with nothing counted,
-        when the run needs the per-message path: the upstream does not take writes, messages are queued
-        (they go first), a breaker has records, a request would be shed (it is answered with a 503), the tokens do not cover the kept messages, or fewer are
-        kept than one batch (offer() would queue them until a batch fills). A run that fills a batch is
-        written whole, its last partial batch included, instead of waiting maxBatchDelayMs for more.
+        shell writes them at once. None, with nothing counted, when the run needs the per-message path:
+        the upstream does not take writes, messages are queued (they go first), a breaker has records, a
+        request would be shed (its 503 is sent one by one), the tokens do not cover the kept messages, or
+        fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
+        batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
         """
         if not can_send or self._queue.size or self._breaker_records:
             return None

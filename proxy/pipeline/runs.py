@@ -17,8 +17,9 @@ from typing import Any, Final
 from policies.config import BatchMode, PolicyRule, Priority
 from policies.roles import DATA, REPLY, REQUEST, Role, subject_role
 from policies.sampling import APART, SHARE_ONE, keeps, kept_of
-from proxy.nats import protocol
-from proxy.nats.protocol import PRIORITY_LABELS, ClientParser, Pub, PubRun, _header_priority
+from proxy.nats import speedups
+from proxy.nats.parser import _header_priority
+from proxy.nats.protocol import PRIORITY_LABELS, ClientParser, Pub, PubRun
 
 CRITICAL: Final = Priority.CRITICAL
 ENVELOPE: Final = BatchMode.ENVELOPE
@@ -151,7 +152,7 @@ def select_frames_py(
 
 def select_frames(frames: bytes, plan: list[tuple[bytes, int, int, int, int]]) -> tuple[bytes, bytes]:
     """select_frames in C when built, else (or when C declines a frame) the Python reference."""
-    fast = protocol.select_frames
+    fast = speedups.select_frames
     if fast is not None:
         chosen = fast(frames, plan)
         if chosen is not None:
