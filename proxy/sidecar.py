@@ -729,7 +729,8 @@ class Sidecar:
         now = self.clock()
         body = msg.body[msg.hdr_size :] if msg.hdr_size > 0 else msg.body
         failed = msg.hdr_size > 0 and not body  # a status message: 503 no stream captures the subject
-        if not failed:
+        if not failed and not (body.startswith(b'{"stream":') and b'"error"' not in body):
+            # Anything but the PubAck JetStream writes ({"stream":...,"seq":...}): read it as JSON.
             try:
                 failed = "error" in json.loads(body)
             except ValueError:
@@ -922,9 +923,14 @@ class Sidecar:
             upstream.write(frames)
             upstream.track(RunEntry(client, frames, op.counts), len(frames))
             return b""
-        if found.critical and (engine.level is Level.NONE or self.spool_mode):
-            # At none, in order, message by message, as a leaf node would forward them; with a spool,
-            # critical messages keep their order behind it.
+        if found.critical and (
+            (engine.level is Level.NONE and not found.all_critical)
+            or self.spool_mode
+            or len(self._acks) + found.critical_count > self.config.spool.max_pending_acks
+        ):
+            # At none, a mixed run goes in order, message by message, as a leaf node would forward it (a
+            # run of critical messages alone keeps its order); with a spool, critical messages keep their
+            # order behind it; and the PubAcks awaited stay within maxPendingAcks.
             return None
         if engine.queue_size and can_send and engine.queue_size < engine.batch_size:
             # A partial batch waits for more messages: this run brings them, so it goes first.
@@ -942,25 +948,37 @@ class Sidecar:
         return b""
 
     def _write_critical(self, frames: bytes, client: ClientConnection | None, now: float) -> None:
-        """The critical messages of a run the engine decided in bulk (counted forwarded already): each
-        written on its own, with its Nats-Msg-Id, and PubAck or PONG confirmation, ahead of the run's
-        other kept messages (the priority queue's order)."""
+        """The critical messages of a run the engine decided in bulk (counted forwarded already), each with
+        its Nats-Msg-Id (and PubAck reply subject), written in one slice ahead of the run's other kept
+        messages (the priority queue's order); then each awaits its PubAck or PONG confirmation."""
         parser = ClientParser(max_payload=-1)
         parser.headers = True  # HPUBs in a run were accepted already
         replies = client.replies if client is not None else None
+        classify = self.engine.classify
+        rules: dict[tuple[str, bool], Any] = {}
+        msgs: list[OutMsg] = []
         for op in parser.feed_data(frames):
+            subject = op.subject
+            role = role_of(subject, op.reply is not None, replies, now)
+            key = (subject, role < REPLY)
+            rule = rules.get(key, rules)
+            if rule is rules:
+                rule = rules[key] = classify(subject, "critical", role < REPLY)[1]
             headers = op.headers if op.hdr_size > 0 else None
-            role = role_of(op.subject, op.reply is not None, replies, now)
-            rule = self.engine.classify(op.subject, "critical", role < REPLY)[1]
             msg = self._critical_msg(
-                op.subject, op.reply, op.payload, headers, op.frame, client, rule, now, role
+                subject, op.reply, op.payload, headers, op.frame, client, rule, now, role
             )
             if msg.size > self.max_payload:
                 # With its Nats-Msg-Id it no longer fits: never written (as offer() decides it).
-                self.engine.note_unforwarded(msg.subject, CRITICAL, role, "max_payload")
+                self.engine.note_unforwarded(subject, CRITICAL, role, "max_payload")
                 self._refused(msg, "max_payload")
                 continue
-            self._write(msg, now)
+            msgs.append(msg)
+        if not msgs:
+            return
+        self.upstream.write(b"".join([msg.frame for msg in msgs]))
+        for msg in msgs:
+            self._written(msg, now)
 
     def _critical_msg(
         self,
@@ -1053,6 +1071,10 @@ class Sidecar:
             self.upstream.write(msg.frame)
             if msg.priority is not CRITICAL:
                 self.upstream.track(msg, len(msg.frame))
+        self._written(msg, now)
+
+    def _written(self, msg: OutMsg, now: float) -> None:
+        """What follows a message's upstream write: echo, latency, its PubAck or PONG confirmation."""
         client = msg.client
         if client is not None and not client.echo:
             self._expect_echo(client, msg)

@@ -262,15 +262,16 @@ parse_digits(const unsigned char *t, Py_ssize_t len, Py_ssize_t max_len, long lo
 
 /* The arguments of a control line from q to its CR (at most 4 tokens of bytes above 0x20 but DEL): their
  * number, with the CR at *cr, or 0 when the line is anything else or does not end in CRLF before end.
- * Between tokens, `runs` takes runs of spaces and tabs as nats-server's parser does for a client (and
- * blanks before the first), otherwise exactly one space, as nats-server writes. */
+ * Between tokens, `runs` 1 takes runs of spaces and tabs as nats-server's parser does for a client (and
+ * blanks before the first), otherwise exactly one space, as nats-server writes; `runs` 2 also takes two
+ * spaces after the second token, once: how nats-server writes an empty reply subject in a MSG. */
 static int
 split_args(const unsigned char *q, const unsigned char *end, int runs, const unsigned char **toks,
            Py_ssize_t *lens, const unsigned char **cr)
 {
     int ntok = 0;
     for (;;) {
-        while (runs && q < end && (*q == ' ' || *q == '\t')) {
+        while (runs == 1 && q < end && (*q == ' ' || *q == '\t')) {
             q++;
         }
         const unsigned char *t = q;
@@ -286,10 +287,14 @@ split_args(const unsigned char *q, const unsigned char *end, int runs, const uns
         if (*q == '\r') {
             break;
         }
-        if (*q != ' ' && !(runs && *q == '\t')) {
+        if (*q != ' ' && !(runs == 1 && *q == '\t')) {
             return 0;
         }
         q++;
+        if (runs == 2 && ntok == 2 && q < end && *q == ' ') {
+            q++; /* the empty reply subject */
+            runs = 0;
+        }
     }
     if (end - q < 2 || q[1] != '\n') {
         return 0;
@@ -628,7 +633,7 @@ parse_msg(const unsigned char *p, Py_ssize_t avail, Py_ssize_t max_line, msg_fra
     const unsigned char *toks[4];
     Py_ssize_t lens[4];
     const unsigned char *q;
-    int ntok = split_args(p + 4, end, 0, toks, lens, &q);
+    int ntok = split_args(p + 4, end, 2, toks, lens, &q);
     long long sid, size;
     if (ntok < 3 || !parse_digits(toks[1], lens[1], 18, &sid) ||
         !parse_digits(toks[ntok - 1], lens[ntok - 1], 9, &size)) {
@@ -654,7 +659,7 @@ parse_msg(const unsigned char *p, Py_ssize_t avail, Py_ssize_t max_line, msg_fra
 PyDoc_STRVAR(scan_msgs_doc,
 "scan_msgs(buf, pos, max_control_line) -> int\n\n"
 "Consume the complete plain MSG frames of buf from pos on, as nats-server writes them ('MSG <subject>\n"
-"<sid> [reply] <size>\\r\\n' with single blanks, sid of 1-18 digits, size of 1-9, line <=\n"
+"<sid> [reply] <size>\\r\\n' with single blanks (two for an empty reply), sid of 1-18 digits, size of 1-9, line <=\n"
 "max_control_line, body ending in CRLF); return the position after the last one (pos if none).");
 
 static PyObject *

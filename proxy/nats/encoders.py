@@ -63,7 +63,7 @@ def encode_connect(options: dict) -> bytes:
 def next_msg(frames: bytes, pos: int) -> tuple[Msg, int]:
     """The frame of a MsgRun at pos as a Msg, and where the next frame starts."""
     eol = frames.index(b"\n", pos)
-    toks = frames[pos + 4 : eol - 1].split(b" ")
+    toks = frames[pos + 4 : eol - 1].split()  # an empty reply is a second blank (scan_msgs takes it)
     start = eol + 1
     end = start + int(toks[-1])
     reply = toks[2] if len(toks) == 4 else None

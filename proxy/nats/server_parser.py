@@ -110,7 +110,8 @@ class ServerParser(_Parser):
             self._last = last
 
     def _quick(self, line: bytes) -> tuple | None:
-        """Parse a canonical MSG/HMSG line (upper case, single blanks, CRLF), else None for _control."""
+        """Parse a canonical MSG/HMSG line (upper case, single blanks but for an empty reply, CRLF), else
+        None for _control."""
         if line.startswith(b"MSG "):
             toks = line[4:-2].split(b" ")
             has_headers = False
@@ -119,6 +120,10 @@ class ServerParser(_Parser):
             has_headers = True
         else:
             return None
+        if len(toks) == 4 + has_headers and toks[2] == b"":
+            # "MSG <subject> <sid>  <size>": nats-server writes an empty reply subject (JetStream's PubAcks
+            # have one) as a second blank; no reply, as the exact path reads it.
+            del toks[2]
         if line[-2] != _CR or 9 in line or len(line) > self.max_control_line or b"" in toks:
             return None
         try:

@@ -41,6 +41,16 @@ class RunGroups:
         self.critical = False
         self.enveloped = False
 
+    @property
+    def all_critical(self) -> bool:
+        """Every message of the run is critical."""
+        return all(group[2] is CRITICAL for group in self.groups)
+
+    @property
+    def critical_count(self) -> int:
+        """How many of the run's messages are critical."""
+        return sum(group[1] for group in self.groups if group[2] is CRITICAL)
+
     def add(self, group: Group, keys: tuple[Key, ...], rule: PolicyRule | None) -> None:
         self.groups.append(group)
         self.keys.append(keys)
