@@ -60,6 +60,10 @@ odd_frames = st.sampled_from(
     [
         b"MSG a 1 2\r\nab\r\n",
         b"MSG a  1 2\r\nab\r\n",  # two blanks: not as nats-server writes it, the Python parser's
+        b"MSG a 1  2\r\nab\r\n",  # an empty reply: how nats-server writes JetStream's PubAcks
+        b"MSG a 1   2\r\nab\r\n",
+        b"MSG a 1  r 2\r\nab\r\n",
+        b"HMSG a 1  12 12\r\nNATS/1.0\r\n\r\n\r\n",
         b"MSG a 1 r 0\r\n\r\n",
         b"MSG a\x7f 1 0\r\n\r\n",
         b"MSG caf\xc3\xa9 12345678901234567 1\r\nx\r\n",
@@ -151,3 +155,13 @@ def test_next_msg() -> None:
     first, pos = next_msg(data, 0)
     assert first == Msg(b"a", 1, None, -1, b"hi") and pos == 15
     assert next_msg(data, pos) == (Msg(b"b", 22, b"_INBOX.x", -1, b""), len(data))
+
+
+def test_an_empty_reply_as_nats_server_writes_it_stays_in_runs() -> None:
+    # JetStream's PubAcks come as "MSG <inbox> <sid>  <size>": two blanks for the empty reply subject.
+    ack = b'MSG _KPI_ACK.X.1 0  23\r\n{"stream":"R", "seq":2}\r\n'
+    (run,) = batch_parser().feed_data(ack * 3)
+    assert type(run) is MsgRun and run.frames == ack * 3
+    msg = Msg(b"_KPI_ACK.X.1", 0, None, -1, b'{"stream":"R", "seq":2}')
+    assert next_msg(run.frames, 0) == (msg, len(ack))
+    assert ServerParser().feed_data(ack) == [msg]
