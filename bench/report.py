@@ -106,6 +106,21 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         if workload in t and "sidecar" in t[workload] and against in t[workload]:
             value = ratio(t[workload]["sidecar"]["median"], t[workload][against]["median"])
             out["targets"].append((name, f"{value:.2f}x", f">= {wanted}x", value >= wanted))
+    queue = results.get("queue_memory")
+    if queue:
+        per = queue["bytes_per_message_beyond_frame"]
+        out["targets"].append(
+            ("queued message overhead beyond its frame", f"{per:.0f} B", "<= 150 B", per <= 150)
+        )
+        back = queue["rss_drained_mb"] / queue["rss_idle_mb"]
+        out["targets"].append(
+            (
+                f"RSS after {queue['queued']:,} queued messages drained, / idle",
+                f"{back:.2f}x",
+                "< 2x",
+                back < 2.0,
+            )
+        )
     http = [r for r in runs if r["workload"] == "http" and "batch_p99_us" in r]
     if http:
         p99 = statistics.median(r["batch_p99_us"] for r in http) / 1000
@@ -238,6 +253,13 @@ def render_markdown(summary: dict[str, Any], results: dict[str, Any]) -> str:
         lines.append(
             _row("(a)+(b) sidecar peak RSS while saturated, MB", "-", "-", f"{max(peak):.1f}", "-", "-")
         )
+    queue = results.get("queue_memory")
+    if queue:
+        text = (
+            f"idle {queue['rss_idle_mb']:.1f}<br>{queue['queued']:,} queued: {queue['rss_full_mb']:.1f}"
+            f"<br>drained: {queue['rss_drained_mb']:.1f}"
+        )
+        lines.append(_row("(l) sidecar RSS with a queue, MB", "-", "-", text, "-", "-"))
     distinct = results.get("distinct")
     if distinct:
         steps = "<br>".join(f"{p['step']}: {p['rss_mb']:.1f}" for p in distinct)
