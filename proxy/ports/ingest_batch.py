@@ -63,13 +63,35 @@ def decode_items(raw: bytes, item_type: type[BatchItem]) -> list[BatchItem] | No
     text = raw.strip()
     if not text:
         return None
-    if text[:1] != b"[":
-        lines = [line for line in text.split(b"\n") if line.strip()]
-        text = b"[" + b",".join(lines) + b"]"
+    decoder = _decoder(item_type)
+    if text[:1] == b"[":
+        try:
+            return decoder.decode(text)
+        except msgspec.DecodeError:
+            return None
+    # NDJSON as one JSON array: each non-blank line one object. A line must hold exactly one object, as
+    # the per-item path reads it: it starts with "{" and ends with "}", and the array has one item per
+    # line (an object cut over two lines would otherwise be read whole; BatchItem has no field an object
+    # could continue in).
+    lines = [line.strip() for line in text.split(b"\n")]
+    lines = [line for line in lines if line]
+    if not all(line[:1] == b"{" and line[-1:] == b"}" for line in lines):
+        return None
     try:
-        return msgspec.json.decode(text, type=list[item_type])  # type: ignore[valid-type]
+        items = decoder.decode(b"[" + b",".join(lines) + b"]")
     except msgspec.DecodeError:
         return None
+    return items if len(items) == len(lines) else None
+
+
+_decoders: dict[type, msgspec.json.Decoder] = {}
+
+
+def _decoder(item_type: type) -> msgspec.json.Decoder:
+    decoder = _decoders.get(item_type)
+    if decoder is None:
+        decoder = _decoders[item_type] = msgspec.json.Decoder(list[item_type])  # type: ignore[valid-type]
+    return decoder
 
 
 def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> msgspec.Raw | None:

@@ -393,3 +393,11 @@ def test_the_subject_check_is_the_one_it_replaces(value: str) -> None:
     assert subject_ok(value) is old_subject_check(value)
     for long in ("a" * 1024, "é" * 512, "é" * 513, "a" * 1025, "a." * 512):
         assert subject_ok(long) is old_subject_check(long)
+
+
+def test_an_object_cut_over_two_lines_is_two_bad_lines(plain: Any) -> None:
+    # The batch is decoded at once only when each line holds one whole object (proxy/ports/ingest_batch.py).
+    raw = b'{"subject": "kpi.cut.a",\n"data": "x"}\n{"subject": "kpi.cut.b"}'
+    answer = call(plain.sidecar.http_url, "POST", "/publish", raw=raw, headers={"Content-Type": "x-ndjson"})
+    assert answer.status == 202
+    assert [(r["index"], r["status"]) for r in answer.data["results"]] == [(0, 400), (1, 400), (2, 202)]
