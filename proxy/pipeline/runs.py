@@ -25,8 +25,9 @@ CRITICAL: Final = Priority.CRITICAL
 ENVELOPE: Final = BatchMode.ENVELOPE
 
 Group = tuple[str, int, Priority, Role]
-# What select_frames matches each frame by: its subject (bytes), KPI-Priority code, and reply (0/1).
-Key = tuple[bytes, int, int]
+# What select_frames matches each frame by: its subject, KPI-Priority code, and reply (0/1); the subject
+# is encoded to wire bytes only when a plan is made (plan_entries).
+Key = tuple[str, int, int]
 Classify = Callable[[str, "str | None", bool], tuple[Priority, "PolicyRule | None"]]
 
 
@@ -70,7 +71,9 @@ class RunGroups:
             for keys, (share, _) in zip(self.keys, plan, strict=True)
         ), "a sampled group has a single key"
         return [
-            (*key, share, phase) for keys, (share, phase) in zip(self.keys, plan, strict=True) for key in keys
+            (_wire(subject), code, request, share, phase)
+            for keys, (share, phase) in zip(self.keys, plan, strict=True)
+            for subject, code, request in keys
         ]
 
     def kept_counts(self, plan: list[tuple[int, int]]) -> dict[str, int]:
@@ -112,22 +115,21 @@ def run_groups(op: PubRun, classify: Classify, replies: Any, now: float) -> RunG
                 requests[subject] -= k
             if role is None:
                 role = REQUEST if request else DATA
-            out.add((subject, k, priority, role), ((_wire(subject), code, request),), rule)
+            out.add((subject, k, priority, role), ((subject, code, request),), rule)
     for subject, count in counts.items():
         if not count:
             continue
-        wire = _wire(subject)
         role = _role(subject, replies, now)
         priority, rule = classify(subject, None, role is None)
         if role is not None:
-            out.add((subject, count, priority, role), ((wire, 0, 0), (wire, 0, 1)), rule)
+            out.add((subject, count, priority, role), ((subject, 0, 0), (subject, 0, 1)), rule)
             continue
         asked = requests.get(subject, 0) if requests else 0
         if asked:
-            out.add((subject, asked, priority, REQUEST), ((wire, 0, 1),), rule)
+            out.add((subject, asked, priority, REQUEST), ((subject, 0, 1),), rule)
             count -= asked
         if count:
-            out.add((subject, count, priority, DATA), ((wire, 0, 0),), rule)
+            out.add((subject, count, priority, DATA), ((subject, 0, 0),), rule)
     return out
 
 
@@ -137,7 +139,7 @@ def select_frames_py(
     """The frames of a run the plan keeps, and those it sets apart, each in order (the C select_frames'
     reference): frame j of a key's group is kept when `keeps(j, share, phase)`."""
     groups = {(subject, code, request): (share, phase) for subject, code, request, share, phase in plan}
-    seen: dict[Key, int] = {}
+    seen: dict[tuple[bytes, int, int], int] = {}
     parser = ClientParser(max_payload=-1)
     parser.headers = True  # HPUBs in a run were accepted already
     kept: list[bytes] = []
