@@ -70,6 +70,7 @@ TICK_INTERVAL_S = 1.0
 ROLE_PREFIXES = tuple(prefix.encode() for prefix, _ in roles.ROLE_PREFIXES)
 # The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
 ACK_SID = 0
+_ACK_SID_BYTES = b"%d" % ACK_SID
 # -ERR 'Permissions Violation for Subscription to "<subject>"[ using queue "<queue>"]' (nats-server).
 _SUB_DENIED = re.compile(r'subscription to "(.*?)"(?: using queue "(.*?)")?\s*$', re.IGNORECASE)
 # Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
@@ -184,6 +185,8 @@ class Sidecar:
         )
         # `delivery: jetstream` critical messages waiting for their PubAck, by the token in their reply.
         self._ack_prefix = f"_KPI_ACK.{self.server_id}."
+        # How the upstream's MSG line of a PubAck starts (ACK_SID's subscription): _on_pub_acks.
+        self._ack_line = f"MSG {self._ack_prefix}".encode()
         self._ack_subscribed = False
         self.ack_subscription_denied = False
         self._acks: dict[str, tuple[OutMsg, float]] = {}
@@ -708,9 +711,13 @@ class Sidecar:
         routes = self.routes
         delivered: dict[int, int] = {}
         pos = route_msgs(frames, 0, routes, delivered)  # type: ignore[misc]
+        ack_line = self._ack_line
         while pos < n:
-            msg, pos = next_msg(frames, pos)
-            self.on_upstream_msg(msg)
+            end = self._on_pub_acks(frames, pos) if frames.startswith(ack_line, pos) else pos
+            if end == pos:
+                msg, end = next_msg(frames, pos)
+                self.on_upstream_msg(msg)
+            pos = end
             if pos < n:
                 pos = route_msgs(frames, pos, routes, delivered)  # type: ignore[misc]
         subs = self.subs
@@ -719,6 +726,39 @@ class Sidecar:
             if sub is not None:
                 sub.delivered += count
                 sub.client.wake()
+
+    def _on_pub_acks(self, frames: bytes, pos: int) -> int:
+        """The PubAcks from pos on in a run of plain MSGs (`MSG _KPI_ACK.<id>.<token> 0 [ ]<size>`, the
+        ACK_SID subscription's), settled without a Msg object each when JetStream stored the message;
+        returns where the first frame that is not one starts (pos if none)."""
+        ack_line = self._ack_line
+        skip = len(ack_line)
+        acks = self._acks
+        engine = self.engine
+        now = self.clock()
+        n = len(frames)
+        settled = False
+        while pos < n and frames.startswith(ack_line, pos):
+            eol = frames.index(b"\n", pos)
+            token, _, rest = frames[pos + skip : eol - 1].partition(b" ")
+            args = rest.split()
+            if len(args) != 2 or args[0] != _ACK_SID_BYTES:
+                break  # another subscription's copy (sid), or a reply subject: the general path
+            start = eol + 1
+            end = start + int(args[1])
+            body = frames[start:end]
+            if not (body.startswith(b'{"stream":') and b'"error"' not in body):
+                self._on_pub_ack(Msg(frames[pos + 4 : pos + skip] + token, ACK_SID, None, -1, body))
+            else:
+                entry = acks.pop(token.decode(), None)
+                if entry is not None:
+                    settled = True
+                    if engine.has_breakers:
+                        engine.breaker_success(entry[0].subject, now)
+            pos = end + 2
+        if settled:
+            self._release_ack_hold()
+        return pos
 
     def _on_pub_ack(self, msg: Msg) -> None:
         token = msg.subject.decode().rpartition(".")[2]
