@@ -44,6 +44,7 @@ from proxy.nats.protocol import (
     route_msgs,
     split_pub,
 )
+from proxy.nats.speedups import settle_acks
 from proxy.pipeline.resources import ResourceMonitor
 from proxy.pipeline.runs import run_groups, select_frames
 from proxy.pipeline.spool import Spool
@@ -738,6 +739,15 @@ class Sidecar:
         now = self.clock()
         n = len(frames)
         settled = False
+        if settle_acks is not None:
+            # The stored ones in C; what it leaves (a failure, another sid) goes on below.
+            entries: list[Any] | None = [] if engine.has_breakers else None
+            end = settle_acks(frames, pos, ack_line, _ACK_SID_BYTES, acks, entries)
+            if end != pos:
+                settled = True
+                pos = end
+                for entry in entries or ():
+                    engine.breaker_success(entry[0].subject, now)
         while pos < n and frames.startswith(ack_line, pos):
             eol = frames.index(b"\n", pos)
             token, _, rest = frames[pos + skip : eol - 1].partition(b" ")

@@ -845,11 +845,116 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(settle_acks_doc,
+"settle_acks(frames, pos, line_prefix, sid, acks, entries) -> int\n\n"
+"For each MSG frame of frames from pos on that starts with line_prefix ('MSG <ack subject prefix>'),\n"
+"has the subscription id sid (bytes), no reply subject (one blank or two, as nats-server writes an\n"
+"empty one) and a body JetStream writes for a stored message (starting {\"stream\": and without\n"
+"\"error\"): pop acks[token] (token: the rest of the subject, as str) and, when entries is a list,\n"
+"append what was popped. Return the position of the first frame not settled (pos if none).");
+
+static PyObject *
+settle_acks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[2]) || !PyBytes_CheckExact(args[3]) ||
+        !PyDict_CheckExact(args[4]) || (args[5] != Py_None && !PyList_CheckExact(args[5]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "settle_acks(frames: bytes, pos: int, line_prefix: bytes, sid: bytes, acks: dict, entries)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    const char *prefix = PyBytes_AS_STRING(args[2]);
+    Py_ssize_t plen = PyBytes_GET_SIZE(args[2]);
+    const char *sid = PyBytes_AS_STRING(args[3]);
+    Py_ssize_t sidlen = PyBytes_GET_SIZE(args[3]);
+    PyObject *acks = args[4];
+    PyObject *entries = args[5] == Py_None ? NULL : args[5];
+    static const char ok[] = "{\"stream\":";
+    const Py_ssize_t oklen = (Py_ssize_t)sizeof(ok) - 1;
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "settle_acks(): pos out of range");
+        return NULL;
+    }
+    while (n - pos > plen && memcmp(buf + pos, prefix, (size_t)plen) == 0) {
+        const unsigned char *t = buf + pos + plen;
+        const unsigned char *end = buf + n;
+        const unsigned char *q = t;
+        while (q < end && *q > 0x20 && *q != 0x7f) {
+            q++;
+        }
+        Py_ssize_t tlen = q - t;
+        if (tlen == 0 || end - q < (Py_ssize_t)sidlen + 2 || *q != ' ' ||
+            memcmp(q + 1, sid, (size_t)sidlen) != 0 || q[1 + sidlen] != ' ') {
+            break;
+        }
+        q += 2 + sidlen;
+        if (q < end && *q == ' ') {
+            q++; /* the empty reply subject */
+        }
+        const unsigned char *d = q;
+        while (q < end && *q >= '0' && *q <= '9') {
+            q++;
+        }
+        long long size;
+        if (!parse_digits(d, q - d, 9, &size) || end - q < 2 || q[0] != '\r' || q[1] != '\n') {
+            break;
+        }
+        const unsigned char *body = q + 2;
+        if (end - body < size + 2 || body[size] != '\r' || body[size + 1] != '\n') {
+            break;
+        }
+        if (size < oklen || memcmp(body, ok, (size_t)oklen) != 0) {
+            break;
+        }
+        int has_error = 0;
+        for (Py_ssize_t k = 0; k + 7 <= size; k++) {
+            if (body[k] == '"' && memcmp(body + k, "\"error\"", 7) == 0) {
+                has_error = 1;
+                break;
+            }
+        }
+        if (has_error) {
+            break;
+        }
+        PyObject *token = PyUnicode_DecodeUTF8((const char *)t, tlen, NULL);
+        if (token == NULL) {
+            PyErr_Clear();
+            break;
+        }
+        PyObject *entry = PyDict_GetItemWithError(acks, token); /* borrowed */
+        if (entry != NULL) {
+            Py_INCREF(entry);
+            int rc = PyDict_DelItem(acks, token);
+            if (rc == 0 && entries != NULL) {
+                rc = PyList_Append(entries, entry);
+            }
+            Py_DECREF(entry);
+            if (rc < 0) {
+                Py_DECREF(token);
+                return NULL;
+            }
+        }
+        else if (PyErr_Occurred()) {
+            Py_DECREF(token);
+            return NULL;
+        }
+        Py_DECREF(token);
+        pos = (body + size + 2) - buf;
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"scan_pubs", (PyCFunction)(void (*)(void))scan_pubs, METH_FASTCALL, scan_pubs_doc},
     {"scan_msgs", (PyCFunction)(void (*)(void))scan_msgs, METH_FASTCALL, scan_msgs_doc},
     {"select_frames", (PyCFunction)(void (*)(void))select_frames, METH_FASTCALL, select_frames_doc},
     {"route_msgs", (PyCFunction)(void (*)(void))route_msgs, METH_FASTCALL, route_msgs_doc},
+    {"settle_acks", (PyCFunction)(void (*)(void))settle_acks, METH_FASTCALL, settle_acks_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,13 +13,15 @@ ScanPubs = Callable[[bytes, int, dict, int, int, bool, dict, dict], int]
 ScanMsgs = Callable[[bytes, int, int], int]
 RouteMsgs = Callable[[bytes, int, dict, dict], int]
 SelectFrames = Callable[[bytes, list], "tuple[bytes, bytes] | None"]
+SettleAcks = Callable[[bytes, int, bytes, bytes, dict, "list | None"], int]
 scan_pubs: ScanPubs | None = None
 scan_msgs: ScanMsgs | None = None
 route_msgs: RouteMsgs | None = None
 select_frames: SelectFrames | None = None
+settle_acks: SettleAcks | None = None
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     try:
-        from proxy.nats._speedups import route_msgs, scan_msgs, scan_pubs, select_frames
+        from proxy.nats._speedups import route_msgs, scan_msgs, scan_pubs, select_frames, settle_acks
     except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
-        scan_pubs = scan_msgs = route_msgs = select_frames = None
+        scan_pubs = scan_msgs = route_msgs = select_frames = settle_acks = None
 SPEEDUPS = scan_pubs is not None

@@ -165,3 +165,26 @@ def test_an_empty_reply_as_nats_server_writes_it_stays_in_runs() -> None:
     msg = Msg(b"_KPI_ACK.X.1", 0, None, -1, b'{"stream":"R", "seq":2}')
     assert next_msg(run.frames, 0) == (msg, len(ack))
     assert ServerParser().feed_data(ack) == [msg]
+
+
+def test_settle_acks_pops_what_jetstream_stored_and_stops_at_anything_else() -> None:
+    from proxy.nats.speedups import settle_acks
+
+    if settle_acks is None:
+        pytest.skip("C scanner not built")
+    prefix = b"MSG _KPI_ACK.S."
+
+    def ack(token: bytes, body: bytes, sid: bytes = b"0", blanks: bytes = b"  ") -> bytes:
+        return b"%s%s %s%s%d\r\n%s\r\n" % (prefix, token, sid, blanks, len(body), body)
+
+    stored = b'{"stream":"R", "seq":1}'
+    frames = ack(b"1", stored) + ack(b"2", stored, blanks=b" ") + ack(b"9", stored)
+    tail = ack(b"3", b'{"stream":"R","error":{"code":503}}') + ack(b"4", stored)
+    acks = {"1": ("m1", 0.0), "2": ("m2", 0.0), "3": ("m3", 0.0), "4": ("m4", 0.0)}
+    entries: list = []
+    end = settle_acks(frames + tail, 0, prefix, b"0", acks, entries)
+    assert end == len(frames)  # "9" is no longer awaited (settled already): skipped; the failure stops it
+    assert entries == [("m1", 0.0), ("m2", 0.0)] and set(acks) == {"3", "4"}
+    other_sid = ack(b"4", stored, sid=b"7")
+    assert settle_acks(other_sid, 0, prefix, b"0", acks, None) == 0
+    assert settle_acks(b"MSG other 0 1\r\nx\r\n", 0, prefix, b"0", acks, None) == 0
