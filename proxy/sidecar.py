@@ -1024,11 +1024,7 @@ class Sidecar:
                 self._refused(msg, "max_payload")
                 continue
             msgs.append(msg)
-        if not msgs:
-            return
-        self.upstream.write(b"".join([msg.frame for msg in msgs]))
-        for msg in msgs:
-            self._written(msg, now)
+        self._write_all(msgs, now)
 
     def _critical_msg(
         self,
@@ -1122,6 +1118,47 @@ class Sidecar:
             if msg.priority is not CRITICAL:
                 self.upstream.track(msg, len(msg.frame))
         self._written(msg, now)
+
+    def _write_all(self, msgs: list[OutMsg], now: float) -> None:
+        """_write for each of `msgs`, in order, with their frames in one upstream write (a slice the queue
+        released); a PubAck awaited is recorded without a call per message."""
+        if len(msgs) < 2:
+            for msg in msgs:
+                self._write(msg, now)
+            return
+        upstream = self.upstream
+        written: list[OutMsg] = []
+        frames: list[bytes] = []
+        for msg in msgs:
+            rule = msg.rule
+            if (
+                rule is not None
+                and rule.batch_mode is ENVELOPE
+                and msg.reply is None
+                and msg.priority < CRITICAL
+            ):
+                self._envelope(msg)
+                continue
+            written.append(msg)
+            frames.append(msg.frame)
+        if not written:
+            return
+        upstream.write(b"".join(frames))
+        acks = self._acks
+        deadline = now + self.config.spool.ack_timeout_ms / 1000
+        observe = self.engine.observe_latency
+        for msg in written:
+            if msg.priority is not CRITICAL:
+                upstream.track(msg, len(msg.frame))
+            client = msg.client
+            token = msg.ack_token
+            if token is not None and (client is None or client.echo):
+                observe(msg.subject, now - msg.received_at, msg.role)
+                acks[token] = (msg, deadline)
+            else:
+                self._written(msg, now)
+        if len(acks) >= self.config.spool.max_pending_acks:
+            upstream.hold = True  # the queue holds the rest until PubAcks come back
 
     def _written(self, msg: OutMsg, now: float) -> None:
         """What follows a message's upstream write: echo, latency, its PubAck or PONG confirmation."""
@@ -1294,8 +1331,7 @@ class Sidecar:
             # In slices, so that a paused upstream stops the release instead of buffering megabytes.
             while upstream.can_send:
                 msgs = self.engine.take(now, PUMP_SLICE)
-                for msg in msgs:
-                    self._write(msg, now)
+                self._write_all(msgs, now)
                 if len(msgs) < PUMP_SLICE:
                     break
         self._resume_held()
