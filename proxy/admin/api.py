@@ -280,8 +280,8 @@ def status_data(sidecar: Sidecar) -> dict[str, Any]:
         "samplingRate": snap.sampling_rate,
         "batchSize": snap.batch_size,
         "upstreamConnected": sidecar.upstream.connected,
-        "upstreamStalled": sidecar.upstream_stalled,
-        "flowPausedClients": len(sidecar.flow_paused),
+        "upstreamStalled": sidecar.flow.upstream_stalled,
+        "flowPausedClients": len(sidecar.flow.paused),
         "receivedMessages": snap.received,
         "forwardedMessages": snap.forwarded,
         "spooledMessages": snap.spooled,
@@ -291,7 +291,7 @@ def status_data(sidecar: Sidecar) -> dict[str, Any]:
         "oldestQueuedAgeSeconds": finite(snap.oldest_queued_age),
         "droppedByReason": snap.dropped_by_reason,
         "byRole": snap.by_role,
-        "refusedRequests": dict(sidecar.refused),
+        "refusedRequests": dict(sidecar.publisher.refused),
         "signals": {
             "memory": finite(snap.memory_ratio * 100),
             "cpu": finite(snap.cpu_ratio * 100),
@@ -300,7 +300,7 @@ def status_data(sidecar: Sidecar) -> dict[str, Any]:
         },
         "spoolMessages": spool["messages"],
         "spoolBytes": spool["bytes"],
-        "clients": len(sidecar.clients),
+        "clients": len(sidecar.listener.clients),
         "uptimeSeconds": round(now - sidecar.started_at, 3),
     }
 
@@ -324,7 +324,7 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
         0.0 if upstream.connected or upstream.disconnected_at is None else now - upstream.disconnected_at
     )
     if upstream.connected:
-        upstream_status = "warning" if sidecar.upstream_stalled else "ok"
+        upstream_status = "warning" if sidecar.flow.upstream_stalled else "ok"
     else:
         upstream_status = "critical" if down_for >= UPSTREAM_CRITICAL_AFTER_S else "warning"
     sample = sidecar.resources.last
@@ -355,10 +355,10 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
             "pendingBytes": upstream.pending_bytes,
             "unconfirmedBytes": upstream.journal.nbytes,
             "lameDuck": upstream.lame_duck,
-            "ackSubscriptionDenied": sidecar.ack_subscription_denied,
-            "pendingAcks": len(sidecar.pending_acks),
-            "flowPausedClients": len(sidecar.flow_paused),
-            "stalled": sidecar.upstream_stalled,
+            "ackSubscriptionDenied": sidecar.confirmations.ack_subscription_denied,
+            "pendingAcks": len(sidecar.confirmations.pending_acks),
+            "flowPausedClients": len(sidecar.flow.paused),
+            "stalled": sidecar.flow.upstream_stalled,
         },
         "queue": {
             "status": _ratio_status(snap.queue_ratio),
@@ -396,11 +396,11 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
         "spool": {"status": spool_status, "maxBytes": spool_max, **spool},
         "clients": {
             "status": "ok",
-            "connections": len(sidecar.clients),
+            "connections": len(sidecar.listener.clients),
             "maxConnections": sidecar.config.clients.max_connections,
-            "slowConsumers": sidecar.slow_consumers,
-            "pendingBytes": sidecar.outbound.total,
-            "maxTotalPendingBytes": sidecar.outbound.limit,
+            "slowConsumers": sidecar.listener.slow_consumers,
+            "pendingBytes": sidecar.listener.outbound.total,
+            "maxTotalPendingBytes": sidecar.listener.outbound.limit,
         },
         **({"config": runtime.health()} if runtime is not None else {}),
     }
@@ -723,13 +723,13 @@ async def post_drain_queue(request: web.Request) -> web.Response:
             "the upstream connection cannot take messages now; nothing was drained",
             {"queueSize": sidecar.engine.queue_size, "upstreamConnected": sidecar.upstream.connected},
         )
-    forwarded = sidecar.drain_now()
+    forwarded = sidecar.publisher.drain_now()
     return envelope({"forwarded": forwarded, "queueSize": sidecar.engine.queue_size})
 
 
 async def post_clear_queue(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
-    cleared = sidecar.clear_queue()
+    cleared = sidecar.publisher.clear_queue()
     return envelope({"cleared": cleared, "queueSize": sidecar.engine.queue_size})
 
 

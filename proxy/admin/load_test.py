@@ -304,7 +304,7 @@ class LoadTest:
         padding = b"x" * (spec.message_size - PREFIX.size)
         pack = PREFIX.pack
         run_id = self.run_id
-        publish = sidecar.publish_message
+        publish = sidecar.publisher.publish_message
         monotonic = time.monotonic
         max_per_slice = max(1, int(rate * MAX_CATCH_UP_S))
         total = self.total

@@ -35,7 +35,8 @@ async def serve(config_path: str | None, preset: str | None, ports_file: str | N
     from proxy.admin.api import create_admin_app
     from proxy.admin.metrics import new_registry
     from proxy.config.runtime import RuntimeConfig
-    from proxy.sidecar import Sidecar, split_host_port
+    from proxy.ports.listener import split_host_port
+    from proxy.sidecar import Sidecar
 
     loaded = load_layers(config_path, preset=preset)
     config = loaded.config

@@ -158,7 +158,7 @@ class RuntimeConfig:
         sidecar.engine.update_config(config, rules, now=sidecar.clock())
         policies = rules if rules is not None else sidecar.config.policies
         sidecar.config = msgspec.structs.replace(sidecar.config, backpressure=config, policies=list(policies))
-        sidecar.sync_ack_subscription()  # a `delivery: jetstream` rule added or removed
+        sidecar.confirmations.sync_ack_subscription()  # a `delivery: jetstream` rule added or removed
 
     # -- reload -------------------------------------------------------------------------------------------
     def reload(self, trigger: str) -> ReloadResult | None:
@@ -202,7 +202,7 @@ class RuntimeConfig:
             return self._refused(trigger, now, [f"{self.path}: cannot apply: {err}"])
         dropped = sorted(key for key in self.api_keys if self._differs_from(loaded, key))
         self.sidecar.config = target
-        self.sidecar.sync_ack_subscription()
+        self.sidecar.confirmations.sync_ack_subscription()
         old = dict(leaves(running))
         changed = [path for path, value in leaves(applied) if reloadable(path) and old.get(path) != value]
         self.api_keys.clear()

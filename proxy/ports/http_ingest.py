@@ -199,7 +199,7 @@ def publish_one(
             "body",
         )
     priority, rule = sidecar.engine.classify(subject, header_priority)
-    decision = sidecar.publish_message(subject, reply, payload, headers, now)
+    decision = sidecar.publisher.publish_message(subject, reply, payload, headers, now)
     return outcome(sidecar, subject, priority.label, rule, decision, size)
 
 
