@@ -118,6 +118,7 @@ class Sidecar:
     # -- state the admin API and the ingest ports read -----------------------------------------------
     @property
     def config(self) -> SidecarConfig:
+        """The running configuration (replaced by a reload or an admin change)."""
         return self._config
 
     @config.setter
@@ -134,6 +135,7 @@ class Sidecar:
 
     @property
     def nats_port(self) -> int | None:
+        """The NATS port bound (None before start)."""
         return self.listener.nats_port
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -255,6 +257,7 @@ class Sidecar:
             log.warning("upstream error: %s", text)
 
     def resubscribe_frames(self) -> bytes:
+        """Every live subscription's SUB, for the handshake of a (re)connect."""
         return self.deliveries.resubscribe_frames()
 
     # -- periodic work -------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class Deliveries:
 
     # -- subscriptions -------------------------------------------------------------------------------
     def subscribe(self, client: ClientConnection, op: Sub) -> None:
+        """An application's SUB: a new upstream subscription id, routed at once."""
         if op.sid in client.subs:
             return  # nats-server ignores a SUB that reuses a live sid
         usid = next(self._usids)
@@ -81,6 +82,7 @@ class Deliveries:
             self.routes.pop(sub.usid, None)
 
     def unsubscribe(self, client: ClientConnection, sid: str, max_msgs: int | None) -> None:
+        """An application's UNSUB: a max count to reach, or retire the subscription now."""
         sub = client.subs.get(sid)
         if sub is None:
             return
@@ -175,6 +177,7 @@ class Deliveries:
         )
 
     def local_sub_for(self, client: ClientConnection, subject: str) -> ClientSub | None:
+        """The client's first subscription matching `subject` (where a 503 status is delivered)."""
         for sub in client.subs.values():
             if subject_matches(sub.subject, subject):
                 return sub
@@ -234,6 +237,7 @@ class Deliveries:
 
     # -- upstream messages ---------------------------------------------------------------------------
     def on_upstream_msg(self, msg: Msg) -> None:
+        """One upstream MSG to its subscription (or a PubAck to the confirmations)."""
         sub = self.subs.get(msg.sid)
         if sub is None:
             if msg.sid == ACK_SID:

@@ -47,10 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CRITICAL = Priority.CRITICAL
-FORWARD = Verdict.FORWARD
-QUEUE = Verdict.QUEUE
-DROP = Verdict.DROP
-BLOCK = Verdict.BLOCK
+FORWARD, QUEUE, DROP, BLOCK = Verdict.FORWARD, Verdict.QUEUE, Verdict.DROP, Verdict.BLOCK
 HALF_OPEN = BreakerState.HALF_OPEN
 ENVELOPE = BatchMode.ENVELOPE
 SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
@@ -198,6 +195,7 @@ class Publisher:
         return msg
 
     def offer(self, msg: OutMsg, now: float) -> Decision:
+        """Ask the engine, then write, queue, refuse or spool the message as it decided."""
         if msg.size > self.max_payload:
             # Accepted under a larger limit (before the upstream's INFO, or from an earlier server): the
             # upstream would close the shared connection on it, so it never goes out.
@@ -233,6 +231,7 @@ class Publisher:
             client.send_status(msg.reply, 503, reason)
 
     def write(self, msg: OutMsg, now: float) -> None:
+        """Hand one message to the upstream and to whatever must confirm it (journal, PONG, PubAck)."""
         rule = msg.rule
         if rule is not None and rule.batch_mode is ENVELOPE and msg.reply is None and msg.priority < CRITICAL:
             self._envelope(msg)
@@ -295,11 +294,13 @@ class Publisher:
             upstream.track(msg, share)
 
     def schedule_pump(self) -> None:
+        """Run `pump` once at the end of this loop iteration."""
         if not self._pump_scheduled:
             self._pump_scheduled = True
             self.loop.call_soon(self.pump)
 
     def log_transitions(self) -> None:
+        """One log line per degradation level change."""
         for transition in self.engine.pop_transitions():
             log.warning(
                 "degradation level %s -> %s (load %.0f%%, dominant signal %s)",
@@ -320,6 +321,7 @@ class Publisher:
             self.schedule_pump()
 
     def pump(self) -> None:
+        """Release what the engine says is due, retry held clients, and set a timer for the next deadline."""
         self._pump_scheduled = False
         if self._pump_timer is not None:
             self._pump_timer.cancel()

@@ -91,10 +91,12 @@ class NatsListener:
 
     @property
     def max_payload(self) -> int:
+        """The upstream's limit, which each connection's parser enforces."""
         return self._publisher.max_payload
 
     @property
     def flow_paused(self) -> Container[ClientConnection]:
+        """Connections not read while the upstream socket is backed up (FlowControl.paused)."""
         return self._flow.paused
 
     # -- the socket ----------------------------------------------------------------------------------
@@ -121,6 +123,7 @@ class NatsListener:
                 client.transport.pause_reading()
 
     def close_all(self) -> None:
+        """Close every application connection (the end of the shutdown)."""
         for client in list(self.clients):
             client.close()
 
@@ -137,10 +140,12 @@ class NatsListener:
     # -- auth and INFO -------------------------------------------------------------------------------
     @property
     def client_auth_required(self) -> bool:
+        """`clients.token` or `clients.user` is set: a CONNECT must carry them."""
         clients = self.config.clients
         return bool(clients.token or clients.user)
 
     def client_authorized(self, options: dict[str, Any]) -> bool:
+        """Whether a CONNECT's options carry the configured credentials (constant-time comparison)."""
         clients = self.config.clients
         if clients.token:
             given = str(options.get("auth_token", ""))
@@ -154,6 +159,7 @@ class NatsListener:
         return True
 
     def client_info(self, client: ClientConnection) -> dict[str, Any]:
+        """The INFO a new connection gets: the upstream's version and limits, the sidecar's identity."""
         upstream = self.upstream.server_info
         host, _ = split_host_port(self.config.listen.nats)
         info: dict[str, Any] = {
@@ -183,12 +189,14 @@ class NatsListener:
         return int(self.engine.config.max_memory_usage_mb * 1_048_576) // 4
 
     def register_client(self, client: ClientConnection) -> bool:
+        """Admit a new connection; False at `clients.maxConnections` or while shutting down."""
         if self.shutting_down() or len(self.clients) >= self.config.clients.max_connections:
             return False
         self.clients.add(client)
         return True
 
     def unregister_client(self, client: ClientConnection) -> None:
+        """A connection closed: forget it everywhere, its subscriptions upstream too."""
         if client not in self.clients:
             return
         self.clients.discard(client)
