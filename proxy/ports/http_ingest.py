@@ -1,6 +1,6 @@
 """The HTTP ingest port: applications that do not speak NATS publish with POST /publish/{subject}.
 
-A message goes through the same path as a NATS publish (`Sidecar.publish_message`): classification by
+A message goes through the same path as a NATS publish (`Publisher.publish_message`): classification by
 its KPI-Priority header or the `policies:` rules, then the engine's decision, which the answer reports.
 Request headers become NATS headers except the HTTP-only ones (FORWARD_EXCLUDED); see docs/api.md.
 """
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from policies.config import OnRefuse, PolicyRule
 from policies.engine import Decision, Verdict
-from proxy.admin.api import ApiError, envelope, error_middleware
+from proxy.admin.http import ApiError, envelope, error_middleware
 from proxy.nats.protocol import add_header, is_valid_publish_subject
 from proxy.sidecar import Sidecar
 
@@ -212,7 +212,7 @@ def outcome(
     if verdict is Verdict.FORWARD:
         return 202, {**result, "result": "forwarded"}
     if verdict is Verdict.QUEUE:
-        # A critical message with no room in memory went to the disk spool (Sidecar.offer).
+        # A critical message with no room in memory went to the disk spool (Publisher.offer).
         if decision.reason == "spooled":
             return 202, {**result, "result": "spooled"}
         return 202, {**result, "result": "queued"}
