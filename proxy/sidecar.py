@@ -52,6 +52,10 @@ TICK_INTERVAL_S = 1.0
 class Sidecar:
     """Everything that runs: servers, upstream, engine, timers. Built from a validated SidecarConfig."""
 
+    # UpstreamHandler members bound straight to Deliveries in __init__ (no extra call per message).
+    on_upstream_msg: Callable[[Msg], None]
+    on_upstream_msgs: Callable[[MsgRun], None]
+
     def __init__(self, config: SidecarConfig, *, rng: random.Random | None = None) -> None:
         self._config = config
         self.loop = loop = asyncio.get_running_loop()
@@ -107,6 +111,8 @@ class Sidecar:
             deliveries=self.deliveries,
             flow=self.flow,
         )
+        self.on_upstream_msg = self.deliveries.on_upstream_msg
+        self.on_upstream_msgs = self.deliveries.on_upstream_msgs
         publisher = self.publisher
         self.confirmations.write = publisher.write
         self.confirmations.schedule_pump = publisher.schedule_pump
@@ -236,12 +242,6 @@ class Sidecar:
         self.confirmations.on_upstream_lost()
         # The queue and the spool take what comes while the upstream is away.
         self.flow.end()
-
-    def on_upstream_msg(self, msg: Msg) -> None:
-        self.deliveries.on_upstream_msg(msg)
-
-    def on_upstream_msgs(self, run: MsgRun) -> None:
-        self.deliveries.on_upstream_msgs(run)
 
     def on_upstream_writable(self) -> None:
         self.publisher.schedule_pump()
