@@ -688,9 +688,7 @@ class Engine:
         config = self._config
         if critical and config.enable_circuit_breaker and config.breaker_critical_top_subjects:
             top = config.breaker_critical_top_subjects
-            heavy = self._traffic.heavy_hitters(
-                now, config.breaker_critical_share, self.rate_ceiling, top
-            )
+            heavy = self._traffic.heavy_hitters(now, config.breaker_critical_share, self.rate_ceiling, top)
             self._breakers.open_busiest(heavy, now, top)
         if self._breaker_records:
             self._breakers.advance(now, critical)

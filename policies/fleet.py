@@ -42,7 +42,7 @@ class FleetMode(enum.Enum):
     LOCAL = "local"  # the KV has been away longer than holdS: the local maxPublishRate applies
 
 
-KeyPart = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[-_=a-zA-Z0-9]+$")]
+KeyPart = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 class FleetConfig(Base, frozen=True):
@@ -68,10 +68,12 @@ class FleetConfig(Base, frozen=True):
                 f"ttlS ({self.ttl_s:g}) must be longer than intervalS ({self.interval_s:g}): a member "
                 "that writes every intervalS would otherwise expire between two writes (use 3x)"
             )
-        if self.member_id is not None and not valid_key(self.member_id):
-            raise ValueError(
-                f"memberId {self.member_id!r}: a KV key takes letters, digits and - _ = only"
-            )
+        for field, value in (("name", self.name), ("bucket", self.bucket), ("memberId", self.member_id)):
+            if value is not None and not valid_key(value):
+                raise ValueError(
+                    f"{field} {value!r}: a KV bucket or key part takes letters, digits and - _ = only "
+                    "(no dots or spaces: dots separate the parts of a key)"
+                )
 
 
 def valid_key(text: str) -> bool:

@@ -21,10 +21,12 @@ from policies import roles
 from policies.circuit_breaker import BreakerState
 from policies.config import BatchMode, Delivery, Priority
 from policies.engine import Decision, Engine, Verdict
+from policies.fleet import FleetConfig
 from policies.roles import DATA, REPLY, REQUEST, Role, role_of, subject_role
 from policies.subjects import subject_matches
 from proxy import __version__
 from proxy.config.schema import SidecarConfig
+from proxy.fleet.member import FleetMember
 from proxy.nats.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
 from proxy.nats.protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -200,6 +202,12 @@ class Sidecar:
         self.refused: dict[str, int] = {}
         # Called with `now` after every tick (history ring, load test bookkeeping).
         self.tick_listeners: list[Callable[[float], None]] = []
+        # Fleet membership over JetStream KV (proxy/fleet): control traffic on sids of its own.
+        self.fleet: FleetMember | None = (
+            FleetMember(self, config.fleet, (next(self._usids), next(self._usids), next(self._usids)))
+            if config.fleet is not None
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -224,6 +232,8 @@ class Sidecar:
         self._servers.append(server)
         self.nats_port = server.sockets[0].getsockname()[1]
         self._tick_task = self.loop.create_task(self._tick_loop(), name="tick")
+        if self.fleet is not None:
+            self.fleet.start()
         log.debug("NATS port listening on %s:%s", host, self.nats_port)
 
     async def shutdown(self) -> None:
@@ -287,6 +297,8 @@ class Sidecar:
             self._tick_task.cancel()
         if self.spool is not None:
             await self.spool.close()
+        if self.fleet is not None:
+            await self.fleet.stop()  # deletes its key: the others' shares grow at once
         await self.upstream.close()
         log.info(
             "shutdown complete: received=%d forwarded=%d dropped=%d spooled=%d",
@@ -295,6 +307,15 @@ class Sidecar:
             self.engine.dropped,
             self.engine.spooled,
         )
+
+    @property
+    def fleet_config(self) -> FleetConfig | None:
+        """The `fleet:` section in force (reloadable parts included)."""
+        return self.config.fleet
+
+    @property
+    def spooled_messages(self) -> int:
+        return self.spool.messages if self.spool is not None else 0
 
     # -- spool ---------------------------------------------------------------------------------------
     def _spool_one(self, msg: OutMsg) -> bool:
@@ -575,6 +596,8 @@ class Sidecar:
         self._ack_subscribed = self.wants_ack_subscription
         if self._ack_subscribed:
             frames += encode_sub(self._ack_prefix + "*", None, ACK_SID)
+        if self.fleet is not None:
+            frames += self.fleet.subscribe_frames()
         for usid, sub in list(self.subs.items()):
             if sub.closing:
                 self._forget_retired(sub)  # its UNSUB went with the lost connection: nothing more comes
@@ -640,6 +663,8 @@ class Sidecar:
         self._resend_unconfirmed()
         self._replay_wakeup.set()
         self._schedule_pump()
+        if self.fleet is not None:
+            self.fleet.on_connected()
 
     def on_upstream_lost(self, unconfirmed: list[Any]) -> None:
         # Echoes of messages written on the lost connection will not come.
@@ -653,12 +678,16 @@ class Sidecar:
         self.upstream.hold = False
         # The queue and the spool take what comes while the upstream is away.
         self._flow_end()
+        if self.fleet is not None:
+            self.fleet.on_lost()
 
     def on_upstream_msg(self, msg: Msg) -> None:
         sub = self.subs.get(msg.sid)
         if sub is None:
             if msg.sid == ACK_SID:
                 self._on_pub_ack(msg)
+            elif self.fleet is not None and self.fleet.owns(msg.sid):
+                self.fleet.on_msg(msg)
             return  # in flight when the application unsubscribed
         client = sub.client
         if sub.echoes and self._is_echo(sub, msg):

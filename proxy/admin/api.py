@@ -32,6 +32,7 @@ from proxy.admin.page import PAGE_KEY, AdminPage, get_page, get_page_asset
 from proxy.admin.recommendations import WINDOW_S, LevelChange, recommend
 from proxy.config.runtime import ConfigCollector, RuntimeConfig
 from proxy.config.schema import LoadedConfig, collect_errors
+from proxy.fleet.view import FleetCollector, fleet_health, fleet_view
 from proxy.nats.protocol import is_valid_publish_subject
 from proxy.sidecar import Sidecar
 
@@ -403,6 +404,7 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
             "maxTotalPendingBytes": sidecar.outbound.limit,
         },
         **({"config": runtime.health()} if runtime is not None else {}),
+        **({"fleet": fleet} if (fleet := fleet_health(sidecar)) is not None else {}),
     }
 
 
@@ -467,6 +469,10 @@ async def get_ready(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     return envelope(status_data(request.app[SIDECAR_KEY]))
+
+
+async def get_fleet(request: web.Request) -> web.Response:
+    return envelope(msgspec.to_builtins(fleet_view(request.app[SIDECAR_KEY])))
 
 
 def parse_since(raw: str | None) -> float | None:
@@ -822,6 +828,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     registry.register(collector)
     config_collector = ConfigCollector(app[RUNTIME_KEY])
     registry.register(config_collector)
+    fleet_collector = FleetCollector(sidecar)
+    registry.register(fleet_collector)
 
     def on_tick(now: float) -> None:
         # A listener that raised would stop the sidecar's tick loop: never let it.
@@ -839,11 +847,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             sidecar.tick_listeners.remove(on_tick)
         registry.unregister(collector)
         registry.unregister(config_collector)
+        registry.unregister(fleet_collector)
         await load_test.close()
 
 
 ROUTES: Final[tuple[tuple[str, str, Handler], ...]] = (
     ("GET", f"{PREFIX}/status", get_status),
+    ("GET", f"{PREFIX}/fleet", get_fleet),
     ("GET", f"{PREFIX}/metrics", get_metrics_history),
     ("GET", f"{PREFIX}/health", get_health),
     ("GET", f"{PREFIX}/health/detailed", get_health_detailed),

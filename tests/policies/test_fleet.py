@@ -206,8 +206,8 @@ def test_key_tokens() -> None:
     ("data", "message"),
     [
         ({"name": "svc", "ttlS": 2, "intervalS": 2}, "must be longer than intervalS"),
-        ({"name": "a.b"}, "regex"),
-        ({"name": "svc", "memberId": "x y"}, "KV key"),
+        ({"name": "a.b"}, "no dots"),
+        ({"name": "svc", "memberId": "x y"}, "memberId .x y.: a KV"),
         ({"name": "svc", "shareMode": "fair"}, "enum"),
         ({"name": "svc", "maxPublishRate": 0}, ">"),
         ({}, "name"),
