@@ -99,6 +99,8 @@ class FleetMember:
         )
 
     def start(self) -> None:
+        now = self.host.clock()
+        self.state.update_own(self.own_record(now), now)  # listed at once, before the first write
         self._task = asyncio.get_running_loop().create_task(self._run(), name="fleet")
 
     async def stop(self) -> None:
@@ -153,6 +155,7 @@ class FleetMember:
                 self.state.kv_failed(now, f"no answer from JetStream to the {what} in time")
                 if what == "put":
                     self.puts["failed"] += 1
+        self.state.update_own(self.own_record(now), now)
         upstream = self.host.upstream
         if not upstream.connected:
             self.state.kv_failed(now, "the upstream connection is down")
@@ -192,11 +195,15 @@ class FleetMember:
     def _put(self, now: float) -> None:
         if any(what == "put" for what, _ in self._pending.values()):
             return  # the previous put has not been answered: its timeout says so
-        record = self.own_record(now)
-        self.state.update_own(record, now)
+        own = self.state.members.get(self.member_id)
+        if own is None or own.last_seen < now:
+            own_record = self.own_record(now)
+            self.state.update_own(own_record, now)
+        else:
+            own_record = own.record  # computed by this step already
         token = f"put.{next(self._tokens)}"
         self._pending[token] = ("put", now + self._answer_wait())
-        self._write(encode_pub(self.prefix + self.member_id, f"{self.inbox}.{token}", _encode(record)))
+        self._write(encode_pub(self.prefix + self.member_id, f"{self.inbox}.{token}", _encode(own_record)))
         self.last_put_at = now
 
     def _answer_wait(self) -> float:

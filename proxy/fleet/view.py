@@ -113,7 +113,7 @@ def fleet_view(sidecar: Sidecar) -> FleetView:
         name=config.name,
         bucket=config.bucket,
         member_id=fleet.member_id,
-        mode=decision.mode.value,
+        mode=fleet.mode.value,
         kv_available=state.kv_available,
         kv_error=state.kv_error,
         bucket_ready=fleet.bucket_ready,
@@ -121,7 +121,7 @@ def fleet_view(sidecar: Sidecar) -> FleetView:
         share_mode=config.share_mode.value,
         rate_ceiling=engine.rate_ceiling,
         local_max_publish_rate=engine.config.max_publish_rate,
-        hold_remaining_seconds=state.hold_remaining(now) if decision.mode is FleetMode.HOLD else None,
+        hold_remaining_seconds=state.hold_remaining(now) if fleet.mode is FleetMode.HOLD else None,
         interval_s=config.interval_s,
         ttl_s=config.ttl_s,
         levels=state.levels(now),
@@ -146,18 +146,18 @@ def fleet_health(sidecar: Sidecar) -> dict[str, Any] | None:
         return None
     now = sidecar.clock()
     state = fleet.state
-    decision = state.decide(now)
-    fallback = decision.mode in (FleetMode.HOLD, FleetMode.LOCAL)
+    mode = fleet.mode  # as last applied to the engine (the ceiling below)
+    fallback = mode in (FleetMode.HOLD, FleetMode.LOCAL)
     return {
         "status": "warning" if fallback or not state.kv_available else "ok",
         "name": fleet.config.name,
-        "mode": decision.mode.value,
+        "mode": mode.value,
         "kvAvailable": state.kv_available,
         "kvError": state.kv_error,
         "fallback": fallback,
         "members": len(state.live(now)),
         "rateCeiling": sidecar.engine.rate_ceiling,
-        "holdRemainingSeconds": state.hold_remaining(now) if decision.mode is FleetMode.HOLD else None,
+        "holdRemainingSeconds": state.hold_remaining(now) if mode is FleetMode.HOLD else None,
     }
 
 
@@ -206,7 +206,6 @@ class FleetCollector:
         if sidecar is not None and fleet is not None:
             now = sidecar.clock()
             state = fleet.state
-            decision = state.decide(now)
             members.add_metric([], len(state.live(now)))
             share.add_metric([], sidecar.engine.rate_ceiling)
             if fleet.config.max_publish_rate is not None:
@@ -215,7 +214,7 @@ class FleetCollector:
             level.add_metric(["max"], levels.max)
             level.add_metric(["median"], levels.median)
             for value in FLEET_MODES:
-                mode.add_metric([value], 1.0 if value == decision.mode.value else 0.0)
+                mode.add_metric([value], 1.0 if value == fleet.mode.value else 0.0)
             kv_up.add_metric([], 1.0 if state.kv_available else 0.0)
             for result, count in fleet.puts.items():
                 puts.add_metric([result], count)
