@@ -24,6 +24,7 @@ from proxy.admin.load_test import (
     LoadTestSpec,
 )
 from proxy.admin.recommendations import Recommendation
+from proxy.fleet.view import FleetView
 
 P: Final = "/api/backpressure"
 REF: Final = "#/components/schemas/{name}"
@@ -252,9 +253,31 @@ def _health_detailed_schema() -> dict[str, Any]:
                         }
                     ),
                     "config": _config_health_schema(),
-                }
+                    "fleet": _fleet_health_schema(),
+                },
+                # fleet: only when a `fleet:` section is configured.
+                required=["upstream", "queue", "memory", "cpu", "breakers", "spool", "clients", "config"],
             ),
         }
+    )
+
+
+def _fleet_health_schema() -> dict[str, Any]:
+    nullable_num = {"type": ["number", "null"]}
+    return _obj(
+        {
+            "status": COMPONENT_STATUS,
+            "name": STR,
+            "mode": {"type": "string", "enum": ["off", "joining", "shared", "hold", "local"]},
+            "kvAvailable": BOOL,
+            "kvError": {"type": ["string", "null"]},
+            "fallback": BOOL,
+            "members": NNINT,
+            "rateCeiling": NUM,
+            "holdRemainingSeconds": nullable_num,
+        },
+        description="Fleet membership over JetStream KV (docs/fleet.md); `fallback` while the KV is away: "
+        "the last share is held (mode hold) or the local maxPublishRate applies (mode local).",
     )
 
 
@@ -443,7 +466,7 @@ def _op(
 def build_openapi() -> dict[str, Any]:
     """The whole document (a fresh dict each call)."""
     _, components = msgspec.json.schema_components(
-        [BackpressureConfig, PolicyRule, LoadTestSpec, Recommendation], ref_template=REF
+        [BackpressureConfig, PolicyRule, LoadTestSpec, Recommendation, FleetView], ref_template=REF
     )
     config, update = _config_schemas(components)
     load_request = copy.deepcopy(components.pop("LoadTestSpec"))
@@ -521,6 +544,7 @@ def build_openapi() -> dict[str, Any]:
     }
     paths: dict[str, Any] = {
         f"{P}/status": {"get": _op("Get status", _ok(_ref("Status")))},
+        f"{P}/fleet": {"get": _op("Get fleet", _ok(_ref("FleetView")))},
         f"{P}/metrics": {
             "get": _op(
                 "Get metrics history",
