@@ -155,6 +155,9 @@ class FleetMember:
                 self.state.kv_failed(now, f"no answer from JetStream to the {what} in time")
                 if what == "put":
                     self.puts["failed"] += 1
+                    # The stream may be gone while our own watch keeps the subject answered (no 503):
+                    # look the bucket up again (and create it) before the next put.
+                    self.bucket_ready = False
         self.state.update_own(self.own_record(now), now)
         upstream = self.host.upstream
         if not upstream.connected:
