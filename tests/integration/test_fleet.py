@@ -249,3 +249,31 @@ def test_fleet_budget_reloads_without_a_restart(nats_server: NatsServer, sidecar
     proc.config_path.write_text(yaml.safe_dump(config))
     wait_for(lambda: fleet_of(proc)["rateCeiling"] == pytest.approx(900), 8, "the new budget")
     assert fleet_of(proc)["budget"] == 900
+
+
+def test_a_bucket_deleted_under_the_fleet_is_created_again(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    import asyncio
+    import json
+
+    import nats
+
+    proc = sidecar_factory(member_config(nats_server.url, "solo", holdS=30))
+    wait_for(lambda: fleet_of(proc)["mode"] == "shared", 10, "shared")
+
+    async def request(subject: str) -> dict[str, Any]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            return json.loads((await nc.request(subject, b"", timeout=5)).data)
+        finally:
+            await nc.close()
+
+    assert asyncio.run(request("$JS.API.STREAM.DELETE.KV_fleet_test"))["success"] is True
+    failed = fleet_of(proc)["counters"]["putsFailed"]
+    wait_for(lambda: fleet_of(proc)["counters"]["putsFailed"] > failed, 5, "an unanswered put")
+    ok = fleet_of(proc)["counters"]["putsOk"]
+    wait_for(lambda: fleet_of(proc)["counters"]["putsOk"] > ok + 2, 10, "puts acknowledged again")
+    info = asyncio.run(request("$JS.API.STREAM.INFO.KV_fleet_test"))
+    assert info["config"]["max_msgs_per_subject"] == 1 and info["state"]["num_subjects"] == 1
+    assert fleet_of(proc)["mode"] == "shared"
