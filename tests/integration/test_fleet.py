@@ -277,3 +277,26 @@ def test_a_bucket_deleted_under_the_fleet_is_created_again(
     info = asyncio.run(request("$JS.API.STREAM.INFO.KV_fleet_test"))
     assert info["config"]["max_msgs_per_subject"] == 1 and info["state"]["num_subjects"] == 1
     assert fleet_of(proc)["mode"] == "shared"
+
+
+def test_demand_shares_follow_the_offered_load(nats_server: NatsServer, sidecar_factory: Any) -> None:
+    """One member flooded, one idle: in demand mode the busy one gets its floor plus the rest of the budget,
+    the idle one its floor (minShare 0.2 of an equal share: 60 msg/s); the fleet stays within the budget."""
+    procs = [
+        sidecar_factory(member_config(nats_server.url, f"m{i}", shareMode="demand", minShare=0.2))
+        for i in range(2)
+    ]
+    wait_for(lambda: ceilings(procs) == pytest.approx([BUDGET / 2] * 2), 10, "equal while nobody offers")
+    hub = HubCounter(nats_server.port, "flood.>")
+    try:
+        with Flood(procs[0].ports["nats"], "flood.busy", 700):
+            wait_for(
+                lambda: ceilings(procs) == pytest.approx([BUDGET - 60, 60], rel=0.05), 10, "busy 540, idle 60"
+            )
+            before, t0 = hub.count, time.monotonic()
+            time.sleep(5)
+            rate = (hub.count - before) / (time.monotonic() - t0)
+        print(f"demand mode, one member flooded at 700 msg/s: fleet forwarded {rate:.0f} msg/s")
+        assert (BUDGET - 60) * 0.9 <= rate <= BUDGET * 1.1
+    finally:
+        hub.close()
