@@ -87,25 +87,31 @@ def key_token(text: str) -> str:
     return cleaned[:MAX_ID_LENGTH] or "member"
 
 
-class MemberRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """What a sidecar writes to the bucket every intervalS (JSON, about 300 bytes)."""
+Text = Annotated[str, Meta(max_length=256)]
+Rate = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
 
-    id: str
-    host: str
-    level: str
-    level_value: int
+
+class MemberRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What a sidecar writes to the bucket every intervalS (JSON, about 270 bytes). Records of others are
+    untrusted input: bounded strings, non-negative numbers, or the record is ignored."""
+
+    id: Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+    host: Text
+    level: Annotated[str, Meta(max_length=16)]
+    level_value: Annotated[int, Meta(ge=0, le=4)]
     load_percent: float
-    dominant_signal: str
-    offered_rate: float
-    forwarded_rate: float
-    queue: int
-    spool: int
-    version: str
+    dominant_signal: Annotated[str, Meta(max_length=32)]
+    offered_rate: Rate
+    forwarded_rate: Rate
+    queue: Count
+    spool: Count
+    version: Annotated[str, Meta(max_length=64)]
     # The writer's wall clock (epoch seconds): shown, never used for liveness.
     time: float
     # The share the writer applies now (msg/s), None without a budget.
-    share: float | None = None
-    mode: str = FleetMode.OFF.value
+    share: Rate | None = None
+    mode: Annotated[str, Meta(max_length=16)] = FleetMode.OFF.value
 
 
 class Member(msgspec.Struct, kw_only=True):

@@ -196,6 +196,16 @@ def test_invalid_ids_are_ignored() -> None:
     assert state.ignored["invalid"] == 1
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("host", "h" * 1000), ("offeredRate", -1.0), ("levelValue", 9), ("queue", -5)],
+)
+def test_records_of_others_are_bounded(field: str, value: object) -> None:
+    data = msgspec.to_builtins(record("b")) | {field: value}
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(msgspec.json.encode(data), type=MemberRecord)
+
+
 def test_key_tokens() -> None:
     assert key_token("web-7d9f-abc") == "web-7d9f-abc"
     assert key_token("host.example.com") == "host-example-com"
