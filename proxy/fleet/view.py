@@ -4,82 +4,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from policies.fleet import FleetLevels, FleetMode
+from policies.fleet import FleetMode
+from proxy.admin.responses import Fleet, FleetCounters, FleetHealth, FleetLevel, FleetMemberState
 
 if TYPE_CHECKING:
     from proxy.sidecar import Sidecar
 
 
-class FleetMemberView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """One live member: its last record, how long ago it arrived, and its share as computed here."""
-
-    id: str
-    host: str
-    own: bool
-    level: str
-    load_percent: float
-    dominant_signal: str
-    offered_rate: float
-    forwarded_rate: float
-    queue: int
-    spool: int
-    version: str
-    # The member's own wall clock when it wrote the record (epoch seconds).
-    written_at: float
-    last_seen_seconds_ago: float
-    # Its share of the budget as this sidecar computes it (null without a budget or KV).
-    share: float | None
-    # What the member reports it applies: its share and where it comes from.
-    reported_share: float | None
-    reported_mode: str
-
-
-class FleetCounters(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    puts_ok: int
-    puts_failed: int
-    bytes_out: int
-    bytes_in: int
-    records_invalid: int
-    records_over_limit: int
-    members_expired: int
-
-
-class FleetView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """GET /api/backpressure/fleet. `enabled: false` (and nulls) when no `fleet:` is configured."""
-
-    enabled: bool
-    name: str | None = None
-    bucket: str | None = None
-    member_id: str | None = None
-    # off (no budget), joining, shared, hold (KV away: last share kept), local (KV away past holdS).
-    mode: str = FleetMode.OFF.value
-    kv_available: bool = False
-    kv_error: str | None = None
-    bucket_ready: bool = False
-    # fleet.maxPublishRate (null: no budget) and the ceiling this sidecar applies now.
-    budget: float | None = None
-    share_mode: str | None = None
-    rate_ceiling: float | None = None
-    local_max_publish_rate: float | None = None
-    hold_remaining_seconds: float | None = None
-    interval_s: float | None = None
-    ttl_s: float | None = None
-    levels: FleetLevels | None = None
-    members: list[FleetMemberView] = []
-    counters: FleetCounters | None = None
-
-
-def fleet_view(sidecar: Sidecar) -> FleetView:
+def fleet_view(sidecar: Sidecar) -> Fleet:
     """The fleet as this sidecar sees it now."""
     fleet = sidecar.fleet
     engine = sidecar.engine
     if fleet is None:
-        return FleetView(enabled=False, rate_ceiling=engine.rate_ceiling)
+        return Fleet(enabled=False, rate_ceiling=engine.rate_ceiling)
     now = sidecar.clock()
     state = fleet.state
     config = fleet.config
@@ -89,7 +30,7 @@ def fleet_view(sidecar: Sidecar) -> FleetView:
     for member in state.live(now):
         record = member.record
         members.append(
-            FleetMemberView(
+            FleetMemberState(
                 id=record.id,
                 host=record.host,
                 own=member.own,
@@ -108,23 +49,24 @@ def fleet_view(sidecar: Sidecar) -> FleetView:
                 reported_mode=record.mode,
             )
         )
-    return FleetView(
+    levels = state.levels(now)
+    return Fleet(
         enabled=True,
         name=config.name,
         bucket=config.bucket,
         member_id=fleet.member_id,
-        mode=fleet.mode.value,
+        mode=fleet.mode.value,  # type: ignore[arg-type]
         kv_available=state.kv_available,
         kv_error=state.kv_error,
         bucket_ready=fleet.bucket_ready,
         budget=config.max_publish_rate,
-        share_mode=config.share_mode.value,
+        share_mode=config.share_mode.value,  # type: ignore[arg-type]
         rate_ceiling=engine.rate_ceiling,
         local_max_publish_rate=engine.config.max_publish_rate,
         hold_remaining_seconds=state.hold_remaining(now) if fleet.mode is FleetMode.HOLD else None,
         interval_s=config.interval_s,
         ttl_s=config.ttl_s,
-        levels=state.levels(now),
+        levels=FleetLevel(max=levels.max, median=levels.median),
         members=members,
         counters=FleetCounters(
             puts_ok=fleet.puts["ok"],
@@ -138,7 +80,7 @@ def fleet_view(sidecar: Sidecar) -> FleetView:
     )
 
 
-def fleet_health(sidecar: Sidecar) -> dict[str, Any] | None:
+def fleet_health(sidecar: Sidecar) -> FleetHealth | None:
     """The `fleet` component of /health/detailed (None when no fleet is configured): warning while the KV
     is away (the last share is held, or the local maxPublishRate applies)."""
     fleet = sidecar.fleet
@@ -148,17 +90,17 @@ def fleet_health(sidecar: Sidecar) -> dict[str, Any] | None:
     state = fleet.state
     mode = fleet.mode  # as last applied to the engine (the ceiling below)
     fallback = mode in (FleetMode.HOLD, FleetMode.LOCAL)
-    return {
-        "status": "warning" if fallback or not state.kv_available else "ok",
-        "name": fleet.config.name,
-        "mode": mode.value,
-        "kvAvailable": state.kv_available,
-        "kvError": state.kv_error,
-        "fallback": fallback,
-        "members": len(state.live(now)),
-        "rateCeiling": sidecar.engine.rate_ceiling,
-        "holdRemainingSeconds": state.hold_remaining(now) if mode is FleetMode.HOLD else None,
-    }
+    return FleetHealth(
+        status="warning" if fallback or not state.kv_available else "ok",
+        name=fleet.config.name,
+        mode=mode.value,  # type: ignore[arg-type]
+        kv_available=state.kv_available,
+        kv_error=state.kv_error,
+        fallback=fallback,
+        members=len(state.live(now)),
+        rate_ceiling=sidecar.engine.rate_ceiling,
+        hold_remaining_seconds=state.hold_remaining(now) if mode is FleetMode.HOLD else None,
+    )
 
 
 FLEET_MODES = tuple(mode.value for mode in FleetMode)
