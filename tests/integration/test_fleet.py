@@ -152,8 +152,13 @@ def test_three_sidecars_share_the_budget_and_follow_a_sigkill(
             f"(budget {BUDGET:g})"
         )
         assert BUDGET * 0.9 <= rate <= BUDGET * 1.1
+        # The fleet's own traffic went through the flood untouched: every put acknowledged, still shared.
+        views = [fleet_of(p) for p in fleet3]
+        assert [v["counters"]["putsFailed"] for v in views] == [0, 0, 0]
+        assert {v["mode"] for v in views} == {"shared"}
 
         # SIGKILL one: it stops reporting, the others' shares grow to half each within the TTL.
+        floods[2].stop()  # its publisher goes with it (else a broken pipe in the test's output)
         fleet3[2].kill()
         took = wait_for(
             lambda: ceilings(fleet3[:2]) == pytest.approx([BUDGET / 2] * 2), 8, "half the budget each"
