@@ -24,6 +24,7 @@ and the invariant above holds at its boundary; the policies it composes each liv
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
@@ -164,6 +165,7 @@ class Engine:
         "_bucket",
         "_cache_size",
         "_capacity",
+        "_ceiling",
         "_classifier",
         "_config",
         "_cpu_percent",
@@ -216,6 +218,8 @@ class Engine:
         self._parked: dict[str, deque[Any]] = {}
         self._parked_count = 0
         self._handed: dict[int, Any] = {}
+        # A rate ceiling set from outside (the fleet's share), None: config.max_publish_rate.
+        self._ceiling: float | None = None
         self._bucket = TokenBucket(config.max_publish_rate, _burst(config), now)
         window_s = config.publish_rate_window_ms / 1000.0
         self._meter = RateMeter(window_s, now)
@@ -688,9 +692,7 @@ class Engine:
         config = self._config
         if critical and config.enable_circuit_breaker and config.breaker_critical_top_subjects:
             top = config.breaker_critical_top_subjects
-            heavy = self._traffic.heavy_hitters(
-                now, config.breaker_critical_share, config.max_publish_rate, top
-            )
+            heavy = self._traffic.heavy_hitters(now, config.breaker_critical_share, self.rate_ceiling, top)
             self._breakers.open_busiest(heavy, now, top)
         if self._breaker_records:
             self._breakers.advance(now, critical)
@@ -714,7 +716,7 @@ class Engine:
             self._memory_mb * 100.0 / config.max_memory_usage_mb,
             self._cpu_percent * 100.0 / self.cpu_threshold_percent,
             (self._queue.size + self._parked_count) * 100.0 / config.max_queue_size,
-            self._publish_rate * 100.0 / config.max_publish_rate,
+            self._publish_rate * 100.0 / self.rate_ceiling,
         )
         load = max(percents)
         self._ratios = tuple(p / 100.0 for p in percents)  # type: ignore[assignment]
@@ -825,7 +827,8 @@ class Engine:
         old = self._config
         self._config = config
         self._classifier = classifier
-        self._bucket.configure(config.max_publish_rate, _burst(config), now)
+        rate = self.rate_ceiling
+        self._bucket.configure(rate, _burst(config, rate), now)
         if config.publish_rate_window_ms != old.publish_rate_window_ms:
             window_s = config.publish_rate_window_ms / 1000.0
             self._meter = RateMeter(window_s, now)
@@ -843,6 +846,23 @@ class Engine:
         self._capacity = config.max_queue_size
         self._batch_delay_s = config.max_batch_delay_ms / 1000.0
         self._apply_level()
+
+    def set_rate_ceiling(self, rate: float | None, now: float) -> None:
+        """Make `rate` (msg/s) the publish-rate ceiling in place of maxPublishRate (the fleet's share);
+        None: back to maxPublishRate. The publish-rate signal is measured against the ceiling in force."""
+        if rate is not None and not (rate > 0.0 and math.isfinite(rate)):
+            raise ValueError(f"a rate ceiling must be a positive number of messages per second, not {rate}")
+        if rate == self._ceiling:
+            return
+        self._ceiling = rate
+        effective = self.rate_ceiling
+        self._bucket.configure(effective, _burst(self._config, effective), now)
+
+    @property
+    def rate_ceiling(self) -> float:
+        """The publish-rate ceiling in force (msg/s): the one set by set_rate_ceiling, else maxPublishRate."""
+        ceiling = self._ceiling
+        return self._config.max_publish_rate if ceiling is None else ceiling
 
     @property
     def config(self) -> BackpressureConfig:
@@ -989,5 +1009,5 @@ class Engine:
         )
 
 
-def _burst(config: BackpressureConfig) -> float:
-    return max(1.0, config.max_publish_rate * config.rate_burst_seconds)
+def _burst(config: BackpressureConfig, rate: float | None = None) -> float:
+    return max(1.0, (config.max_publish_rate if rate is None else rate) * config.rate_burst_seconds)

@@ -31,7 +31,9 @@ from typing import Any
 
 from policies.config import Priority
 from policies.engine import Engine
+from policies.fleet import FleetConfig
 from proxy.config.schema import SidecarConfig
+from proxy.fleet.member import FleetMember
 from proxy.nats.protocol import DEFAULT_MAX_PAYLOAD, Msg, MsgRun
 from proxy.pipeline.confirmations import Confirmations
 from proxy.pipeline.deliveries import Deliveries
@@ -120,6 +122,16 @@ class Sidecar:
         self.spool_bridge.schedule_pump = publisher.schedule_pump
         for part in (publisher, self.spool_bridge, self.listener):
             part.shutting_down = lambda: self.shutting_down
+        # Fleet membership over JetStream KV (proxy/fleet): control traffic on sids of its own.
+        self.fleet: FleetMember | None = None
+        if config.fleet is not None:
+            on_msg = self._on_fleet_msg
+            sids = (
+                self.deliveries.reserve(on_msg),
+                self.deliveries.reserve(on_msg),
+                self.deliveries.reserve(on_msg),
+            )
+            self.fleet = FleetMember(self, config.fleet, sids)
 
     # -- state the admin API and the ingest ports read -----------------------------------------------
     @property
@@ -133,6 +145,20 @@ class Sidecar:
         self._config = config
         for part in (self.confirmations, self.flow, self.spool_bridge, self.publisher, self.listener):
             part.config = config
+
+    @property
+    def fleet_config(self) -> FleetConfig | None:
+        """The `fleet:` section in force (reloadable parts included)."""
+        return self._config.fleet
+
+    @property
+    def spooled_messages(self) -> int:
+        """Messages waiting in the spool (0 without one)."""
+        return self.spool.messages if self.spool is not None else 0
+
+    def _on_fleet_msg(self, msg: Msg) -> None:
+        if self.fleet is not None:
+            self.fleet.on_msg(msg)
 
     @property
     def max_payload(self) -> int:
@@ -156,6 +182,8 @@ class Sidecar:
                 await self.upstream.wait_connected()
         await self.listener.start()
         self._tick_task = self.loop.create_task(self._tick_loop(), name="tick")
+        if self.fleet is not None:
+            self.fleet.start()
 
     async def shutdown(self) -> None:
         """Stop accepting, forward what can be forwarded within the grace, spool the critical rest."""
@@ -208,6 +236,8 @@ class Sidecar:
         if self._tick_task is not None:
             self._tick_task.cancel()
         await bridge.close()
+        if self.fleet is not None:
+            await self.fleet.stop()  # deletes its key: the others' shares grow at once
         await upstream.close()
         log.info(
             "shutdown complete: received=%d forwarded=%d dropped=%d spooled=%d",
@@ -234,6 +264,8 @@ class Sidecar:
         self.confirmations.resend_unconfirmed()
         self.spool_bridge.wake()
         publisher.schedule_pump()
+        if self.fleet is not None:
+            self.fleet.on_connected()
 
     def on_upstream_lost(self, unconfirmed: list[Any]) -> None:
         # Echoes of messages written on the lost connection will not come.
@@ -242,6 +274,8 @@ class Sidecar:
         self.confirmations.on_upstream_lost()
         # The queue and the spool take what comes while the upstream is away.
         self.flow.end()
+        if self.fleet is not None:
+            self.fleet.on_lost()
 
     def on_upstream_writable(self) -> None:
         self.publisher.schedule_pump()
@@ -258,7 +292,8 @@ class Sidecar:
 
     def resubscribe_frames(self) -> bytes:
         """Every live subscription's SUB, for the handshake of a (re)connect."""
-        return self.deliveries.resubscribe_frames()
+        frames = self.deliveries.resubscribe_frames()
+        return frames + self.fleet.subscribe_frames() if self.fleet is not None else frames
 
     # -- periodic work -------------------------------------------------------------------------------
     async def _tick_loop(self) -> None:

@@ -296,8 +296,27 @@ class ConfigHealth(Response):
     reloadable: Annotated[list[str], Meta(description="What a reload can change without a restart")]
 
 
+FleetMode = Literal["off", "joining", "shared", "hold", "local"]
+
+
+class FleetHealth(Response):
+    """Fleet membership over JetStream KV (docs/fleet.md): warning while the KV is away; `fallback` while
+    the last share is held (mode hold) or the local maxPublishRate applies (mode local)."""
+
+    status: ComponentStatus
+    name: str
+    mode: FleetMode
+    kv_available: bool
+    kv_error: Annotated[str | None, Meta(description="Why the KV is unavailable, in words")]
+    fallback: bool
+    members: NNInt
+    rate_ceiling: Annotated[float, Meta(description="The publish-rate ceiling in force (msg/s)")]
+    hold_remaining_seconds: float | None
+
+
 class HealthComponents(Response):
-    """Every component of /health/detailed; `config` is present when the app has a RuntimeConfig."""
+    """Every component of /health/detailed; `config` is present when the app has a RuntimeConfig, `fleet`
+    when a `fleet:` section is configured."""
 
     upstream: UpstreamHealth
     queue: QueueHealth
@@ -307,6 +326,7 @@ class HealthComponents(Response):
     spool: SpoolHealth
     clients: ClientsHealth
     config: ConfigHealth | UnsetType = UNSET
+    fleet: FleetHealth | UnsetType = UNSET
 
     def statuses(self) -> set[str]:
         """The status of every component present."""
@@ -494,6 +514,70 @@ class Recommendations(Response):
 
 
 # Every answer type, for the OpenAPI generator.
+# -- fleet --------------------------------------------------------------------------------------------
+class FleetLevel(Response):
+    """The fleet-wide degradation level (0-4) over live members: the worst one and the median."""
+
+    max: Annotated[int, Meta(ge=0, le=4)]
+    median: Annotated[int, Meta(ge=0, le=4)]
+
+
+class FleetMemberState(Response):
+    """One live member: its last record, how long ago it arrived here, and its share as computed here."""
+
+    id: str
+    host: str
+    own: Annotated[bool, Meta(description="This sidecar")]
+    level: str
+    load_percent: float
+    dominant_signal: str
+    offered_rate: float
+    forwarded_rate: float
+    queue: NNInt
+    spool: NNInt
+    version: str
+    written_at: Annotated[float, Meta(description="The member's own wall clock at the write (epoch s)")]
+    last_seen_seconds_ago: Annotated[float, Meta(description="By this sidecar's clock (liveness)")]
+    share: Annotated[float | None, Meta(description="Its share as computed here (null without a budget)")]
+    reported_share: Annotated[float | None, Meta(description="The ceiling the member says it applies")]
+    reported_mode: str
+
+
+class FleetCounters(Response):
+    """Control traffic and ignored input since start."""
+
+    puts_ok: NNInt
+    puts_failed: NNInt
+    bytes_out: NNInt
+    bytes_in: NNInt
+    records_invalid: NNInt
+    records_over_limit: NNInt
+    members_expired: NNInt
+
+
+class Fleet(Response):
+    """GET /fleet: the fleet as this sidecar sees it; `enabled: false` and nulls without `fleet:`."""
+
+    enabled: bool
+    name: str | None = None
+    bucket: str | None = None
+    member_id: str | None = None
+    mode: Annotated[FleetMode, Meta(description="Where the rate ceiling comes from")] = "off"
+    kv_available: bool = False
+    kv_error: str | None = None
+    bucket_ready: bool = False
+    budget: Annotated[float | None, Meta(description="fleet.maxPublishRate (null: no budget)")] = None
+    share_mode: Literal["equal", "demand"] | None = None
+    rate_ceiling: Annotated[float | None, Meta(description="The publish-rate ceiling in force here")] = None
+    local_max_publish_rate: float | None = None
+    hold_remaining_seconds: float | None = None
+    interval_s: float | None = None
+    ttl_s: float | None = None
+    levels: FleetLevel | None = None
+    members: list[FleetMemberState] = []
+    counters: FleetCounters | None = None
+
+
 RESPONSES: Final[tuple[type[Response], ...]] = (
     Status,
     MetricsHistory,
@@ -509,4 +593,5 @@ RESPONSES: Final[tuple[type[Response], ...]] = (
     Cleared,
     DegradationHistory,
     Recommendations,
+    Fleet,
 )

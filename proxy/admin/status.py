@@ -40,6 +40,7 @@ from proxy.admin.responses import (
     from_json_dict,
 )
 from proxy.config.runtime import RuntimeConfig
+from proxy.fleet.view import fleet_health, fleet_view
 from proxy.sidecar import Sidecar
 
 # Health thresholds: a component is "warning" from WARN_RATIO of its limit, "critical" at it.
@@ -200,6 +201,9 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
     )
     if runtime is not None:
         components.config = msgspec.convert(runtime.health(), ConfigHealth)
+    fleet = fleet_health(sidecar)
+    if fleet is not None:
+        components.fleet = fleet
     return components
 
 
@@ -264,6 +268,11 @@ async def get_ready(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     return envelope(status_data(request.app[SIDECAR_KEY]))
+
+
+async def get_fleet(request: web.Request) -> web.Response:
+    """GET /fleet: members, their state, the budget and the shares (docs/fleet.md)."""
+    return envelope(fleet_view(request.app[SIDECAR_KEY]))
 
 
 def parse_since(raw: str | None) -> float | None:

@@ -56,6 +56,12 @@ RELOADABLE: Final[tuple[str, ...]] = (
     "spool.ackTimeoutMs",
     "spool.maxPendingAcks",
     "http.maxBatchItems",
+    # Read by proxy/fleet at each step; name, bucket, memberId and ttlS (the max_age) need a restart.
+    "fleet.maxPublishRate",
+    "fleet.intervalS",
+    "fleet.shareMode",
+    "fleet.minShare",
+    "fleet.holdS",
 )
 MAX_LOGGED_ERRORS: Final = 5
 
@@ -89,6 +95,8 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
     node = data
     for key in parents:
         node = node.setdefault(key, {})
+        if node is None:
+            return  # a section absent at start (fleet: null): adding it is a restart, reported as such
     node[last] = value
 
 

@@ -61,6 +61,15 @@ class Deliveries:
         # (client, client sid)): everything but echo=false clients and subscriptions with a max count.
         self.routes: dict[int, tuple[ClientConnection, bytes]] = {}
         self._usids = itertools.count(1)
+        # The sidecar's own subscriptions (e.g. the fleet's KV watch): usid -> handler, never routed to
+        # an application. Their SUBs are sent by their owners (see Sidecar.resubscribe_frames).
+        self.own: dict[int, Callable[[Msg], None]] = {}
+
+    def reserve(self, handler: Callable[[Msg], None]) -> int:
+        """A subscription id of the sidecar's own, whose messages go to `handler`."""
+        usid = next(self._usids)
+        self.own[usid] = handler
+        return usid
 
     # -- subscriptions -------------------------------------------------------------------------------
     def subscribe(self, client: ClientConnection, op: Sub) -> None:
@@ -242,6 +251,8 @@ class Deliveries:
         if sub is None:
             if msg.sid == ACK_SID:
                 self.confirmations.on_pub_ack(msg)
+            elif (handler := self.own.get(msg.sid)) is not None:
+                handler(msg)
             return  # in flight when the application unsubscribed
         client = sub.client
         if sub.echoes and self._is_echo(sub, msg):

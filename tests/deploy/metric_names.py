@@ -56,6 +56,15 @@ CATALOGUE: dict[str, str] = {
     "kpi_sidecar_config_reload_successful": "gauge",
     "kpi_sidecar_config_restart_required": "gauge",
     "kpi_sidecar_config_api_overrides": "gauge",
+    # Fleet coordination (docs/fleet.md): families always exported, samples only with a `fleet:` section.
+    "kpi_fleet_members": "gauge",
+    "kpi_fleet_share_rate": "gauge",
+    "kpi_fleet_budget_rate": "gauge",
+    "kpi_fleet_level": "gauge",
+    "kpi_fleet_mode": "gauge",
+    "kpi_fleet_kv_available": "gauge",
+    "kpi_fleet_puts": "counter",
+    "kpi_fleet_control_bytes": "counter",
 }
 
 # A sample name is its family's name plus one of these suffixes, by family type.

@@ -138,6 +138,7 @@ def test_deep_dive_sections() -> None:
         "Recovery",
         "History",
         "Operations",
+        "Fleet",
     ]
     assert all(rows.values())
     resources = set().union(*(metrics(p) for p in rows["System Resources"]))
@@ -173,6 +174,9 @@ def test_deep_dive_sections() -> None:
     assert operations["Oldest Critical Message Age"] == {"kpi_backpressure_oldest_critical_age_seconds"}
     assert operations["Critical Messages Dropped"] == {"kpi_streaming_critical_dropped_total"}
     assert "kpi_sidecar_config_reload_successful" in operations["Configuration Reloads"]
+    fleet = {p["title"]: metrics(p) for p in rows["Fleet"]}
+    assert fleet["Fleet Budget and Shares"] == {"kpi_fleet_budget_rate", "kpi_fleet_share_rate"}
+    assert fleet["Fleet Members and Level"] == {"kpi_fleet_members", "kpi_fleet_level"}
     incidents = panel(deep, "Incidents")["targets"][0]["expr"]
     assert "KpiSidecar.*" in incidents and "BackpressureCritical" in incidents
 

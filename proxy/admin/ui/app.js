@@ -3,7 +3,7 @@
  * Rules kept here: DOM built with createElement/textContent only (the CSP's Trusted Types forbid
  * turning strings into markup), every request relative to this page (same origin), the admin token kept in this tab's
  * sessionStorage only, polling paused while the tab is hidden. Fields other releases add to /status
- * (`forecast`, `fleet`) are shown when present and ignored when absent.
+ * (`forecast`) are shown when present and ignored when absent; the fleet comes from GET /fleet.
  */
 (() => {
   "use strict";
@@ -369,7 +369,6 @@
 
     renderSignals(status);
     renderFacts(status);
-    renderFleet(status.fleet);
     const reasons = Object.entries(status.droppedByReason || {}).filter(([, n]) => n > 0);
     setText(
       $("dropped-reasons"),
@@ -473,45 +472,59 @@
     setText(node, `Health: ${health.status} (${detail})`);
   }
 
-  /** The fleet (a later release): an array of members, or an object holding one, as a table. */
+  /** GET /fleet: the members this sidecar sees, their state and shares (hidden without `fleet:`). */
   function renderFleet(fleet) {
     const section = $("fleet-section");
-    if (fleet === undefined || fleet === null) {
+    if (!fleet || !fleet.enabled) {
       section.hidden = true;
       return;
     }
     section.hidden = false;
-    let rows = Array.isArray(fleet) ? fleet : null;
-    const extra = [];
-    if (!rows && typeof fleet === "object") {
-      for (const [key, value] of Object.entries(fleet)) {
-        if (!rows && Array.isArray(value)) rows = value;
-        else if (value === null || typeof value !== "object") extra.push(`${key}: ${describe(value)}`);
-      }
+    const levels = fleet.levels || { max: 0, median: 0 };
+    const budget =
+      fleet.budget === null || fleet.budget === undefined
+        ? "no budget (view only)"
+        : `budget ${fmtNum(fleet.budget)} msg/s (${fleet.shareMode})`;
+    const parts = [
+      `${fleet.name} in bucket ${fleet.bucket}, ${fleet.members.length} live member(s)`,
+      budget,
+      `mode ${fleet.mode}`,
+      `ceiling here ${fmtNum(fleet.rateCeiling, 1)} msg/s`,
+      `fleet level: worst ${LEVELS[levels.max] || levels.max}, median ${LEVELS[levels.median] || levels.median}`,
+    ];
+    const nodes = [el("p", { id: "fleet-summary", text: parts.join(" · ") })];
+    if (!fleet.kvAvailable) {
+      const hold =
+        fleet.holdRemainingSeconds === null || fleet.holdRemainingSeconds === undefined
+          ? ""
+          : ` (last share held ${fmtNum(fleet.holdRemainingSeconds)} s more)`;
+      nodes.push(el("p", { class: "hint", text: `KV unavailable: ${fleet.kvError || "no answer yet"}${hold}` }));
     }
-    const box = $("fleet");
-    const nodes = [];
-    if (extra.length || !rows) nodes.push(el("p", { text: extra.length ? extra.join(", ") : describe(fleet) }));
-    if (rows) {
-      const objects = rows.slice(0, 200).map((row) => (row && typeof row === "object" ? row : { value: row }));
-      const columns = [];
-      for (const row of objects) {
-        for (const [key, value] of Object.entries(row)) {
-          if (!columns.includes(key) && (value === null || typeof value !== "object") && columns.length < 10) {
-            columns.push(key);
-          }
-        }
-      }
-      nodes.push(
+    const columns = [
+      ["Member", (m) => m.id + (m.own ? " (this sidecar)" : "")],
+      ["Host", (m) => m.host],
+      ["Level", (m) => m.level],
+      ["Load", (m) => fmtPercent(m.loadPercent)],
+      ["Offered msg/s", (m) => fmtNum(m.offeredRate, 1)],
+      ["Forwarded msg/s", (m) => fmtNum(m.forwardedRate, 1)],
+      ["Share msg/s", (m) => (m.share === null ? "–" : fmtNum(m.share, 1))],
+      ["Queue", (m) => fmtNum(m.queue)],
+      ["Spool", (m) => fmtNum(m.spool)],
+      ["Seen", (m) => `${fmtNum(m.lastSeenSecondsAgo, 1)} s ago`],
+    ];
+    nodes.push(
+      el(
+        "table",
+        { class: "records", id: "fleet-table" },
+        el("thead", {}, el("tr", {}, ...columns.map(([c]) => el("th", { scope: "col", text: c })))),
         el(
-          "table",
+          "tbody",
           {},
-          el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { scope: "col", text: c })))),
-          el("tbody", {}, ...objects.map((row) => el("tr", {}, ...columns.map((c) => el("td", { text: describe(row[c]) }))))),
+          ...fleet.members.map((m) => el("tr", {}, ...columns.map(([, f]) => el("td", { text: describe(f(m)) })))),
         ),
-      );
-    }
-    box.replaceChildren(...nodes);
+      ),
+    );
+    $("fleet").replaceChildren(...nodes);
   }
 
   // -- plots ----------------------------------------------------------------------------------------
@@ -1006,6 +1019,7 @@
     poll("recommendations", () => 5000, async () => renderRecommendations(await getJSON(`${API}/analytics/recommendations`)));
     poll("loadtest", () => 2000, async () => renderLoadTest(await getJSON(`${API}/load-test/status`)));
     poll("health", () => 5000, async () => renderHealth(await getJSON(`${API}/health/detailed`)));
+    poll("fleet", () => 2000, async () => renderFleet(await getJSON(`${API}/fleet`)));
   }
 
   if (typeof uPlot === "undefined") {
