@@ -5,7 +5,7 @@ schemas from the same classes (msgspec.json.schema_components), so the document 
 answers. Field order is the JSON key order; a docstring becomes the schema's description. Values are
 passed to the constructors as the engine reports them (no conversion), so an int stays an int on the wire.
 
-Over 400 lines on purpose: it is only declarations, one class per answer and per nested object, and
+Size: over 400 lines on purpose: it is only declarations, one class per answer and per nested object, and
 keeping them in one file keeps the wire format of the whole API readable in one place.
 """
 
