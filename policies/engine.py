@@ -823,6 +823,10 @@ class Engine:
         """The stream is no longer published into by any rule."""
         self._signals.forget_stream(name)
 
+    def stream_names(self) -> list[str]:
+        """Streams with a current reading."""
+        return self._signals.stream_names()
+
     def class_levels(self) -> dict[Priority, Level]:
         """The level stream fill gives each priority class that has one above none."""
         return self._signals.class_levels()

@@ -176,6 +176,9 @@ class SignalBoard:
     def forget_stream(self, name: str) -> None:
         self._streams.pop(name, None)
 
+    def stream_names(self) -> list[str]:
+        return list(self._streams)
+
     # -- the load percents ---------------------------------------------------------------------------------
     def rtt_reading(self, source: str) -> RttReading:
         in_flight = self._in_flight_s if source == PING else 0.0

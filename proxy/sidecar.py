@@ -45,7 +45,10 @@ from proxy.nats.protocol import (
     split_pub,
 )
 from proxy.pipeline.resources import ResourceMonitor
+from proxy.pipeline.signal_feeds import SignalFeeds, log_class_transitions
 from proxy.pipeline.spool import Spool
+from proxy.pipeline.stream_monitor import TOKEN_PREFIX as STREAM_TOKEN
+from proxy.pipeline.stream_monitor import StreamMonitor
 from proxy.ports.nats_port import ClientConnection, ClientSub
 from proxy.ports.outbound import OutboundBudget
 from proxy.upstream.connection import Upstream
@@ -200,6 +203,9 @@ class Sidecar:
         self.refused: dict[str, int] = {}
         # Called with `now` after every tick (history ring, load test bookkeeping).
         self.tick_listeners: list[Callable[[float], None]] = []
+        # Issue #16: RTT and PubAck latency, spool trend; the fill of the streams jetstream rules feed.
+        self.signal_feeds = SignalFeeds(self)
+        self.stream_monitor = StreamMonitor(self)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -224,6 +230,7 @@ class Sidecar:
         self._servers.append(server)
         self.nats_port = server.sockets[0].getsockname()[1]
         self._tick_task = self.loop.create_task(self._tick_loop(), name="tick")
+        self.stream_monitor.start()
         log.debug("NATS port listening on %s:%s", host, self.nats_port)
 
     async def shutdown(self) -> None:
@@ -285,6 +292,7 @@ class Sidecar:
             client.close()
         if self._tick_task is not None:
             self._tick_task.cancel()
+        await self.stream_monitor.stop()
         if self.spool is not None:
             await self.spool.close()
         await self.upstream.close()
@@ -553,6 +561,11 @@ class Sidecar:
         self.routes.pop(sub.usid, None)
 
     @property
+    def ack_prefix(self) -> str:
+        """The PubAck inbox prefix (`_KPI_ACK.<server id>.`): PubAcks and the stream monitor's answers."""
+        return self._ack_prefix
+
+    @property
     def wants_ack_subscription(self) -> bool:
         """The PubAck inbox is subscribed only while a `delivery: jetstream` rule exists."""
         return any(rule.delivery is Delivery.JETSTREAM for rule in self.engine.rules)
@@ -639,6 +652,7 @@ class Sidecar:
                 )
         self._resend_unconfirmed()
         self._replay_wakeup.set()
+        self.signal_feeds.on_connected()
         self._schedule_pump()
 
     def on_upstream_lost(self, unconfirmed: list[Any]) -> None:
@@ -721,10 +735,13 @@ class Sidecar:
 
     def _on_pub_ack(self, msg: Msg) -> None:
         token = msg.subject.decode().rpartition(".")[2]
+        if token.startswith(STREAM_TOKEN):
+            self.stream_monitor.on_reply(token, msg)
+            return
         entry = self._acks.pop(token, None)
         if entry is None:
             return
-        out, _ = entry
+        out, deadline = entry
         now = self.clock()
         body = msg.body[msg.hdr_size :] if msg.hdr_size > 0 else msg.body
         failed = msg.hdr_size > 0 and not body  # a status message: 503 no stream captures the subject
@@ -738,6 +755,7 @@ class Sidecar:
             self.engine.breaker_failure(out.subject, now)
             self._acks[token] = (out, now + self.config.spool.ack_timeout_ms / 1000)
         else:
+            self.signal_feeds.on_pub_ack(now, deadline)
             self.engine.breaker_success(out.subject, now)
             self._release_ack_hold()
 
@@ -1246,8 +1264,10 @@ class Sidecar:
             memory_mb=sample.memory_mb,
             cpu_percent=sample.cpu_percent,
             cpu_quota_cores=sample.cpu_quota_cores,
+            **self.signal_feeds.tick_args(now),
         )
         self._log_transitions()
+        log_class_transitions(self)
         if self.outbound.total:
             self.outbound.recount()
         if self._acks:

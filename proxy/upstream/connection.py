@@ -174,6 +174,8 @@ class Upstream:
         # One entry per PING in flight: the callbacks its PONG confirms (None for keepalive PINGs).
         self._pong_waiters: deque[list[PongCallback] | None] = deque()
         self._ping_sent_at: deque[float] = deque()
+        # Called with (now, seconds) for each PONG: the round trip of the PING it answers (issue #16).
+        self.on_rtt: Callable[[float, float], None] | None = None
         self._pings_out = 0
         self._closing = False
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -304,12 +306,20 @@ class Upstream:
                 if proto is not None and not proto.paused:
                     self.handler.on_upstream_writable()
         if self._ping_sent_at:
-            self._ping_sent_at.popleft()
+            sent = self._ping_sent_at.popleft()
+            if self.on_rtt is not None:
+                now = time.monotonic()
+                self.on_rtt(now, now - sent)
         if self._pong_waiters:
             callbacks = self._pong_waiters.popleft()
             if callbacks:
                 for cb in callbacks:
                     cb(True)
+
+    def oldest_ping_age(self, now: float) -> float:
+        """Seconds the oldest PING in flight has waited for its PONG (0 when none)."""
+        sent_at = self._ping_sent_at
+        return max(0.0, now - sent_at[0]) if sent_at and self.connected else 0.0
 
     def check_stale(self, suspect: bool = False) -> bool:
         """Declare the connection dead (and reconnect) when a PING has waited for its PONG longer than

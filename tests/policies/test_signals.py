@@ -269,7 +269,7 @@ def test_a_class_below_the_global_level_adds_nothing_and_stale_readings_go() -> 
     engine.tick(clock.now, memory_mb=1600, cpu_percent=0)  # 160 % memory: the sidecar is high already
     assert engine.level is Level.HIGH
     assert engine.class_levels() == {Priority.MEDIUM: Level.MEDIUM}
-    assert engine._class_raise == {}  # noqa: SLF001 (the global level's shedding is the stronger)
+    assert engine._class_raise == {}  # the global level sheds more already
     engine.tick(clock.advance(120), memory_mb=0, cpu_percent=0)  # no fresh reading for 2 minutes
     snap = engine.snapshot(clock.now)
     assert snap.signals is not None and snap.signals.streams == []
