@@ -24,7 +24,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from policies.config import BackpressureConfig, Level, PolicyRule
+from proxy.admin import signals_view
 from proxy.admin.history import FIELDS, TIME_RANGES, MetricHistory, iso_timestamp, sample_to_json
+from proxy.admin.history import INDEX as HISTORY_INDEX
 from proxy.admin.load_test import LoadTest, LoadTestError, LoadTestSpec
 from proxy.admin.metrics import SidecarCollector, new_registry, spool_state
 from proxy.admin.openapi import CONFIG_BOUNDS, build_openapi
@@ -297,7 +299,9 @@ def status_data(sidecar: Sidecar) -> dict[str, Any]:
             "cpu": finite(snap.cpu_ratio * 100),
             "queue": finite(snap.queue_ratio * 100),
             "publishRate": finite(snap.publish_rate_ratio * 100),
+            **signals_view.signal_percents(snap),
         },
+        **signals_view.status_fields(snap),
         "spoolMessages": spool["messages"],
         "spoolBytes": spool["bytes"],
         "clients": len(sidecar.clients),
@@ -394,6 +398,7 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
             "tracked": len(breakers),
         },
         "spool": {"status": spool_status, "maxBytes": spool_max, **spool},
+        "signals": {**signals_view.health_component(snap), "monitor": sidecar.stream_monitor.stats()},
         "clients": {
             "status": "ok",
             "connections": len(sidecar.clients),
@@ -442,6 +447,7 @@ async def get_health_detailed(request: web.Request) -> web.Response:
             "degradationLevel": engine.level.label,
             "loadPercent": finite(engine.load_percent),
             "dominantSignal": engine.dominant_signal,
+            "explanation": components["signals"]["explanation"],
             "shuttingDown": sidecar.shutting_down,
             "uptimeSeconds": round(sidecar.clock() - sidecar.started_at, 3),
             "components": components,
@@ -772,6 +778,10 @@ async def get_recommendations(request: web.Request) -> web.Response:
     found = recommend(
         samples, changes, engine.config, spool_messages=spool_state(sidecar)["messages"], window_s=WINDOW_S
     )
+    snap = engine.snapshot(sidecar.clock())
+    driving = signals_view.recommendation(snap, engine.config, samples, HISTORY_INDEX)
+    if driving is not None:
+        found.append(driving)
     return envelope(
         {
             "windowSeconds": WINDOW_S,
@@ -804,6 +814,7 @@ def record_sample(sidecar: Sidecar, history: MetricHistory, now: float) -> None:
             snap.sampled,
             snap.spooled,
             spool["bytes"],
+            *signals_view.history_values(snap),
         ),
         snap.dropped_by_reason,
     )

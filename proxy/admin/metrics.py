@@ -23,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
 from policies.config import Level, Priority
+from proxy.admin import signals_view
 
 if TYPE_CHECKING:
     from proxy.sidecar import Sidecar
@@ -153,6 +154,10 @@ class SidecarCollector:
         yield flow_pauses
         yield taken_back
         yield _critical_dropped(v)
+        yield from signals_view.metric_families(
+            v.snapshot if v is not None else None,
+            sidecar.stream_monitor.stats() if sidecar is not None else None,
+        )
 
         breaker_open = GaugeMetricFamily(
             "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]

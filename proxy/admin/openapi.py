@@ -13,6 +13,8 @@ from typing import Any, Final
 import msgspec
 
 from policies.config import BackpressureConfig, PolicyRule
+from policies.engine import SIGNALS
+from policies.signal_board import SignalsSnapshot
 from proxy import __version__
 from proxy.admin.load_test import (
     MAX_BYTES_PER_SECOND,
@@ -80,7 +82,7 @@ def _status_schema() -> dict[str, Any]:
             "degradationLevel": LEVEL,
             "degradationLevelValue": {"type": "integer", "minimum": 0, "maximum": 4},
             "loadPercent": NUM,
-            "dominantSignal": {"type": "string", "enum": ["memory", "cpu", "queue", "publish_rate"]},
+            "dominantSignal": {"type": "string", "enum": list(SIGNALS)},
             "samplingRate": NUM,
             "batchSize": {"type": "integer", "minimum": 1},
             "upstreamConnected": BOOL,
@@ -101,7 +103,22 @@ def _status_schema() -> dict[str, Any]:
                 }
             ),
             "refusedRequests": COUNTS,
-            "signals": _obj({"memory": NUM, "cpu": NUM, "queue": NUM, "publishRate": NUM}),
+            "signals": _obj(
+                {
+                    "memory": NUM,
+                    "cpu": NUM,
+                    "queue": NUM,
+                    "publishRate": NUM,
+                    "upstreamLatency": NUM,
+                    "queueDelay": NUM,
+                    "predictedQueue": NUM,
+                }
+            ),
+            "explanation": {
+                "type": "string",
+                "description": "The level, the signal driving it and the forecast, in one sentence",
+            },
+            "signalDetail": _ref("SignalsSnapshot"),
             "spoolMessages": NNINT,
             "spoolBytes": NNINT,
             "clients": NNINT,
@@ -132,6 +149,11 @@ def _history_point_schema() -> dict[str, Any]:
             "sampledMessages": INT,
             "spooledMessages": INT,
             "spoolBytes": INT,
+            "upstreamRttMs": NUM,
+            "upstreamLatencyPercent": NUM,
+            "queueDelayMs": NUM,
+            "predictedQueuePercent": NUM,
+            "queueSecondsToFull": NUM,
             "droppedByReason": COUNTS,
         },
         required=[
@@ -166,6 +188,7 @@ def _health_detailed_schema() -> dict[str, Any]:
             "degradationLevel": LEVEL,
             "loadPercent": NUM,
             "dominantSignal": STR,
+            "explanation": STR,
             "shuttingDown": BOOL,
             "uptimeSeconds": NUM,
             "components": _obj(
@@ -251,8 +274,32 @@ def _health_detailed_schema() -> dict[str, Any]:
                             "maxTotalPendingBytes": INT,
                         }
                     ),
+                    "signals": _obj(
+                        {
+                            "status": COMPONENT_STATUS,
+                            "explanation": STR,
+                            "drivingSignal": STR,
+                            "streamsRefusingNew": {"type": "array", "items": STR},
+                            "monitor": _obj(
+                                {"requests": NNINT, "answers": NNINT, "errors": NNINT, "inFlight": NNINT}
+                            ),
+                        },
+                        description="Upstream RTT, queue delay, forecasts and stream fill (the fields of "
+                        "SignalsSnapshot besides these).",
+                    ),
                     "config": _config_health_schema(),
-                }
+                },
+                required=[
+                    "upstream",
+                    "queue",
+                    "memory",
+                    "cpu",
+                    "breakers",
+                    "spool",
+                    "clients",
+                    "signals",
+                    "config",
+                ],
             ),
         }
     )
@@ -443,7 +490,7 @@ def _op(
 def build_openapi() -> dict[str, Any]:
     """The whole document (a fresh dict each call)."""
     _, components = msgspec.json.schema_components(
-        [BackpressureConfig, PolicyRule, LoadTestSpec, Recommendation], ref_template=REF
+        [BackpressureConfig, PolicyRule, LoadTestSpec, Recommendation, SignalsSnapshot], ref_template=REF
     )
     config, update = _config_schemas(components)
     load_request = copy.deepcopy(components.pop("LoadTestSpec"))
