@@ -688,11 +688,13 @@ class Engine:
         cpu_quota_cores: float | _Keep | None = KEEP,
         spool_bytes: int | None = None,
         spool_capacity: int | None = None,
+        upstream_connected: bool | None = None,
     ) -> Transition | None:
         """Take new signal samples (None: keep the last), re-evaluate the level, run breaker timers.
 
         `cpu_quota_cores`: the cgroup quota in cores, None for no quota, omitted to keep the last value.
         `spool_bytes` / `spool_capacity`: the disk spool's fill and limit, for its trend (None: no spool).
+        `upstream_connected`: False while the upstream is away (queue_delay pauses; None: keep).
         RTTs, PING ages and stream readings arrive between ticks (observe_rtt, observe_stream).
         """
         self._last_now = now
@@ -705,6 +707,8 @@ class Engine:
         self._traffic.rotate(now)
         self._acc.expire_idle(now)
         board = self._signals
+        if upstream_connected is not None:
+            board.upstream_connected = upstream_connected
         board.tick(now, self._queue.size + self._parked_count, spool_bytes, spool_capacity)
         self._evaluate(now)
         transition = self._levels.observe(now, self._load_percent, self._dominant)

@@ -114,6 +114,7 @@ class SignalBoard:
         "class_transitions",
         "latency_percent",
         "predicted_percent",
+        "upstream_connected",
     )
 
     def __init__(self, config: BackpressureConfig) -> None:
@@ -139,6 +140,9 @@ class SignalBoard:
         self.class_transitions: list[ClassTransition] = []
         self.latency_percent = 0.0
         self.predicted_percent = 0.0
+        # While the upstream is away the queue waits for it, not for a slow drain: queue length, the
+        # spool and the forecast cover an outage; queue_delay counts only while connected.
+        self.upstream_connected = True
 
     def configure(self, config: BackpressureConfig) -> None:
         self._config = config
@@ -199,6 +203,8 @@ class SignalBoard:
 
     def queue_delay_percent(self, now: float, oldest_age_s: float) -> float:
         """Called at each load evaluation with the oldest queued message's sojourn."""
+        if not self.upstream_connected:
+            return self._delay.observe(now, 0.0)
         return self._delay.observe(now, oldest_age_s)
 
     def tick(self, now: float, queue_len: int, spool_bytes: int | None, spool_capacity: int | None) -> None:

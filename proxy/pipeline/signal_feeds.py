@@ -46,10 +46,12 @@ class SignalFeeds:
         """What the engine's tick takes from here; also hands it the oldest PING's age."""
         sidecar = self._sidecar
         sidecar.engine.observe_in_flight(sidecar.upstream.oldest_ping_age(now))
+        args: dict[str, Any] = {"upstream_connected": sidecar.upstream.connected}
         spool = sidecar.spool
-        if spool is None:
-            return {}
-        return {"spool_bytes": spool.bytes, "spool_capacity": spool.max_bytes}
+        if spool is not None:
+            args["spool_bytes"] = spool.bytes
+            args["spool_capacity"] = spool.max_bytes
+        return args
 
 
 def log_class_transitions(sidecar: Sidecar) -> None:

@@ -281,3 +281,19 @@ def test_stream_fill_off_with_threshold_zero() -> None:
     engine.observe_stream(_reading(100, 100, clock.now, discard="new"))
     engine.tick(clock.now, memory_mb=0, cpu_percent=0)
     assert engine.class_levels() == {}
+
+
+def test_queue_delay_pauses_while_the_upstream_is_away() -> None:
+    clock = Clock()
+    engine = make_engine(clock, queue_delay_target_ms=100, queue_delay_interval_ms=500, max_queue_size=1000)
+    for _ in range(5):
+        engine.offer(Msg(), clock.now, False)
+    for _ in range(10):
+        engine.tick(clock.advance(0.2), memory_mb=0, cpu_percent=0, upstream_connected=False)
+    assert (
+        engine.level is Level.NONE
+    )  # an outage: the queue waits for the upstream, length and spool cover it
+    for _ in range(4):
+        engine.tick(clock.advance(0.2), memory_mb=0, cpu_percent=0, upstream_connected=True)
+    assert engine.level is Level.CRITICAL  # connected and still not draining: a standing delay
+    assert engine.dominant_signal == "queue_delay"
