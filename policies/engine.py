@@ -709,7 +709,13 @@ class Engine:
         board = self._signals
         if upstream_connected is not None:
             board.upstream_connected = upstream_connected
-        board.tick(now, self._queue.size + self._parked_count, spool_bytes, spool_capacity)
+        board.tick(
+            now,
+            self._queue.size + self._parked_count,
+            spool_bytes,
+            spool_capacity,
+            self._cpu_percent * 100.0 / self.cpu_threshold_percent,
+        )
         self._evaluate(now)
         transition = self._levels.observe(now, self._load_percent, self._dominant)
         if transition is not None:
@@ -752,7 +758,9 @@ class Engine:
             (queue.size + self._parked_count) * 100.0 / config.max_queue_size,
             self._publish_rate * 100.0 / config.max_publish_rate,
             board.latency_percent,
-            board.queue_delay_percent(now, 0.0 if oldest is None else max(0.0, now - oldest)),
+            board.queue_delay_percent(
+                now, 0.0 if oldest is None else max(0.0, now - oldest), queue.size + self._parked_count
+            ),
             board.predicted_percent,
         )
         load = max(percents)

@@ -27,6 +27,8 @@ from policies.signals import (
     stream_fill,
 )
 
+# Local CPU load percent (the `low` floor) from which RTTs are taken as the sidecar's own slowness.
+SELF_SLOW_CPU_PERCENT = 70.0
 PING = "ping"
 PUBACK = "puback"
 RTT_SOURCES = (PING, PUBACK)
@@ -201,16 +203,27 @@ class SignalBoard:
                 best = max(best, latency_percent(reading.rtt_s, reading.baseline_s, ratio, floor_s))
         return best
 
-    def queue_delay_percent(self, now: float, oldest_age_s: float) -> float:
+    def queue_delay_percent(self, now: float, oldest_age_s: float, length: int) -> float:
         """Called at each load evaluation with the oldest queued message's sojourn."""
         if not self.upstream_connected:
-            return self._delay.observe(now, 0.0)
-        return self._delay.observe(now, oldest_age_s)
+            return self._delay.observe(now, 0.0, length)
+        return self._delay.observe(now, oldest_age_s, length)
 
-    def tick(self, now: float, queue_len: int, spool_bytes: int | None, spool_capacity: int | None) -> None:
-        """Once a tick: trend samples, forecasts, the latency percent and the classes' stream levels."""
+    def tick(
+        self,
+        now: float,
+        queue_len: int,
+        spool_bytes: int | None,
+        spool_capacity: int | None,
+        cpu_percent: float = 0.0,
+    ) -> None:
+        """Once a tick: trend samples, forecasts, the latency percent and the classes' stream levels.
+
+        `cpu_percent`: the CPU load percent; at or above SELF_SLOW_CPU_PERCENT the round trips measure
+        the sidecar's own slowness (a PONG waits in the socket until a starved loop reads it), which the
+        CPU signal already counts: upstream_latency is not counted then."""
         config = self._config
-        self.latency_percent = self._latency_percent()
+        self.latency_percent = self._latency_percent() if cpu_percent < SELF_SLOW_CPU_PERCENT else 0.0
         horizon = config.prediction_horizon_s
         self._queue_trend.observe(now, float(queue_len))
         self._queue_forecast = self._queue_trend.forecast(now, self._queue_capacity, horizon)

@@ -9,7 +9,9 @@ floor of `medium`), so that policies/levels.py applies the same bands and hyster
   later: a 50 us loopback baseline must not turn 150 us of jitter into a level), 200 at twice that excess.
   Nothing (None) until `minRttSamples` samples were seen.
 - `queue_delay`: CoDel's standing delay: the sojourn of the oldest queued message counts only once it has
-  stayed above `queueDelayTargetMs` for a whole `queueDelayIntervalMs`; then 100 x sojourn / target.
+  stayed above `queueDelayTargetMs` for a whole `queueDelayIntervalMs` and the queue did not shrink over
+  that interval (CoDel's "bad queue"; a queue draining after a burst is a "good queue" on its way out,
+  and its length already counts); then 100 x sojourn / target. Checked again at every interval.
 - `stream_fill`: the fuller of bytes and messages against a stream's limits; 100 at
   `streamFillThreshold`, 200 when full (linear in between). It raises the level of the priority class
   publishing into that stream only (see Engine), never the global one.
@@ -108,40 +110,41 @@ def latency_percent(rtt_s: float, baseline_s: float, ratio_threshold: float, flo
 class QueueDelay:
     """CoDel's standing queue: the oldest message's sojourn, counted once above target for an interval."""
 
-    __slots__ = ("_above_since", "interval_s", "sojourn_s", "target_s")
+    __slots__ = ("_interval_start", "_ref_length", "_standing", "interval_s", "sojourn_s", "target_s")
 
     def __init__(self, target_s: float, interval_s: float) -> None:
         self.target_s = target_s
         self.interval_s = interval_s
         self.sojourn_s = 0.0
-        self._above_since: float | None = None
+        self._interval_start: float | None = None
+        self._ref_length = 0
+        self._standing = False
 
     def configure(self, target_s: float, interval_s: float) -> None:
         self.target_s = target_s
         self.interval_s = interval_s
 
-    @property
-    def above_since(self) -> float | None:
-        """Since when the sojourn has stayed above the target, or None."""
-        return self._above_since
-
-    def observe(self, now: float, sojourn_s: float) -> float:
-        """Load percent for the oldest queued message's sojourn at `now` (0 when off or not standing)."""
+    def observe(self, now: float, sojourn_s: float, length: int) -> float:
+        """Load percent for the oldest queued message's sojourn at `now`, with `length` messages queued
+        (0 when off or not standing)."""
         self.sojourn_s = sojourn_s
         target = self.target_s
         if target <= 0.0 or sojourn_s < target:
-            self._above_since = None
+            self._interval_start = None
+            self._standing = False
             return 0.0
-        if self._above_since is None:
-            self._above_since = now
-        if now - self._above_since < self.interval_s:
-            return 0.0
-        return sojourn_s * 100.0 / target
+        if self._interval_start is None:
+            self._interval_start = now
+            self._ref_length = length
+        elif now - self._interval_start >= self.interval_s:
+            self._standing = length >= self._ref_length
+            self._interval_start = now
+            self._ref_length = length
+        return sojourn_s * 100.0 / target if self._standing else 0.0
 
     def standing(self, now: float) -> bool:
-        """True while the delay has stayed above target for at least an interval."""
-        since = self._above_since
-        return since is not None and now - since >= self.interval_s
+        """True while the delay stands: above target, and the queue did not shrink over the last interval."""
+        return self._standing
 
 
 class StreamReading(NamedTuple):

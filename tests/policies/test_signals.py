@@ -162,15 +162,28 @@ def test_reset_rtt_forgets_the_baseline() -> None:
 
 def test_queue_delay_counts_only_a_standing_delay() -> None:
     delay = QueueDelay(target_s=0.1, interval_s=0.5)
-    assert delay.observe(0.0, 0.05) == 0.0
-    assert delay.observe(0.1, 0.2) == 0.0  # above target, not for a whole interval yet
-    assert delay.observe(0.5, 0.2) == 0.0
-    assert delay.observe(0.6, 0.2) == pytest.approx(200.0)  # above for 0.5 s: 2 x target
+    assert delay.observe(0.0, 0.05, 10) == 0.0
+    assert delay.observe(0.1, 0.2, 10) == 0.0  # above target: the interval starts
+    assert delay.observe(0.5, 0.2, 10) == 0.0  # not a whole interval yet
+    assert delay.observe(0.6, 0.2, 10) == pytest.approx(200.0)  # a whole interval, not shrinking: 2 x target
     assert delay.standing(0.6)
-    assert delay.observe(0.7, 0.05) == 0.0  # under target once: the interval starts again
-    assert delay.observe(1.0, 0.3) == 0.0
+    assert delay.observe(0.7, 0.05, 10) == 0.0  # under target once: the interval starts again
+    assert delay.observe(1.0, 0.3, 10) == 0.0
     assert not delay.standing(1.0)
-    assert QueueDelay(0.0, 0.5).observe(5.0, 100.0) == 0.0  # off
+    assert QueueDelay(0.0, 0.5).observe(5.0, 100.0, 10) == 0.0  # off
+
+
+def test_a_draining_queue_is_not_a_standing_one() -> None:
+    """After a burst the oldest message has waited long, but the queue shrinks: CoDel's good queue."""
+    delay = QueueDelay(target_s=0.1, interval_s=0.5)
+    length = 1000
+    for step in range(20):
+        assert delay.observe(step * 0.25, 2.0, length) == 0.0, step
+        length -= 40
+    # It stops shrinking: standing at the end of the next whole interval.
+    seen = [delay.observe(5.0 + step * 0.25, 2.0, length) for step in range(5)]
+    assert seen[-1] == pytest.approx(2000.0)
+    assert delay.standing(6.0)
 
 
 def test_a_stuck_queue_raises_the_level_by_delay_while_its_length_is_low() -> None:
@@ -297,3 +310,20 @@ def test_queue_delay_pauses_while_the_upstream_is_away() -> None:
         engine.tick(clock.advance(0.2), memory_mb=0, cpu_percent=0, upstream_connected=True)
     assert engine.level is Level.CRITICAL  # connected and still not draining: a standing delay
     assert engine.dominant_signal == "queue_delay"
+
+
+def test_round_trips_of_a_starved_sidecar_are_not_blamed_on_the_upstream() -> None:
+    """With the CPU at or above the low floor, a PONG waits for the loop: the CPU signal counts it."""
+    clock = Clock()
+    engine = _rtt_engine(clock)
+    for _ in range(10):
+        engine.observe_rtt(clock.advance(0.5), 0.010)
+    for _ in range(40):
+        engine.observe_rtt(clock.advance(0.5), 0.100)
+    engine.tick(clock.now, memory_mb=0, cpu_percent=120)  # 120 % of maxCpuUsagePercent 100
+    assert engine.dominant_signal == "cpu"
+    assert engine.level is Level.MEDIUM
+    assert engine.snapshot(clock.now).upstream_latency_ratio == 0.0
+    engine.tick(clock.advance(1), memory_mb=0, cpu_percent=10)
+    assert engine.dominant_signal == "upstream_latency"
+    assert engine.level is Level.CRITICAL
