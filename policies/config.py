@@ -8,6 +8,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, field
 
+from policies.patterns import pattern_error
+
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -135,9 +137,6 @@ class PolicyRule(Base, frozen=True):
     on_refuse: OnRefuse | None = None
 
     def __post_init__(self) -> None:
-        # Imported here: subjects.py imports this module for PolicyRule and Priority.
-        from policies.subjects import pattern_error
-
         error = pattern_error(self.subject)
         if error is not None:
             raise ValueError(error)

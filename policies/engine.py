@@ -15,6 +15,10 @@ shed or broken and go ahead of queued data; only data is sampled.
 
 Every public call keeps `received == forwarded + dropped + queue_size + spooled`. The semantics of each
 level, switch and counter are written down in docs/backpressure.md.
+
+Size: one class on purpose. Every call reads and updates the same accounting, queue, breakers and level,
+and the invariant above holds at its boundary; the policies it composes each live in their own module
+(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting).
 """
 
 from __future__ import annotations

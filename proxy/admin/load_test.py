@@ -17,16 +17,14 @@ import math
 import random
 import secrets
 import ssl
-import struct
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
-
-import msgspec
-from msgspec import Meta
+from typing import TYPE_CHECKING, Any, Final
 
 from policies.engine import Verdict
 from proxy.admin.history import iso_timestamp
-from proxy.nats.protocol import add_header, is_valid_publish_subject
+from proxy.admin.requests import MAX_RATE, PREFIX, LoadTestSpec
+from proxy.admin.responses import LatencySummary, LoadTestStatus
+from proxy.nats.protocol import add_header
 
 if TYPE_CHECKING:
     from proxy.config.schema import UpstreamConfig
@@ -34,14 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RATE: Final = 20_000
-MAX_DURATION_S: Final = 3_600
-MAX_SUBJECTS: Final = 100
-MAX_SUBJECT_LENGTH: Final = 256
-MAX_BYTES_PER_SECOND: Final = 64 * 1024 * 1024
-MAX_MESSAGE_SIZE: Final = 1_048_576
-PREFIX: Final = struct.Struct(">8sQd")
-MIN_MESSAGE_SIZE: Final = PREFIX.size
 SLICE_S: Final = 0.01
 # A slice never publishes more than this many seconds' worth of messages (after a stall of the loop).
 MAX_CATCH_UP_S: Final = 0.5
@@ -50,8 +40,7 @@ DRAIN_WAIT_S: Final = 2.0
 MAX_LATENCY_SAMPLES: Final = 100_000
 RECEIVER_CONNECT_TIMEOUT_S: Final = 3.0
 RECEIVER_NAME: Final = "kpi-sidecar-loadtest"
-
-Subject = Annotated[str, Meta(min_length=1, max_length=MAX_SUBJECT_LENGTH, pattern=r"^[^\s.]+(\.[^\s.]+)*$")]
+__all__ = ["MAX_RATE", "PREFIX", "LatencyReservoir", "LoadTest", "LoadTestError", "LoadTestSpec"]
 
 
 class LoadTestError(Exception):
@@ -61,25 +50,6 @@ class LoadTestError(Exception):
         super().__init__(message)
         self.status = status
         self.field = field
-
-
-class LoadTestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel", kw_only=True):
-    """The body of POST /api/backpressure/load-test (the seed's names)."""
-
-    messages_per_second: Annotated[float, Meta(gt=0, le=MAX_RATE)]
-    duration_seconds: Annotated[float, Meta(gt=0, le=MAX_DURATION_S)]
-    message_size: Annotated[int, Meta(ge=MIN_MESSAGE_SIZE, le=MAX_MESSAGE_SIZE)]
-    subjects: Annotated[list[Subject], Meta(min_length=1, max_length=MAX_SUBJECTS)]
-    priority: Literal["low", "medium", "high", "critical"] | None = None
-
-    def __post_init__(self) -> None:
-        for subject in self.subjects:
-            if not is_valid_publish_subject(subject) or any(ord(c) < 32 or ord(c) == 127 for c in subject):
-                raise ValueError(f"invalid publish subject {subject!r} (no wildcard, blank or control char)")
-        if self.messages_per_second * self.message_size > MAX_BYTES_PER_SECOND:
-            raise ValueError(
-                f"messagesPerSecond x messageSize must not exceed {MAX_BYTES_PER_SECOND} bytes per second"
-            )
 
 
 class LatencyReservoir:
@@ -163,7 +133,7 @@ class LoadTest:
         """True from start until the last delivery wait is over."""
         return self._task is not None and not self._task.done()
 
-    async def start(self, spec: LoadTestSpec) -> dict[str, Any]:
+    async def start(self, spec: LoadTestSpec) -> LoadTestStatus:
         """Start a run; LoadTestError(409) while one runs, (400) when messages would exceed max_payload."""
         sidecar = self._sidecar
         if self.running:
@@ -183,7 +153,7 @@ class LoadTest:
         self._task = sidecar.loop.create_task(self._run(spec, headers), name="load-test")
         return self.status()
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self) -> LoadTestStatus:
         """Stop the running test (no-op when none runs) and return its status."""
         task = self._task
         if task is not None and not task.done():
@@ -353,7 +323,7 @@ class LoadTest:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.05)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LoadTestStatus:
         """What GET /api/backpressure/load-test/status shows."""
         spec = self.spec
         now = self._sidecar.clock()
@@ -369,31 +339,32 @@ class LoadTest:
         success_rate = None
         if self.measured and self.sent:
             success_rate = round(self.delivered * 100.0 / self.sent, 3)
-        return {
-            "state": self.state,
-            "running": self.running,
-            "id": self.run_id.hex() if spec is not None else None,
-            "spec": msgspec.to_builtins(spec) if spec is not None else None,
-            "startedAt": iso_timestamp(self.started_wall) if self.started_wall else None,
-            "finishedAt": iso_timestamp(self.finished_wall)
+        latency = self.latency.summary_ms()
+        return LoadTestStatus(
+            state=self.state,  # type: ignore[arg-type]
+            running=self.running,
+            id=self.run_id.hex() if spec is not None else None,
+            spec=spec,
+            started_at=iso_timestamp(self.started_wall) if self.started_wall else None,
+            finished_at=iso_timestamp(self.finished_wall)
             if self.finished_wall and not self.running
             else None,
-            "elapsedSeconds": round(elapsed, 3),
-            "progress": round(progress, 2),
-            "plannedMessages": self.total,
-            "sent": self.sent,
-            "actualRate": round(self.sent / elapsed, 3) if elapsed > 0 else 0.0,
-            "accepted": self.accepted,
-            "queued": self.queued,
-            "forwarded": self.delivered if self.measured else None,
-            "dropped": self.dropped,
-            "droppedByReason": dict(self.dropped_by_reason),
-            "blocked": self.blocked,
-            "successRate": success_rate,
-            "latencyMs": self.latency.summary_ms(),
-            "measured": self.measured,
-            "measurementError": self.measurement_error,
-        }
+            elapsed_seconds=round(elapsed, 3),
+            progress=round(progress, 2),
+            planned_messages=self.total,
+            sent=self.sent,
+            actual_rate=round(self.sent / elapsed, 3) if elapsed > 0 else 0.0,
+            accepted=self.accepted,
+            queued=self.queued,
+            forwarded=self.delivered if self.measured else None,
+            dropped=self.dropped,
+            dropped_by_reason=dict(self.dropped_by_reason),
+            blocked=self.blocked,
+            success_rate=success_rate,
+            latency_ms=LatencySummary(**latency) if latency is not None else None,
+            measured=self.measured,
+            measurement_error=self.measurement_error,
+        )
 
 
 def _headers(priority: str | None) -> bytes | None:

@@ -24,11 +24,13 @@ from prometheus_client.utils import floatToGoString
 from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
 from policies.config import Level, Priority
 from proxy.admin import signals_view
+from proxy.admin.subject_labels import SubjectLabels
 
 if TYPE_CHECKING:
     from proxy.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
+__all__ = ["SidecarCollector", "SubjectLabels", "new_registry", "spool_state"]
 
 LEVEL_LABELS: Final = tuple(level.label for level in Level)
 _BUCKET_BOUNDS: Final = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")
@@ -39,28 +41,6 @@ def new_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     return registry
-
-
-class SubjectLabels:
-    """Subject labels for breaker metrics, bounded like the engine's: at most `max_subjects`, then _other.
-
-    A subject the engine already labels keeps its label; another subject gets one while fewer than
-    `max_subjects` labels are in use. Once given, a label stays (no series churn).
-    """
-
-    def __init__(self, max_subjects: int) -> None:
-        self.max_subjects = max_subjects
-        self._own: set[str] = set()
-
-    def label(self, subject: str, engine_labels: set[str]) -> str:
-        """The label of `subject`, given the labels the engine's counters use."""
-        if subject in engine_labels or subject in self._own:
-            return subject
-        # Overlaps counted twice: conservative, and O(1) for the subjects that stay folded.
-        if len(self._own) + len(engine_labels) < self.max_subjects:
-            self._own.add(subject)
-            return subject
-        return OTHER_LABEL
 
 
 class SidecarCollector:
@@ -154,10 +134,8 @@ class SidecarCollector:
         yield flow_pauses
         yield taken_back
         yield _critical_dropped(v)
-        yield from signals_view.metric_families(
-            v.snapshot if v is not None else None,
-            sidecar.stream_monitor.stats() if sidecar is not None else None,
-        )
+        monitor = sidecar.stream_monitor.stats() if sidecar is not None else None
+        yield from signals_view.metric_families(v.snapshot if v is not None else None, monitor)
 
         breaker_open = GaugeMetricFamily(
             "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]

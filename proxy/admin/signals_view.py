@@ -11,12 +11,12 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from policies.config import BackpressureConfig, Priority
 from policies.engine import SIGNALS, EngineSnapshot
 from policies.signal_board import RTT_SOURCES, SignalsSnapshot
+from proxy.admin.responses import SignalsHealth, StreamMonitorStats
 
 if TYPE_CHECKING:
     from proxy.admin.recommendations import Recommendation
@@ -31,12 +31,6 @@ HISTORY_FIELDS: Final = (
     "queueSecondsToFull",
 )
 HISTORY_MAX_FIELDS: Final = frozenset({"upstreamRttMs", "upstreamLatencyPercent", "queueDelayMs"})
-
-
-def _num(value: float | None, digits: int = 3) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return round(value, digits)
 
 
 def _signals(snap: EngineSnapshot) -> SignalsSnapshot:
@@ -71,34 +65,18 @@ def explain(snap: EngineSnapshot) -> str:
 def signal_percents(snap: EngineSnapshot) -> dict[str, float]:
     """The new signals' load percents, beside memory/cpu/queue/publishRate in /status `signals`."""
     return {
-        "upstreamLatency": round(snap.upstream_latency_ratio * 100, 3),
-        "queueDelay": round(snap.queue_delay_ratio * 100, 3),
-        "predictedQueue": round(snap.predicted_queue_ratio * 100, 3),
+        "upstream_latency": round(snap.upstream_latency_ratio * 100, 3),
+        "queue_delay": round(snap.queue_delay_ratio * 100, 3),
+        "predicted_queue": round(snap.predicted_queue_ratio * 100, 3),
     }
 
 
-def detail(snap: EngineSnapshot) -> dict[str, Any]:
-    """The full signal state (RTTs, queue delay, forecasts, streams, class levels) as JSON."""
-    data: dict[str, Any] = msgspec.to_builtins(_signals(snap))
-    return _clean(data)
+def detail(snap: EngineSnapshot) -> SignalsSnapshot:
+    """The full signal state: RTTs, queue delay, forecasts, streams, class levels."""
+    return _signals(snap)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return _num(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
-def status_fields(snap: EngineSnapshot) -> dict[str, Any]:
-    """Keys added to GET /status: the explanation and the signal detail."""
-    return {"explanation": explain(snap), "signalDetail": detail(snap)}
-
-
-def health_component(snap: EngineSnapshot) -> dict[str, Any]:
+def health_component(snap: EngineSnapshot, monitor: dict[str, int]) -> SignalsHealth:
     """The `signals` component of GET /health/detailed."""
     sig = _signals(snap)
     worst = max(
@@ -109,13 +87,19 @@ def health_component(snap: EngineSnapshot) -> dict[str, Any]:
     )
     refusing = [s.name for s in sig.streams if s.refusing_new]
     status = "critical" if worst >= 1.5 or refusing else "warning" if worst >= 1.0 else "ok"
-    return {
-        "status": status,
-        "explanation": explain(snap),
-        "drivingSignal": snap.dominant_signal,
-        "streamsRefusingNew": refusing,
-        **detail(snap),
-    }
+    return SignalsHealth(
+        status=status,  # type: ignore[arg-type]
+        explanation=explain(snap),
+        driving_signal=snap.dominant_signal,  # type: ignore[arg-type]
+        streams_refusing_new=refusing,
+        monitor=StreamMonitorStats(
+            requests=monitor["requests"],
+            answers=monitor["answers"],
+            errors=monitor["errors"],
+            in_flight=monitor["inFlight"],
+        ),
+        detail=sig,
+    )
 
 
 def history_values(snap: EngineSnapshot) -> tuple[float, ...]:

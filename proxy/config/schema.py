@@ -3,6 +3,9 @@
 Every error names the file, the line and the `$.path`, in words: `config.yaml:4: $.listen.nats: port 99999
 is out of range: use 1-65535, or 0 for any free port`. Values msgspec's types cannot express (addresses,
 URLs, paths) are checked by FIELD_CHECKS, both when a file is loaded and when a struct is built in code.
+
+Size: the schema is read as one document: each Struct is a section of the YAML, with its checks beside it
+and the loading (presets, layers, environment) right after, so a reader never hunts for a field's rule.
 """
 
 from __future__ import annotations

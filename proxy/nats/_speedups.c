@@ -70,7 +70,7 @@ subject_ok(const unsigned char *s, Py_ssize_t len)
 }
 
 /* Does the header block mention KPI-Priority (any case)? Such a message is classified by its header, so
- * it is not part of a run; the Python parser applies the same test (nats_protocol._mentions_priority). */
+ * it is not part of a run; the Python parser applies the same test (proxy/nats/parser.py, _mentions_priority). */
 static int
 mentions_priority(const unsigned char *h, Py_ssize_t len)
 {

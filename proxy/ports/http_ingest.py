@@ -17,7 +17,7 @@ from aiohttp import web
 
 from policies.config import OnRefuse, PolicyRule
 from policies.engine import Decision, Verdict
-from proxy.admin.api import ApiError, envelope, error_middleware
+from proxy.admin.http import ApiError, envelope, error_middleware
 from proxy.nats.protocol import add_header, is_valid_publish_subject
 from proxy.sidecar import Sidecar
 

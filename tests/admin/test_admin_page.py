@@ -25,7 +25,7 @@ from tests.admin.api import call, check_schema, wait_for
 from tests.admin.test_history_recommendations import T0, values
 
 ROOT = Path(__file__).resolve().parents[2]
-UI = ROOT / "proxy" / "admin_ui"
+UI = ROOT / "proxy" / "admin" / "ui"
 P = "/api/backpressure"
 BREAKER = f"{P}/circuit-breaker"
 TOKEN = "page-token"

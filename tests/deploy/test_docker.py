@@ -174,8 +174,8 @@ def test_image_holds_the_code_and_the_presets_in_app() -> None:
     assert paths.get("/app/proxy") == "proxy"
     assert paths.get("/app/policies") == "policies"
     assert paths.get("/app/conf") == "conf"
-    # proxy/config/schema.py looks for presets next to its package: /app/proxy -> /app/conf.
-    package_dir = Path(sidecar_config_module.__file__).resolve().parent
+    # proxy/config/schema.py looks for presets next to the proxy package: /app/proxy -> /app/conf.
+    package_dir = Path(sidecar_config_module.__file__).resolve().parents[1]
     presets_dir = sidecar_config_module.PRESETS_DIR
     assert presets_dir == package_dir.parent / "conf"
     for preset in sidecar_config_module.PRESET_NAMES:

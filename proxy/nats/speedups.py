@@ -1,0 +1,23 @@
+"""The optional C scanner (`proxy/nats/_speedups.c`): imported when built, else None.
+
+`KPI_SIDECAR_NO_EXTENSIONS=1` turns it off; the parsers then run their pure-Python paths (the same ops
+and errors: the protocol tests run both).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+ScanPubs = Callable[[bytes, int, dict, int, int, bool, dict], int]
+ScanMsgs = Callable[[bytes, int, int], int]
+RouteMsgs = Callable[[bytes, int, dict, dict], int]
+scan_pubs: ScanPubs | None = None
+scan_msgs: ScanMsgs | None = None
+route_msgs: RouteMsgs | None = None
+if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
+    try:
+        from proxy.nats._speedups import route_msgs, scan_msgs, scan_pubs
+    except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
+        scan_pubs = scan_msgs = route_msgs = None
+SPEEDUPS = scan_pubs is not None
