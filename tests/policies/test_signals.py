@@ -327,3 +327,42 @@ def test_round_trips_of_a_starved_sidecar_are_not_blamed_on_the_upstream() -> No
     engine.tick(clock.advance(1), memory_mb=0, cpu_percent=10)
     assert engine.dominant_signal == "upstream_latency"
     assert engine.level is Level.CRITICAL
+
+
+def test_bounds_streams_rtt_slots_and_class_changes() -> None:
+    from policies.signals import BASELINE_SLOTS, MAX_STREAMS
+
+    clock = Clock()
+    engine = make_engine(clock)
+    for i in range(MAX_STREAMS + 10):
+        engine.observe_stream(_reading(1, 100, clock.now)._replace(name=f"S{i}"))
+    assert len(engine.stream_names()) == MAX_STREAMS  # the rest ignored until one goes
+    engine.forget_stream("S0")
+    engine.observe_stream(_reading(1, 100, clock.now)._replace(name="late"))
+    assert "late" in engine.stream_names()
+    tracker = RttTracker(baseline_window_s=10, min_samples=1)
+    for step in range(10_000):
+        tracker.observe(step * 0.1, 0.001 + (step % 7) * 0.001)
+    assert len(tracker._slots) <= BASELINE_SLOTS + 1  # bounded whatever the PONG rate
+    for step in range(300):  # a stream flapping around its threshold: pending changes stay bounded
+        engine.observe_stream(_reading(100 if step % 2 else 0, 100, clock.now, Priority.LOW))
+        engine.tick(clock.advance(10), memory_mb=0, cpu_percent=0)
+    assert len(engine.pop_class_transitions()) <= 100
+
+
+def test_new_signal_settings_apply_at_update_config() -> None:
+    clock = Clock()
+    engine = _rtt_engine(clock)
+    for _ in range(10):
+        engine.observe_rtt(clock.advance(0.5), 0.010)
+    for _ in range(40):
+        engine.observe_rtt(clock.advance(0.5), 0.060)
+    engine.tick(clock.now, memory_mb=0, cpu_percent=0)
+    assert engine.level is Level.HIGH
+    from tests.policies.fakes import config
+
+    engine.update_config(config(upstream_latency_ratio=0, recovery_delay_ms=0), now=clock.now)
+    engine.tick(clock.advance(1), memory_mb=0, cpu_percent=0)
+    assert engine.level is Level.NONE
+    with pytest.raises(ValueError, match="upstreamLatencyRatio"):
+        config(upstream_latency_ratio=0.5)
