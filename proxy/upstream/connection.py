@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 PongCallback = Callable[[bool], None]
 FLUSH_BYTES = 256 * 1024
 DIRECT_WRITE_BYTES = 16 * 1024
+# A PING's round trip is an RTT sample only with at most this many bytes written and unconfirmed ahead of it.
+RTT_QUIET_BYTES = 64 * 1024
 
 
 class UpstreamHandler(Protocol):
@@ -174,8 +176,10 @@ class Upstream:
         # One entry per PING in flight: the callbacks its PONG confirms (None for keepalive PINGs).
         self._pong_waiters: deque[list[PongCallback] | None] = deque()
         self._ping_sent_at: deque[float] = deque()
-        # Called with (now, seconds) for each PONG: the round trip of the PING it answers (issue #16).
+        # Called with (now, seconds) for each PONG: the round trip of the PING it answers (issue #16),
+        # for PINGs written with at most RTT_QUIET_BYTES unconfirmed ahead of them (one flag per PING).
         self.on_rtt: Callable[[float, float], None] | None = None
+        self._ping_quiet: deque[bool] = deque()
         self._pings_out = 0
         self._closing = False
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -279,6 +283,9 @@ class Upstream:
             self._out += PING_FRAME
             self._pong_waiters.append(self._pending_callbacks or None)
             self._ping_sent_at.append(time.monotonic())
+            # A PING behind megabytes measures throughput (the server reads them first), not latency.
+            ahead = self.journal.nbytes + len(self._out) + proto.transport.get_write_buffer_size()
+            self._ping_quiet.append(ahead <= RTT_QUIET_BYTES)
             self._pending_callbacks = []
             self._ping_requested = False
             self.pings_written += 1
@@ -307,7 +314,8 @@ class Upstream:
                     self.handler.on_upstream_writable()
         if self._ping_sent_at:
             sent = self._ping_sent_at.popleft()
-            if self.on_rtt is not None:
+            quiet = self._ping_quiet.popleft() if self._ping_quiet else False
+            if quiet and self.on_rtt is not None:
                 now = time.monotonic()
                 self.on_rtt(now, now - sent)
         if self._pong_waiters:
@@ -317,9 +325,12 @@ class Upstream:
                     cb(True)
 
     def oldest_ping_age(self, now: float) -> float:
-        """Seconds the oldest PING in flight has waited for its PONG (0 when none)."""
+        """Seconds the oldest PING in flight has waited for its PONG (0 when none, or when it was written
+        behind more than RTT_QUIET_BYTES)."""
         sent_at = self._ping_sent_at
-        return max(0.0, now - sent_at[0]) if sent_at and self.connected else 0.0
+        if not sent_at or not self.connected or not self._ping_quiet or not self._ping_quiet[0]:
+            return 0.0
+        return max(0.0, now - sent_at[0])
 
     def check_stale(self, suspect: bool = False) -> bool:
         """Declare the connection dead (and reconnect) when a PING has waited for its PONG longer than
@@ -448,6 +459,7 @@ class Upstream:
         self._out = bytearray()
         self._pong_waiters.clear()
         self._ping_sent_at.clear()
+        self._ping_quiet.clear()
         self._ping_requested = False
         self.pongs_received = self.pings_written
         self.lame_duck = False
@@ -483,6 +495,7 @@ class Upstream:
         callbacks += self._pending_callbacks
         self._pong_waiters.clear()
         self._ping_sent_at.clear()
+        self._ping_quiet.clear()
         self._pending_callbacks = []
         self._out = bytearray()
         unconfirmed = self.journal.take_all()
