@@ -14,6 +14,7 @@ import pytest
 from nats.js.api import DiscardPolicy, StreamConfig
 
 from tests.conftest import NatsServer, SidecarProcess, eventually, free_port, sidecar_config
+from tests.integration.test_roles_under_load import flood_at
 
 
 class DelayingRelay:
@@ -224,6 +225,44 @@ async def test_a_stream_near_full_raises_the_level_of_its_rules_subjects(
     await js.purge_stream("ORDERS")
     await eventually(lambda: proc.status()["signalDetail"]["classLevels"] == {}, timeout=20)
     await client.close()
+    await nc.close()
+
+
+@pytest.mark.parametrize("level", [None, "high", "critical"])
+async def test_the_stream_monitor_reports_at_every_level(
+    nats_server: NatsServer, sidecar_factory: Any, level: str | None
+) -> None:
+    """Its STREAM.INFO requests are the sidecar's own control traffic: a flood holding the seed's
+    configuration at high or critical sheds data, never them."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="ORDERS", subjects=["orders.>"], max_msgs=100))
+    config = sidecar_config(
+        nats_server.url, policies=[{"subject": "orders.>", "priority": "low", "delivery": "jetstream"}]
+    )
+    config["backpressure"] = {"streamPollIntervalMs": 500}  # otherwise the seed's values
+    proc = sidecar_factory(config)
+
+    def msgs() -> int | None:
+        streams = proc.status()["signalDetail"]["streams"]
+        return streams[0]["msgs"] if streams else None
+
+    for i in range(50):
+        await js.publish("orders.seed", str(i).encode())
+    await eventually(lambda: msgs() == 50, timeout=10)
+    with flood_at(proc, level):
+        for i in range(45):
+            await js.publish("orders.seed", str(i).encode())
+        deadline = time.monotonic() + 10
+        while msgs() != 95 or proc.status()["signalDetail"]["classLevels"].get("low") != "high":
+            assert time.monotonic() < deadline, proc.status()["signalDetail"]
+            await asyncio.sleep(0.2)
+        assert (
+            proc.get("/api/backpressure/health/detailed")["data"]["components"]["signals"]["monitor"][
+                "errors"
+            ]
+            == 0
+        )
     await nc.close()
 
 
