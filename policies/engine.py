@@ -295,14 +295,11 @@ class Engine:
                 if gate == GATE_DROP:
                     return self._drop(item, _DROP_CIRCUIT_BREAKER)
                 return self._park(item)
-        shed_low = self._shed_low
-        rate = self._sampling_rate
-        if self._class_raise:
-            raised = self._class_raise.get(item.priority)
-            if raised is not None:
-                shed_low, rate = raised
-        if shed_low and priority <= LOW:
+        if self._class_raise and item.priority in self._class_raise:
+            return self._offer_raised(item, priority, role, now, can_send)
+        if self._shed_low and priority <= LOW:
             return self._drop(item, _DROP_LOW_PRIORITY)
+        rate = self._sampling_rate
         if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
             self._acc.sampled += 1
             return self._drop(item, _DROP_SAMPLING)
@@ -311,6 +308,21 @@ class Engine:
             acc.receive(item.priority, role)
             acc.forward(item.subject, item.priority, role)
             return _FORWARD
+        return self._enqueue(item, priority, now)
+
+    def _offer_raised(
+        self, item: Item, priority: Priority, role: Role, now: float, can_send: bool
+    ) -> Decision:
+        """offer() for a priority class whose stream fill gives it a level above the sidecar's: that
+        level's shedding and sampling, then the usual forward or queue (off the level-none path)."""
+        shed_low, rate = self._class_raise[item.priority]
+        if shed_low and priority <= LOW:
+            return self._drop(item, _DROP_LOW_PRIORITY)
+        if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
+            self._acc.sampled += 1
+            return self._drop(item, _DROP_SAMPLING)
+        if can_send and self._batch_size == 1 and not self._queue.size and self._bucket.try_take(now):
+            return self._forward_now(item)
         return self._enqueue(item, priority, now)
 
     def _offer_finishing(self, item: Item, priority: Priority, now: float, can_send: bool) -> Decision:
