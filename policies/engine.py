@@ -9,6 +9,9 @@ CONTRACT (the asyncio shell in proxy/ calls exactly this; keep signatures stable
     engine.next_deadline()                                    # float | None: call take() again at that time
     transition = engine.tick(now, memory_mb=..., cpu_percent=...)   # once a second (and on demand)
     for t in engine.pop_transitions(): log(t)                 # level changes, also those between ticks
+    engine.observe_rtt(now, seconds, "ping" | "puback")       # each PONG / PubAck (docs/signals.md)
+    engine.observe_in_flight(seconds); engine.observe_stream(reading)   # oldest PING's age; STREAM.INFO
+    for c in engine.pop_class_transitions(): log(c)           # a priority class's stream-fill level changes
 
 Each item carries its protocol role (policies.roles): replies and control messages are never sampled,
 shed or broken and go ahead of queued data; only data is sampled.
@@ -18,7 +21,7 @@ level, switch and counter are written down in docs/backpressure.md.
 
 Size: one class on purpose. Every call reads and updates the same accounting, queue, breakers and level,
 and the invariant above holds at its boundary; the policies it composes each live in their own module
-(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting).
+(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting, signal_board).
 """
 
 from __future__ import annotations
