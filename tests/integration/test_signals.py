@@ -123,7 +123,13 @@ async def test_a_slow_upstream_raises_the_level_through_upstream_latency(
         await sub.flush()
 
         relay.delay = 0.25  # every answer of the server now takes 250 ms more
-        await eventually(lambda: proc.status()["dominantSignal"] == "upstream_latency", timeout=15)
+        await eventually(
+            lambda: (
+                (s := proc.status())["dominantSignal"] == "upstream_latency"
+                and s["degradationLevelValue"] >= 2
+            ),
+            timeout=15,
+        )
         status = proc.status()
         assert status["degradationLevelValue"] >= 2, status  # medium or above
         signals = status["signals"]
@@ -251,10 +257,10 @@ async def test_the_stream_monitor_reports_at_every_level(
         await js.publish("orders.seed", str(i).encode())
     await eventually(lambda: msgs() == 50, timeout=10)
     with flood_at(proc, level):
-        for i in range(45):
+        for i in range(46):  # 96 % full: 160 % for the low class, high
             await js.publish("orders.seed", str(i).encode())
         deadline = time.monotonic() + 10
-        while msgs() != 95 or proc.status()["signalDetail"]["classLevels"].get("low") != "high":
+        while msgs() != 96 or proc.status()["signalDetail"]["classLevels"].get("low") != "high":
             assert time.monotonic() < deadline, proc.status()["signalDetail"]
             await asyncio.sleep(0.2)
         assert (
