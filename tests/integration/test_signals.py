@@ -242,6 +242,31 @@ async def test_a_stream_near_full_raises_the_level_of_its_rules_subjects(
     await nc.close()
 
 
+async def test_pub_acks_feed_their_own_round_trip(nats_server: NatsServer, sidecar_factory: Any) -> None:
+    """Under `delivery: jetstream` a critical message's PubAck is a second RTT source (publish -> PubAck:
+    JetStream's storage included), shown apart from PING/PONG."""
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().add_stream(StreamConfig(name="PAY", subjects=["pay.>"]))
+    proc = sidecar_factory(
+        sidecar_config(
+            nats_server.url,
+            policies=[{"subject": "pay.>", "priority": "critical", "delivery": "jetstream"}],
+            backpressure={"minRttSamples": 5},
+        )
+    )
+    app = await nats.connect(proc.nats_url)
+    for i in range(20):
+        await app.publish("pay.in", str(i).encode())
+        await app.flush()
+    await eventually(lambda: proc.status()["signalDetail"]["rtt"]["puback"]["samples"] >= 20, timeout=10)
+    puback = proc.status()["signalDetail"]["rtt"]["puback"]
+    assert puback["rttMs"] is not None and 0 < puback["baselineMs"] <= puback["rttMs"]
+    assert _metric(proc, "kpi_sidecar_upstream_rtt_seconds", 'source="puback"') is not None
+    assert (await nc.jetstream().stream_info("PAY")).state.messages == 20
+    await app.close()
+    await nc.close()
+
+
 @pytest.mark.parametrize("level", [None, "high", "critical"])
 async def test_the_stream_monitor_reports_at_every_level(
     nats_server: NatsServer, sidecar_factory: Any, level: str | None
