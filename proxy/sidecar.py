@@ -40,8 +40,11 @@ from proxy.pipeline.deliveries import Deliveries
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.publish import Publisher
 from proxy.pipeline.resources import ResourceMonitor
+from proxy.pipeline.signal_feeds import SignalFeeds, log_class_transitions
 from proxy.pipeline.spool import Spool
 from proxy.pipeline.spool_bridge import SpoolBridge
+from proxy.pipeline.stream_monitor import TOKEN_PREFIX as STREAM_TOKEN
+from proxy.pipeline.stream_monitor import StreamMonitor
 from proxy.ports.listener import NatsListener
 from proxy.upstream.connection import Upstream
 
@@ -132,6 +135,11 @@ class Sidecar:
                 self.deliveries.reserve(on_msg),
             )
             self.fleet = FleetMember(self, config.fleet, sids)
+        # Signals (#16): RTT and PubAck latency, spool trend; the fill of the streams jetstream rules feed.
+        self.signal_feeds = SignalFeeds(self)
+        self.stream_monitor = StreamMonitor(self)
+        self.confirmations.on_acked = self.signal_feeds.on_pub_ack
+        self.confirmations.other_replies[STREAM_TOKEN] = self.stream_monitor.on_reply
 
     # -- state the admin API and the ingest ports read -----------------------------------------------
     @property
@@ -161,6 +169,16 @@ class Sidecar:
             self.fleet.on_msg(msg)
 
     @property
+    def ack_prefix(self) -> str:
+        """The PubAck inbox prefix (`_KPI_ACK.<server id>.`): PubAcks and the stream monitor's answers."""
+        return self.confirmations.ack_prefix
+
+    @property
+    def ack_subscription_denied(self) -> bool:
+        """Whether the upstream refused the PubAck inbox subscription."""
+        return self.confirmations.ack_subscription_denied
+
+    @property
     def max_payload(self) -> int:
         """The upstream's max_payload (from its INFO; the NATS default before the first connect)."""
         return self.publisher.max_payload
@@ -184,6 +202,7 @@ class Sidecar:
         self._tick_task = self.loop.create_task(self._tick_loop(), name="tick")
         if self.fleet is not None:
             self.fleet.start()
+        self.stream_monitor.start()
 
     async def shutdown(self) -> None:
         """Stop accepting, forward what can be forwarded within the grace, spool the critical rest."""
@@ -235,6 +254,7 @@ class Sidecar:
         self.listener.close_all()
         if self._tick_task is not None:
             self._tick_task.cancel()
+        await self.stream_monitor.stop()
         await bridge.close()
         if self.fleet is not None:
             await self.fleet.stop()  # deletes its key: the others' shares grow at once
@@ -263,6 +283,7 @@ class Sidecar:
                 )
         self.confirmations.resend_unconfirmed()
         self.spool_bridge.wake()
+        self.signal_feeds.on_connected()
         publisher.schedule_pump()
         if self.fleet is not None:
             self.fleet.on_connected()
@@ -315,8 +336,10 @@ class Sidecar:
             memory_mb=sample.memory_mb,
             cpu_percent=sample.cpu_percent,
             cpu_quota_cores=sample.cpu_quota_cores,
+            **self.signal_feeds.tick_args(now),
         )
         self.publisher.log_transitions()
+        log_class_transitions(self)
         outbound = self.listener.outbound
         if outbound.total:
             outbound.recount()

@@ -15,7 +15,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.admin import actions, analytics, config_api, status
+from proxy.admin import actions, analytics, config_api, signals_view, status
 from proxy.admin.history import MetricHistory
 from proxy.admin.http import Handler, dumps, error_middleware, finite, security_middleware
 from proxy.admin.keys import (
@@ -75,6 +75,7 @@ def record_sample(sidecar: Sidecar, history: MetricHistory, now: float) -> None:
             snap.sampled,
             snap.spooled,
             spool["bytes"],
+            *signals_view.history_values(snap),
         ),
         snap.dropped_by_reason,
     )

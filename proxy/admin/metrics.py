@@ -23,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
 from policies.config import Level, Priority
+from proxy.admin import signals_view
 from proxy.admin.subject_labels import SubjectLabels
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ class SidecarCollector:
         yield flow_pauses
         yield taken_back
         yield _critical_dropped(v)
+        monitor = sidecar.stream_monitor.stats() if sidecar is not None else None
+        yield from signals_view.metric_families(v.snapshot if v is not None else None, monitor)
 
         breaker_open = GaugeMetricFamily(
             "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]

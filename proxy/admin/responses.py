@@ -17,6 +17,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from policies.config import BackpressureConfig, PolicyRule
+from policies.signal_board import SignalsSnapshot
 from proxy.admin.recommendations import Recommendation
 from proxy.admin.requests import LoadTestSpec
 
@@ -32,7 +33,9 @@ def camel(name: str) -> str:
 NNInt = Annotated[int, Meta(ge=0)]
 Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 LevelName = Literal["none", "low", "medium", "high", "critical"]
-Signal = Literal["memory", "cpu", "queue", "publish_rate"]
+Signal = Literal[
+    "memory", "cpu", "queue", "publish_rate", "upstream_latency", "queue_delay", "predicted_queue"
+]
 ComponentStatus = Literal["ok", "warning", "critical"]
 OverallStatus = Literal["healthy", "degraded", "critical"]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -80,6 +83,9 @@ class Signals(Response):
     cpu: float
     queue: float
     publish_rate: float
+    upstream_latency: float
+    queue_delay: float
+    predicted_queue: float
 
 
 class Status(Response):
@@ -113,6 +119,10 @@ class Status(Response):
     by_role: ByRole
     refused_requests: Counts
     signals: Signals
+    explanation: Annotated[
+        str, Meta(description="The level, the signal driving it and the forecast, in one sentence")
+    ]
+    signal_detail: SignalsSnapshot
     spool_messages: NNInt
     spool_bytes: NNInt
     clients: NNInt
@@ -139,6 +149,11 @@ class HistoryPoint(Response):
     sampled_messages: int
     spooled_messages: int
     spool_bytes: int
+    upstream_rtt_ms: float
+    upstream_latency_percent: float
+    queue_delay_ms: float
+    predicted_queue_percent: float
+    queue_seconds_to_full: float
     degradation_level_value: int
     dropped_by_reason: Counts | UnsetType = UNSET
 
@@ -314,6 +329,27 @@ class FleetHealth(Response):
     hold_remaining_seconds: float | None
 
 
+class StreamMonitorStats(Response):
+    """The stream monitor's JetStream API requests: sent, answers used, errors, awaiting an answer."""
+
+    requests: NNInt
+    answers: NNInt
+    errors: NNInt
+    in_flight: NNInt
+
+
+class SignalsHealth(Response):
+    """Upstream RTT, queue delay, forecasts and stream fill (docs/signals.md): warning at 100 % of a
+    threshold, critical at 150 % or while a full `discard: new` stream refuses publishes."""
+
+    status: ComponentStatus
+    explanation: str
+    driving_signal: Signal
+    streams_refusing_new: list[str]
+    monitor: StreamMonitorStats
+    detail: SignalsSnapshot
+
+
 class HealthComponents(Response):
     """Every component of /health/detailed; `config` is present when the app has a RuntimeConfig, `fleet`
     when a `fleet:` section is configured."""
@@ -325,6 +361,7 @@ class HealthComponents(Response):
     breakers: BreakersHealth
     spool: SpoolHealth
     clients: ClientsHealth
+    signals: SignalsHealth
     config: ConfigHealth | UnsetType = UNSET
     fleet: FleetHealth | UnsetType = UNSET
 
@@ -340,6 +377,7 @@ class HealthDetailed(Response):
     degradation_level: LevelName
     load_percent: float
     dominant_signal: Signal
+    explanation: str
     shutting_down: bool
     uptime_seconds: float
     components: HealthComponents

@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from policies.config import Level
+from proxy.admin import signals_view
 from proxy.admin.history import FIELDS, TIME_RANGES, sample_to_json
 from proxy.admin.http import ApiError, envelope, error_response, finite
 from proxy.admin.keys import HISTORY_KEY, RUNTIME_KEY, SIDECAR_KEY
@@ -86,7 +87,10 @@ def status_data(sidecar: Sidecar) -> Status:
             cpu=finite(snap.cpu_ratio * 100),
             queue=finite(snap.queue_ratio * 100),
             publish_rate=finite(snap.publish_rate_ratio * 100),
+            **signals_view.signal_percents(snap),
         ),
+        explanation=signals_view.explain(snap),
+        signal_detail=signals_view.detail(snap),
         spool_messages=spool["messages"],
         spool_bytes=spool["bytes"],
         clients=len(sidecar.listener.clients),
@@ -198,6 +202,7 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
             pending_bytes=sidecar.listener.outbound.total,
             max_total_pending_bytes=sidecar.listener.outbound.limit,
         ),
+        signals=signals_view.health_component(snap, sidecar.stream_monitor.stats()),
     )
     if runtime is not None:
         components.config = msgspec.convert(runtime.health(), ConfigHealth)
@@ -243,6 +248,7 @@ async def get_health_detailed(request: web.Request) -> web.Response:
             degradation_level=engine.level.label,  # type: ignore[arg-type]
             load_percent=finite(engine.load_percent),
             dominant_signal=engine.dominant_signal,  # type: ignore[arg-type]
+            explanation=components.signals.explanation,
             shutting_down=sidecar.shutting_down,
             uptime_seconds=round(sidecar.clock() - sidecar.started_at, 3),
             components=components,

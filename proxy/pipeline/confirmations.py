@@ -62,6 +62,10 @@ class Confirmations:
         # Wired by the sidecar to the publish path.
         self.write: Callable[[OutMsg, float], None] = _unset_write
         self.schedule_pump: Callable[[], None] = lambda: None
+        # Told (now, deadline) of each successful PubAck (the signals' PubAck round trip).
+        self.on_acked: Callable[[float, float], None] = lambda now, deadline: None
+        # Other answers on the PubAck inbox, by token prefix (the stream monitor's STREAM.INFO replies).
+        self.other_replies: dict[str, Callable[[str, Msg], None]] = {}
         # Critical messages written upstream and not yet confirmed by a PONG (one batch per flush, keyed
         # by an id), and those whose connection died before the PONG, to resend after the reconnect.
         self._unconfirmed_batch: list[OutMsg] = []
@@ -161,10 +165,14 @@ class Confirmations:
     def on_pub_ack(self, msg: Msg) -> None:
         """A message on the PubAck inbox: confirms (or fails) the message its token names."""
         token = msg.subject.decode().rpartition(".")[2]
+        for prefix, handler in self.other_replies.items():
+            if token.startswith(prefix):
+                handler(token, msg)
+                return
         entry = self._acks.pop(token, None)
         if entry is None:
             return
-        out, _ = entry
+        out, deadline = entry
         now = self.clock()
         body = msg.body[msg.hdr_size :] if msg.hdr_size > 0 else msg.body
         failed = msg.hdr_size > 0 and not body  # a status message: 503 no stream captures the subject
@@ -178,6 +186,7 @@ class Confirmations:
             self.engine.breaker_failure(out.subject, now)
             self._acks[token] = (out, now + self.config.spool.ack_timeout_ms / 1000)
         else:
+            self.on_acked(now, deadline)
             self.engine.breaker_success(out.subject, now)
             self._release_ack_hold()
 

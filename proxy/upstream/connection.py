@@ -21,6 +21,7 @@ import ssl
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 256 * 1024
 DIRECT_WRITE_BYTES = 16 * 1024
+# A PING's round trip is an RTT sample only with at most this many bytes written and unconfirmed ahead of it.
+RTT_QUIET_BYTES = 64 * 1024
 
 
 class Upstream:
@@ -70,6 +73,10 @@ class Upstream:
         # One entry per PING in flight: the callbacks its PONG confirms (None for keepalive PINGs).
         self._pong_waiters: deque[list[PongCallback] | None] = deque()
         self._ping_sent_at: deque[float] = deque()
+        # Called with (now, seconds) for each PONG: the round trip of the PING it answers (issue #16),
+        # for PINGs written with at most RTT_QUIET_BYTES unconfirmed ahead of them (one flag per PING).
+        self.on_rtt: Callable[[float, float], None] | None = None
+        self._ping_quiet: deque[bool] = deque()
         self._pings_out = 0
         self._closing = False
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -173,6 +180,9 @@ class Upstream:
             self._out += PING_FRAME
             self._pong_waiters.append(self._pending_callbacks or None)
             self._ping_sent_at.append(time.monotonic())
+            # A PING behind megabytes measures throughput (the server reads them first), not latency.
+            ahead = self.journal.nbytes + len(self._out) + proto.transport.get_write_buffer_size()
+            self._ping_quiet.append(ahead <= RTT_QUIET_BYTES)
             self._pending_callbacks = []
             self._ping_requested = False
             self.pings_written += 1
@@ -200,12 +210,24 @@ class Upstream:
                 if proto is not None and not proto.paused:
                     self.handler.on_upstream_writable()
         if self._ping_sent_at:
-            self._ping_sent_at.popleft()
+            sent = self._ping_sent_at.popleft()
+            quiet = self._ping_quiet.popleft() if self._ping_quiet else False
+            if quiet and self.on_rtt is not None:
+                now = time.monotonic()
+                self.on_rtt(now, now - sent)
         if self._pong_waiters:
             callbacks = self._pong_waiters.popleft()
             if callbacks:
                 for cb in callbacks:
                     cb(True)
+
+    def oldest_ping_age(self, now: float) -> float:
+        """Seconds the oldest PING in flight has waited for its PONG (0 when none, or when it was written
+        behind more than RTT_QUIET_BYTES)."""
+        sent_at = self._ping_sent_at
+        if not sent_at or not self.connected or not self._ping_quiet or not self._ping_quiet[0]:
+            return 0.0
+        return max(0.0, now - sent_at[0])
 
     def check_stale(self, suspect: bool = False) -> bool:
         """Declare the connection dead (and reconnect) when a PING has waited for its PONG longer than
@@ -334,6 +356,7 @@ class Upstream:
         self._out = bytearray()
         self._pong_waiters.clear()
         self._ping_sent_at.clear()
+        self._ping_quiet.clear()
         self._ping_requested = False
         self.pongs_received = self.pings_written
         self.lame_duck = False
@@ -369,6 +392,7 @@ class Upstream:
         callbacks += self._pending_callbacks
         self._pong_waiters.clear()
         self._ping_sent_at.clear()
+        self._ping_quiet.clear()
         self._pending_callbacks = []
         self._out = bytearray()
         unconfirmed = self.journal.take_all()

@@ -16,6 +16,9 @@
     ["cpu", "cpu", "CPU"],
     ["queue", "queue", "Queue"],
     ["publishRate", "publish_rate", "Publish rate"],
+    ["upstreamLatency", "upstream_latency", "Upstream latency"],
+    ["queueDelay", "queue_delay", "Queue delay"],
+    ["predictedQueue", "predicted_queue", "Predicted queue"],
   ];
   // Refresh period of the history per plot range: its step, at least 2 s.
   const HISTORY_EVERY_MS = { "5m": 2000, "1h": 10000, "24h": 60000 };
@@ -362,7 +365,11 @@
     setText($("level-why"), why);
 
     const forecast = $("forecast");
-    if (status.forecast !== undefined && status.forecast !== null) {
+    const explained = signalsSentence(status);
+    if (explained) {
+      forecast.hidden = false;
+      setText(forecast, explained);
+    } else if (status.forecast !== undefined && status.forecast !== null) {
       forecast.hidden = false;
       setText(forecast, `Forecast: ${describe(status.forecast)}`);
     } else forecast.hidden = true;
@@ -376,6 +383,33 @@
         ? `Dropped since start, by reason: ${reasons.map(([r, n]) => `${r} ${fmtNum(n)}`).join(", ")}.`
         : "Nothing dropped since start.",
     );
+  }
+
+  // What the upstream RTT, the queue forecast and the JetStream streams say (docs/signals.md); empty when
+  // they say nothing worth a line.
+  function signalsSentence(status) {
+    const detail = status.signalDetail;
+    if (!detail) return "";
+    const parts = [];
+    const ping = (detail.rtt || {}).ping || {};
+    if (ping.rttMs !== null && ping.rttMs !== undefined && ping.baselineMs !== null && ping.baselineMs !== undefined) {
+      parts.push(`Upstream RTT ${fmtNum(ping.rttMs, 2)} ms (baseline ${fmtNum(ping.baselineMs, 2)} ms)`);
+    }
+    if (detail.queueDelayMs > 0) parts.push(`oldest queued message waiting ${fmtNum(detail.queueDelayMs, 0)} ms`);
+    const queue = detail.queueForecast || {};
+    if (queue.secondsToFull !== null && queue.secondsToFull !== undefined) {
+      parts.push(`queue full in ~${fmtNum(queue.secondsToFull, 0)} s at the current trend`);
+    }
+    const spool = detail.spoolForecast || {};
+    if (spool.secondsToFull !== null && spool.secondsToFull !== undefined) {
+      parts.push(`spool full in ~${fmtNum(spool.secondsToFull, 0)} s at the current trend`);
+    }
+    for (const stream of detail.streams || []) {
+      const level = (detail.classLevels || {})[stream.priority] || "none";
+      const state = stream.refusingNew ? "full, refusing new messages" : `${fmtPercent(stream.fill * 100)} full`;
+      parts.push(`stream ${stream.name} ${state} (${stream.priority} messages at level ${level})`);
+    }
+    return parts.length ? `Signals: ${parts.join("; ")}.` : "";
   }
 
   function renderSignals(status) {
