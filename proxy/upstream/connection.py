@@ -353,10 +353,7 @@ class Upstream:
             transport.abort()
             raise
         self._proto = proto
-        self._out = bytearray()
-        self._pong_waiters.clear()
-        self._ping_sent_at.clear()
-        self._ping_quiet.clear()
+        self._reset_pings()
         self._ping_requested = False
         self.pongs_received = self.pings_written
         self.lame_duck = False
@@ -367,12 +364,8 @@ class Upstream:
         self.connected_url = url
         self.disconnected_at = None
         self._schedule_ping()
-        log.info(
-            "upstream connected to %s (server %s, version %s)",
-            url,
-            info.get("server_id"),
-            info.get("version"),
-        )
+        server, version = info.get("server_id"), info.get("version")
+        log.info("upstream connected to %s (server %s, version %s)", url, server, version)
         self.handler.on_upstream_connected(info)
         for text in proto.deferred_errors:
             self.handler.on_upstream_error(text)
@@ -390,11 +383,8 @@ class Upstream:
             self._ping_timer = None
         callbacks = [cb for waiters in self._pong_waiters if waiters for cb in waiters]
         callbacks += self._pending_callbacks
-        self._pong_waiters.clear()
-        self._ping_sent_at.clear()
-        self._ping_quiet.clear()
+        self._reset_pings()
         self._pending_callbacks = []
-        self._out = bytearray()
         unconfirmed = self.journal.take_all()
         if was_connected:
             self.reconnects += 1
@@ -403,6 +393,13 @@ class Upstream:
             self.handler.on_upstream_lost(unconfirmed)
         for cb in callbacks:
             cb(False)
+
+    def _reset_pings(self) -> None:
+        """A new connection or a lost one: no PING is outstanding and nothing is buffered."""
+        self._out = bytearray()
+        self._pong_waiters.clear()
+        self._ping_sent_at.clear()
+        self._ping_quiet.clear()
 
     def _schedule_ping(self) -> None:
         self._ping_timer = self.loop.call_later(self.config.ping_interval_ms / 1000, self._keepalive)
