@@ -158,7 +158,8 @@ def compute_shares(
         return dict.fromkeys(offered, equal)
     floor = min_share * equal
     rest = budget - floor * n
-    return {member: floor + rest * rate / total for member, rate in demand.items()}
+    # rate / total first: rest * rate underflows for tiny (subnormal) rates, and the sum drifts.
+    return {member: floor + rest * (rate / total) for member, rate in demand.items()}
 
 
 class FleetState:
