@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from policies.fleet import (
@@ -130,6 +130,7 @@ def test_demand_mode_in_the_state_uses_each_records_offered_rate() -> None:
     st.sampled_from(list(ShareMode)),
     st.floats(min_value=0, max_value=1),
 )
+@example({"a": 5e-324}, ShareMode.DEMAND, 0.3125)  # a subnormal rate: 1000.5 before the fix
 def test_shares_always_sum_to_the_budget_and_respect_the_floor(
     offered: dict[str, float], mode: ShareMode, min_share: float
 ) -> None:
