@@ -80,6 +80,31 @@ class BackpressureConfig(Base, frozen=True):
     # A heavy hitter carries at least this share of the offered application load (data and requests),
     # counted against at least maxPublishRate: a quiet subject is never one.
     breaker_critical_share: Fraction = 0.2
+    # Signals beside the local four (policies/signals.py, policies/forecast.py); 0 turns each off.
+    # upstream_latency: 100% when the smoothed upstream RTT reaches this many times its baseline (the
+    # minimum over rttBaselineWindowS), and at least upstreamLatencyFloorMs above it.
+    upstream_latency_ratio: Annotated[float, Meta(ge=0, le=1000)] = 4
+    upstream_latency_floor_ms: Annotated[float, Meta(ge=0, le=600_000)] = 50
+    rtt_baseline_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 300
+    min_rtt_samples: Annotated[int, Meta(ge=1, le=1000)] = 5
+    # queue_delay: 100% when the oldest queued message has waited queueDelayTargetMs for a whole
+    # queueDelayIntervalMs (CoDel's standing delay); 200% at twice the target.
+    queue_delay_target_ms: NonNegativeInt = 1_000
+    queue_delay_interval_ms: NonNegativeInt = 2_000
+    # stream_fill: 100% for a rule's priority class when its JetStream stream is this full, 200% when full.
+    stream_fill_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.9
+    stream_poll_interval_ms: Annotated[int, Meta(ge=500, le=3_600_000)] = 5_000
+    # predicted_queue: the queue length (and spool bytes) projected predictionHorizonS ahead at the trend of
+    # the last predictionWindowS (at least predictionMinSamples ticks), as a percent of their limits.
+    prediction_horizon_s: Annotated[float, Meta(ge=0, le=3_600)] = 10
+    prediction_window_s: Annotated[float, Meta(ge=2, le=3_600)] = 30
+    prediction_min_samples: Annotated[int, Meta(ge=2, le=60)] = 5
+
+    def __post_init__(self) -> None:
+        if 0 < self.upstream_latency_ratio < 1:
+            raise ValueError("upstreamLatencyRatio must be 0 (off) or at least 1")
+        if self.upstream_latency_ratio == 1 and self.upstream_latency_floor_ms == 0:
+            raise ValueError("upstreamLatencyRatio 1 needs a upstreamLatencyFloorMs above 0")
 
     @property
     def backoff_cap_ms(self) -> int:

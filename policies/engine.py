@@ -9,6 +9,9 @@ CONTRACT (the asyncio shell in proxy/ calls exactly this; keep signatures stable
     engine.next_deadline()                                    # float | None: call take() again at that time
     transition = engine.tick(now, memory_mb=..., cpu_percent=...)   # once a second (and on demand)
     for t in engine.pop_transitions(): log(t)                 # level changes, also those between ticks
+    engine.observe_rtt(now, seconds, "ping" | "puback")       # each PONG / PubAck (docs/signals.md)
+    engine.observe_in_flight(seconds); engine.observe_stream(reading)   # oldest PING's age; STREAM.INFO
+    for c in engine.pop_class_transitions(): log(c)           # a priority class's stream-fill level changes
 
 Each item carries its protocol role (policies.roles): replies and control messages are never sampled,
 shed or broken and go ahead of queued data; only data is sampled.
@@ -18,12 +21,13 @@ level, switch and counter are written down in docs/backpressure.md.
 
 Size: one class on purpose. Every call reads and updates the same accounting, queue, breakers and level,
 and the invariant above holds at its boundary; the policies it composes each live in their own module
-(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting).
+(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting, signal_board).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
@@ -41,6 +45,8 @@ from policies.queue import CRITICAL_LANE, FINISH_LANE, PriorityQueue, lane_of
 from policies.rate import RateMeter, TokenBucket
 from policies.roles import DATA, REPLY, Role, subject_role
 from policies.sampling import APART, SHARE_ONE, kept_of, phase_of, sampling_rate, share_of
+from policies.signal_board import PING, ClassTransition, SignalBoard, SignalsSnapshot
+from policies.signals import StreamReading
 from policies.subjects import DEFAULT_CACHE_SIZE, SubjectClassifier
 from policies.traffic import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRAFFIC_SUBJECTS
 from policies.traffic import SubjectTraffic
@@ -65,7 +71,15 @@ REASON_PERMISSIONS = "permissions"
 # Why a critical message can be lost (the shell's reasons): exported at 0 from the start.
 CRITICAL_DROP_REASONS = ("max_payload", REASON_SHUTDOWN)
 
-SIGNALS = ("memory", "cpu", "queue", "publish_rate")
+SIGNALS = (
+    "memory",
+    "cpu",
+    "queue",
+    "publish_rate",
+    "upstream_latency",
+    "queue_delay",
+    "predicted_queue",
+)
 # Between ticks, offers re-evaluate the level (escalation only) at most this often, and at once when the
 # queue crosses into a higher band or a message is dropped queue_full.
 CHECK_INTERVAL_S = 0.05
@@ -143,6 +157,10 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     dropped_by_reason: dict[str, int]
     by_role: dict[str, dict[str, int]]
     open_breakers: int
+    upstream_latency_ratio: float = 0.0
+    queue_delay_ratio: float = 0.0
+    predicted_queue_ratio: float = 0.0
+    signals: SignalsSnapshot | None = None
 
 
 class _Written(NamedTuple):
@@ -171,6 +189,8 @@ class Engine:
         "_bucket",
         "_cache_size",
         "_capacity",
+        "_ceiling",
+        "_class_raise",
         "_classifier",
         "_config",
         "_cpu_percent",
@@ -195,6 +215,7 @@ class Engine:
         "_rng",
         "_sampling_rate",
         "_shed_low",
+        "_signals",
         "_track_traffic",
         "_traffic",
         "_transitions",
@@ -223,6 +244,8 @@ class Engine:
         self._parked: dict[str, deque[Any]] = {}
         self._parked_count = 0
         self._handed: dict[int, Any] = {}
+        # A rate ceiling set from outside (the fleet's share), None: config.max_publish_rate.
+        self._ceiling: float | None = None
         self._bucket = TokenBucket(config.max_publish_rate, _burst(config), now)
         window_s = config.publish_rate_window_ms / 1000.0
         self._meter = RateMeter(window_s, now)
@@ -237,7 +260,10 @@ class Engine:
         self._cpu_percent = 0.0
         self._cpu_quota: float | None = None
         self._publish_rate = 0.0
-        self._ratios = (0.0, 0.0, 0.0, 0.0)
+        self._ratios: tuple[float, ...] = (0.0,) * len(SIGNALS)
+        self._signals = SignalBoard(config)
+        # Priority classes whose stream-fill level is above the global one: (shed low, sampling rate).
+        self._class_raise: dict[Priority, tuple[bool, float]] = {}
         self._load_percent = 0.0
         self._dominant = SIGNALS[0]
         self._next_check = now
@@ -283,6 +309,8 @@ class Engine:
                 if gate == GATE_DROP:
                     return self._drop(item, _DROP_CIRCUIT_BREAKER)
                 return self._park(item)
+        if self._class_raise and item.priority in self._class_raise:
+            return self._offer_raised(item, priority, role, now, can_send)
         if self._shed_low and priority <= LOW:
             return self._drop(item, _DROP_LOW_PRIORITY)
         rate = self._sampling_rate
@@ -294,6 +322,21 @@ class Engine:
             acc.receive(item.priority, role)
             acc.forward(item.subject, item.priority, role)
             return _FORWARD
+        return self._enqueue(item, priority, now)
+
+    def _offer_raised(
+        self, item: Item, priority: Priority, role: Role, now: float, can_send: bool
+    ) -> Decision:
+        """offer() for a priority class whose stream fill gives it a level above the sidecar's: that
+        level's shedding and sampling, then the usual forward or queue (off the level-none path)."""
+        shed_low, rate = self._class_raise[item.priority]
+        if shed_low and priority <= LOW:
+            return self._drop(item, _DROP_LOW_PRIORITY)
+        if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
+            self._acc.sampled += 1
+            return self._drop(item, _DROP_SAMPLING)
+        if can_send and self._batch_size == 1 and not self._queue.size and self._bucket.try_take(now):
+            return self._forward_now(item)
         return self._enqueue(item, priority, now)
 
     def _offer_finishing(self, item: Item, priority: Priority, now: float, can_send: bool) -> Decision:
@@ -335,6 +378,7 @@ class Engine:
             or self._breaker_records
             or self._shed_low
             or self._sampling_rate < 1.0
+            or self._class_raise
         ):
             return False
         bucket = self._bucket
@@ -762,10 +806,16 @@ class Engine:
         memory_mb: float | None = None,
         cpu_percent: float | None = None,
         cpu_quota_cores: float | _Keep | None = KEEP,
+        spool_bytes: int | None = None,
+        spool_capacity: int | None = None,
+        upstream_connected: bool | None = None,
     ) -> Transition | None:
         """Take new signal samples (None: keep the last), re-evaluate the level, run breaker timers.
 
         `cpu_quota_cores`: the cgroup quota in cores, None for no quota, omitted to keep the last value.
+        `spool_bytes` / `spool_capacity`: the disk spool's fill and limit, for its trend (None: no spool).
+        `upstream_connected`: False while the upstream is away (queue_delay pauses; None: keep).
+        RTTs, PING ages and stream readings arrive between ticks (observe_rtt, observe_stream).
         """
         self._last_now = now
         if memory_mb is not None:
@@ -776,18 +826,28 @@ class Engine:
             self._cpu_quota = cpu_quota_cores
         self._traffic.rotate(now)
         self._acc.expire_idle(now)
+        board = self._signals
+        if upstream_connected is not None:
+            board.upstream_connected = upstream_connected
+        board.tick(
+            now,
+            self._queue.size + self._parked_count,
+            spool_bytes,
+            spool_capacity,
+            self._cpu_percent * 100.0 / self.cpu_threshold_percent,
+        )
         self._evaluate(now)
         transition = self._levels.observe(now, self._load_percent, self._dominant)
         if transition is not None:
             self._apply_level()
             self._transitions.append(transition)
+        elif board.class_transitions or self._class_raise:
+            self._apply_class_levels()
         critical = self._levels.level is Level.CRITICAL
         config = self._config
         if critical and config.enable_circuit_breaker and config.breaker_critical_top_subjects:
             top = config.breaker_critical_top_subjects
-            heavy = self._traffic.heavy_hitters(
-                now, config.breaker_critical_share, config.max_publish_rate, top
-            )
+            heavy = self._traffic.heavy_hitters(now, config.breaker_critical_share, self.rate_ceiling, top)
             self._breakers.open_busiest(heavy, now, top)
         if self._breaker_records:
             self._breakers.advance(now, critical)
@@ -807,11 +867,19 @@ class Engine:
         config = self._config
         self._publish_rate = self._meter.rate(now)
         # Percent first (value * 100 / max) so that exact boundary loads stay exact in floating point.
+        queue = self._queue
+        oldest = queue.oldest_time()
+        board = self._signals
         percents = (
             self._memory_mb * 100.0 / config.max_memory_usage_mb,
             self._cpu_percent * 100.0 / self.cpu_threshold_percent,
-            (self._queue.size + self._parked_count) * 100.0 / config.max_queue_size,
-            self._publish_rate * 100.0 / config.max_publish_rate,
+            (queue.size + self._parked_count) * 100.0 / config.max_queue_size,
+            self._publish_rate * 100.0 / self.rate_ceiling,
+            board.latency_percent,
+            board.queue_delay_percent(
+                now, 0.0 if oldest is None else max(0.0, now - oldest), queue.size + self._parked_count
+            ),
+            board.predicted_percent,
         )
         load = max(percents)
         self._ratios = tuple(p / 100.0 for p in percents)  # type: ignore[assignment]
@@ -846,12 +914,58 @@ class Engine:
         self._sampling_rate = sampling_rate(level, config.enable_sampling)
         self._batch_size = batch_size(level, config.batch_size_multiplier, config.enable_batching)
         self._shed_low = config.enable_prioritization and level >= Level.HIGH
+        self._apply_class_levels()
         # The queue length that moves the load into the next band: crossing it re-evaluates at once.
         if level is Level.CRITICAL:
             self._escalate_queue_at = 1 << 62
         else:
             floor = LOWER_BOUNDS[Level(level + 1)]
             self._escalate_queue_at = max(1, -(-int(floor * config.max_queue_size) // 100))
+
+    def _apply_class_levels(self) -> None:
+        """Priority classes whose streams fill get their own level's shedding, when above the global one."""
+        level = self._levels.level
+        config = self._config
+        raise_: dict[Priority, tuple[bool, float]] = {}
+        for priority, class_level in self._signals.class_levels().items():
+            if class_level > level:
+                shed = config.enable_prioritization and class_level >= Level.HIGH
+                raise_[priority] = (shed, sampling_rate(class_level, config.enable_sampling))
+        self._class_raise = raise_
+
+    def observe_rtt(self, now: float, seconds: float, source: str = PING) -> None:
+        """An upstream round trip (source "ping": PING to PONG; "puback": publish to PubAck)."""
+        self._signals.observe_rtt(now, seconds, source)
+
+    def observe_in_flight(self, seconds: float) -> None:
+        """Age of the oldest upstream PING still unanswered, at the tick (0 when none)."""
+        self._signals.observe_in_flight(seconds)
+
+    def reset_rtt(self) -> None:
+        """A new upstream connection: RTT baselines start again."""
+        self._signals.reset_rtt()
+
+    def observe_stream(self, reading: StreamReading) -> None:
+        """A JetStream stream's fill (from STREAM.INFO); applied at the next tick."""
+        self._signals.observe_stream(reading)
+
+    def forget_stream(self, name: str) -> None:
+        """The stream is no longer published into by any rule."""
+        self._signals.forget_stream(name)
+
+    def stream_names(self) -> list[str]:
+        """Streams with a current reading."""
+        return self._signals.stream_names()
+
+    def class_levels(self) -> dict[Priority, Level]:
+        """The level stream fill gives each priority class that has one above none."""
+        return self._signals.class_levels()
+
+    def pop_class_transitions(self) -> list[ClassTransition]:
+        """Class level changes (stream fill) since the last call, for the shell to log once each."""
+        changes = self._signals.class_transitions
+        self._signals.class_transitions = []
+        return changes
 
     # -- circuit breakers --------------------------------------------------------------------------------
     def breaker_failure(self, subject: str, now: float) -> None:
@@ -922,7 +1036,8 @@ class Engine:
         old = self._config
         self._config = config
         self._classifier = classifier
-        self._bucket.configure(config.max_publish_rate, _burst(config), now)
+        rate = self.rate_ceiling
+        self._bucket.configure(rate, _burst(config, rate), now)
         if config.publish_rate_window_ms != old.publish_rate_window_ms:
             window_s = config.publish_rate_window_ms / 1000.0
             self._meter = RateMeter(window_s, now)
@@ -932,6 +1047,7 @@ class Engine:
             self._breakers.forget_automatic(now)
             self._release_parked(now)
         self._levels.configure(config.recovery_threshold_percent, config.recovery_delay_ms)
+        self._signals.configure(config)
         self._apply_config(config)
 
     def _apply_config(self, config: BackpressureConfig) -> None:
@@ -940,6 +1056,23 @@ class Engine:
         self._capacity = config.max_queue_size
         self._batch_delay_s = config.max_batch_delay_ms / 1000.0
         self._apply_level()
+
+    def set_rate_ceiling(self, rate: float | None, now: float) -> None:
+        """Make `rate` (msg/s) the publish-rate ceiling in place of maxPublishRate (the fleet's share);
+        None: back to maxPublishRate. The publish-rate signal is measured against the ceiling in force."""
+        if rate is not None and not (rate > 0.0 and math.isfinite(rate)):
+            raise ValueError(f"a rate ceiling must be a positive number of messages per second, not {rate}")
+        if rate == self._ceiling:
+            return
+        self._ceiling = rate
+        effective = self.rate_ceiling
+        self._bucket.configure(effective, _burst(self._config, effective), now)
+
+    @property
+    def rate_ceiling(self) -> float:
+        """The publish-rate ceiling in force (msg/s): the one set by set_rate_ceiling, else maxPublishRate."""
+        ceiling = self._ceiling
+        return self._config.max_publish_rate if ceiling is None else ceiling
 
     @property
     def config(self) -> BackpressureConfig:
@@ -1052,7 +1185,9 @@ class Engine:
         queue = self._queue
         oldest = queue.oldest_time()
         acc = self._acc
-        memory_ratio, cpu_ratio, queue_ratio, rate_ratio = self._ratios
+        memory_ratio, cpu_ratio, queue_ratio, rate_ratio, latency_ratio, delay_ratio, predicted_ratio = (
+            self._ratios
+        )
         level = self._levels.level
         return EngineSnapshot(
             level=level.label,
@@ -1083,8 +1218,12 @@ class Engine:
             dropped_by_reason=acc.dropped_by_reason(),
             by_role=acc.by_role(),
             open_breakers=self._breakers.open_count(),
+            upstream_latency_ratio=latency_ratio,
+            queue_delay_ratio=delay_ratio,
+            predicted_queue_ratio=predicted_ratio,
+            signals=self._signals.snapshot(now, delay_ratio * 100.0),
         )
 
 
-def _burst(config: BackpressureConfig) -> float:
-    return max(1.0, config.max_publish_rate * config.rate_burst_seconds)
+def _burst(config: BackpressureConfig, rate: float | None = None) -> float:
+    return max(1.0, (config.max_publish_rate if rate is None else rate) * config.rate_burst_seconds)

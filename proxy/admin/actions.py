@@ -116,11 +116,11 @@ async def post_drain_queue(request: web.Request) -> web.Response:
             "the upstream connection cannot take messages now; nothing was drained",
             {"queueSize": sidecar.engine.queue_size, "upstreamConnected": sidecar.upstream.connected},
         )
-    forwarded = sidecar.drain_now()
+    forwarded = sidecar.publisher.drain_now()
     return envelope(Drained(forwarded=forwarded, queue_size=sidecar.engine.queue_size))
 
 
 async def post_clear_queue(request: web.Request) -> web.Response:
     sidecar = request.app[SIDECAR_KEY]
-    cleared = sidecar.clear_queue()
+    cleared = sidecar.publisher.clear_queue()
     return envelope(Cleared(cleared=cleared, queue_size=sidecar.engine.queue_size))

@@ -7,6 +7,8 @@ import time
 
 from aiohttp import web
 
+from proxy.admin import signals_view
+from proxy.admin.history import INDEX
 from proxy.admin.http import envelope, finite, wall, wall_offset
 from proxy.admin.keys import HISTORY_KEY, SIDECAR_KEY
 from proxy.admin.metrics import spool_state
@@ -52,4 +54,7 @@ async def get_recommendations(request: web.Request) -> web.Response:
     found = recommend(
         samples, changes, engine.config, spool_messages=spool_state(sidecar)["messages"], window_s=WINDOW_S
     )
+    driving = signals_view.recommendation(engine.snapshot(sidecar.clock()), engine.config, samples, INDEX)
+    if driving is not None:
+        found.append(driving)
     return envelope(Recommendations(window_seconds=WINDOW_S, samples=len(samples), recommendations=found))

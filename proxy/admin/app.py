@@ -15,7 +15,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.admin import actions, analytics, config_api, status
+from proxy.admin import actions, analytics, config_api, signals_view, status
 from proxy.admin.history import MetricHistory
 from proxy.admin.http import Handler, dumps, error_middleware, finite, security_middleware
 from proxy.admin.keys import (
@@ -35,6 +35,7 @@ from proxy.admin.openapi import build_openapi
 from proxy.admin.page import PAGE_KEY, AdminPage, get_page, get_page_asset
 from proxy.config.runtime import ConfigCollector, RuntimeConfig
 from proxy.config.schema import LoadedConfig
+from proxy.fleet.view import FleetCollector
 from proxy.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def record_sample(sidecar: Sidecar, history: MetricHistory, now: float) -> None:
             snap.sampled,
             snap.spooled,
             spool["bytes"],
+            *signals_view.history_values(snap),
         ),
         snap.dropped_by_reason,
     )
@@ -92,6 +94,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     registry.register(collector)
     config_collector = ConfigCollector(app[RUNTIME_KEY])
     registry.register(config_collector)
+    fleet_collector = FleetCollector(sidecar)
+    registry.register(fleet_collector)
 
     def on_tick(now: float) -> None:
         # A listener that raised would stop the sidecar's tick loop: never let it.
@@ -109,11 +113,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             sidecar.tick_listeners.remove(on_tick)
         registry.unregister(collector)
         registry.unregister(config_collector)
+        registry.unregister(fleet_collector)
         await load_test.close()
 
 
 ROUTES: Final[tuple[tuple[str, str, Handler], ...]] = (
     ("GET", f"{PREFIX}/status", status.get_status),
+    ("GET", f"{PREFIX}/fleet", status.get_fleet),
     ("GET", f"{PREFIX}/metrics", status.get_metrics_history),
     ("GET", f"{PREFIX}/health", status.get_health),
     ("GET", f"{PREFIX}/health/detailed", status.get_health_detailed),

@@ -34,6 +34,12 @@ FIELDS: Final = (
     "sampledMessages",
     "spooledMessages",
     "spoolBytes",
+    # Issue #16 (proxy/admin/signals_view.py HISTORY_FIELDS): -1 where there is nothing to show.
+    "upstreamRttMs",
+    "upstreamLatencyPercent",
+    "queueDelayMs",
+    "predictedQueuePercent",
+    "queueSecondsToFull",
 )
 INDEX: Final = {name: i for i, name in enumerate(FIELDS)}
 # Folded by taking the worst value of the interval: the operator must see a short spike.
@@ -45,6 +51,10 @@ MAX_FIELDS: Final = frozenset(
         "degradationLevel",
         "spooledMessages",
         "spoolBytes",
+        "upstreamRttMs",
+        "upstreamLatencyPercent",
+        "queueDelayMs",
+        "predictedQueuePercent",
     }
 )
 # Cumulative counters: the value at the end of the interval.

@@ -1,7 +1,7 @@
 """The admin API's load test: synthetic traffic through the real publish path, measured end to end.
 
 Messages are generated in timed slices (one task, every SLICE_S it publishes what is due), offered with
-`Sidecar.publish_message` so policies apply as to any application's message, and counted on arrival by
+`Publisher.publish_message` so policies apply as to any application's message, and counted on arrival by
 a nats-py subscription on the upstream servers. Each payload starts with PREFIX (run id, sequence
 number, generation time on time.monotonic()), so latency is the time from generation to delivery
 by the upstream NATS server back into this process.
@@ -274,7 +274,7 @@ class LoadTest:
         padding = b"x" * (spec.message_size - PREFIX.size)
         pack = PREFIX.pack
         run_id = self.run_id
-        publish = sidecar.publish_message
+        publish = sidecar.publisher.publish_message
         monotonic = time.monotonic
         max_per_slice = max(1, int(rate * MAX_CATCH_UP_S))
         total = self.total

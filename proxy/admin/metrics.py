@@ -23,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
 from policies.config import Level, Priority
+from proxy.admin import signals_view
 from proxy.admin.subject_labels import SubjectLabels
 
 if TYPE_CHECKING:
@@ -124,15 +125,17 @@ class SidecarCollector:
             "(queued again, or dropped as upstream_lost).",
         )
         if sidecar is not None:
-            slow.add_metric([], sidecar.slow_consumers)
+            slow.add_metric([], sidecar.listener.slow_consumers)
             reconnects.add_metric([], sidecar.upstream.reconnects)
-            flow_pauses.add_metric([], sidecar.flow_pauses)
+            flow_pauses.add_metric([], sidecar.flow.pauses)
             taken_back.add_metric([], sidecar.upstream.journal.taken_back)
         yield slow
         yield reconnects
         yield flow_pauses
         yield taken_back
         yield _critical_dropped(v)
+        monitor = sidecar.stream_monitor.stats() if sidecar is not None else None
+        yield from signals_view.metric_families(v.snapshot if v is not None else None, monitor)
 
         breaker_open = GaugeMetricFamily(
             "kpi_circuit_breaker_open", "1 while the subject's circuit breaker is open.", labels=["subject"]
@@ -185,7 +188,7 @@ class SidecarCollector:
                 published.add_metric([subject, "success", priority, role], count)
             for (reason, subject, role), count in sorted(v.engine.dropped_by_subject_role().items()):
                 dropped.add_metric([reason, subject, role], count)
-            for reason, count in sorted(sidecar.refused.items()):  # type: ignore[union-attr]
+            for reason, count in sorted(sidecar.publisher.refused.items()):  # type: ignore[union-attr]
                 refused.add_metric([reason], count)
             for priority, count in sorted(v.engine.received_by_priority().items()):
                 received.add_metric([priority], count)
@@ -331,22 +334,22 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
     (
         "kpi_sidecar_pending_acks",
         "Critical messages awaiting their JetStream PubAck (bounded by spool.maxPendingAcks).",
-        lambda v: len(v.sidecar.pending_acks),
+        lambda v: len(v.sidecar.confirmations.pending_acks),
     ),
     (
         "kpi_sidecar_clients",
         "Application connections on the NATS port.",
-        lambda v: len(v.sidecar.clients),
+        lambda v: len(v.sidecar.listener.clients),
     ),
     (
         "kpi_upstream_stalled",
         "1 while the upstream socket has stayed backed up past upstream.flowControlMs (the engine queues).",
-        lambda v: 1.0 if v.sidecar.upstream_stalled else 0.0,
+        lambda v: 1.0 if v.sidecar.flow.upstream_stalled else 0.0,
     ),
     (
         "kpi_sidecar_flow_paused_clients",
         "Application connections not read right now because the upstream socket is backed up.",
-        lambda v: len(v.sidecar.flow_paused),
+        lambda v: len(v.sidecar.flow.paused),
     ),
     (
         "kpi_upstream_unconfirmed_bytes",
@@ -356,7 +359,7 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
     (
         "kpi_sidecar_client_pending_bytes",
         "Bytes waiting to be written to all applications together (clients.maxTotalPendingBytes).",
-        lambda v: v.sidecar.outbound.total,
+        lambda v: v.sidecar.listener.outbound.total,
     ),
     # The configured maxima beside their levels, so that alerts and dashboards use fractions.
     (

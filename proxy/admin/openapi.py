@@ -179,6 +179,7 @@ def build_openapi() -> dict[str, Any]:
     ready = _op("Get readiness", _ok(r.Ready), 503, tag="probes")
     paths: dict[str, Any] = {
         f"{P}/status": {"get": _op("Get status", _ok(r.Status))},
+        f"{P}/fleet": {"get": _op("Get fleet", _ok(r.Fleet))},
         f"{P}/metrics": {
             "get": _op("Get metrics history", _ok(r.MetricsHistory), 400, params=[time_range, since])
         },

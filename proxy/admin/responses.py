@@ -5,7 +5,7 @@ schemas from the same classes (msgspec.json.schema_components), so the document 
 answers. Field order is the JSON key order; a docstring becomes the schema's description. Values are
 passed to the constructors as the engine reports them (no conversion), so an int stays an int on the wire.
 
-Over 400 lines on purpose: it is only declarations, one class per answer and per nested object, and
+Size: over 400 lines on purpose: it is only declarations, one class per answer and per nested object, and
 keeping them in one file keeps the wire format of the whole API readable in one place.
 """
 
@@ -17,6 +17,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from policies.config import BackpressureConfig, PolicyRule
+from policies.signal_board import SignalsSnapshot
 from proxy.admin.recommendations import Recommendation
 from proxy.admin.requests import LoadTestSpec
 
@@ -32,7 +33,9 @@ def camel(name: str) -> str:
 NNInt = Annotated[int, Meta(ge=0)]
 Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 LevelName = Literal["none", "low", "medium", "high", "critical"]
-Signal = Literal["memory", "cpu", "queue", "publish_rate"]
+Signal = Literal[
+    "memory", "cpu", "queue", "publish_rate", "upstream_latency", "queue_delay", "predicted_queue"
+]
 ComponentStatus = Literal["ok", "warning", "critical"]
 OverallStatus = Literal["healthy", "degraded", "critical"]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -80,6 +83,9 @@ class Signals(Response):
     cpu: float
     queue: float
     publish_rate: float
+    upstream_latency: float
+    queue_delay: float
+    predicted_queue: float
 
 
 class Status(Response):
@@ -113,6 +119,10 @@ class Status(Response):
     by_role: ByRole
     refused_requests: Counts
     signals: Signals
+    explanation: Annotated[
+        str, Meta(description="The level, the signal driving it and the forecast, in one sentence")
+    ]
+    signal_detail: SignalsSnapshot
     spool_messages: NNInt
     spool_bytes: NNInt
     clients: NNInt
@@ -139,6 +149,11 @@ class HistoryPoint(Response):
     sampled_messages: int
     spooled_messages: int
     spool_bytes: int
+    upstream_rtt_ms: float
+    upstream_latency_percent: float
+    queue_delay_ms: float
+    predicted_queue_percent: float
+    queue_seconds_to_full: float
     degradation_level_value: int
     dropped_by_reason: Counts | UnsetType = UNSET
 
@@ -296,8 +311,48 @@ class ConfigHealth(Response):
     reloadable: Annotated[list[str], Meta(description="What a reload can change without a restart")]
 
 
+FleetMode = Literal["off", "joining", "shared", "hold", "local"]
+
+
+class FleetHealth(Response):
+    """Fleet membership over JetStream KV (docs/fleet.md): warning while the KV is away; `fallback` while
+    the last share is held (mode hold) or the local maxPublishRate applies (mode local)."""
+
+    status: ComponentStatus
+    name: str
+    mode: FleetMode
+    kv_available: bool
+    kv_error: Annotated[str | None, Meta(description="Why the KV is unavailable, in words")]
+    fallback: bool
+    members: NNInt
+    rate_ceiling: Annotated[float, Meta(description="The publish-rate ceiling in force (msg/s)")]
+    hold_remaining_seconds: float | None
+
+
+class StreamMonitorStats(Response):
+    """The stream monitor's JetStream API requests: sent, answers used, errors, awaiting an answer."""
+
+    requests: NNInt
+    answers: NNInt
+    errors: NNInt
+    in_flight: NNInt
+
+
+class SignalsHealth(Response):
+    """Upstream RTT, queue delay, forecasts and stream fill (docs/signals.md): warning at 100 % of a
+    threshold, critical at 150 % or while a full `discard: new` stream refuses publishes."""
+
+    status: ComponentStatus
+    explanation: str
+    driving_signal: Signal
+    streams_refusing_new: list[str]
+    monitor: StreamMonitorStats
+    detail: SignalsSnapshot
+
+
 class HealthComponents(Response):
-    """Every component of /health/detailed; `config` is present when the app has a RuntimeConfig."""
+    """Every component of /health/detailed; `config` is present when the app has a RuntimeConfig, `fleet`
+    when a `fleet:` section is configured."""
 
     upstream: UpstreamHealth
     queue: QueueHealth
@@ -306,7 +361,9 @@ class HealthComponents(Response):
     breakers: BreakersHealth
     spool: SpoolHealth
     clients: ClientsHealth
+    signals: SignalsHealth
     config: ConfigHealth | UnsetType = UNSET
+    fleet: FleetHealth | UnsetType = UNSET
 
     def statuses(self) -> set[str]:
         """The status of every component present."""
@@ -320,6 +377,7 @@ class HealthDetailed(Response):
     degradation_level: LevelName
     load_percent: float
     dominant_signal: Signal
+    explanation: str
     shutting_down: bool
     uptime_seconds: float
     components: HealthComponents
@@ -494,6 +552,70 @@ class Recommendations(Response):
 
 
 # Every answer type, for the OpenAPI generator.
+# -- fleet --------------------------------------------------------------------------------------------
+class FleetLevel(Response):
+    """The fleet-wide degradation level (0-4) over live members: the worst one and the median."""
+
+    max: Annotated[int, Meta(ge=0, le=4)]
+    median: Annotated[int, Meta(ge=0, le=4)]
+
+
+class FleetMemberState(Response):
+    """One live member: its last record, how long ago it arrived here, and its share as computed here."""
+
+    id: str
+    host: str
+    own: Annotated[bool, Meta(description="This sidecar")]
+    level: str
+    load_percent: float
+    dominant_signal: str
+    offered_rate: float
+    forwarded_rate: float
+    queue: NNInt
+    spool: NNInt
+    version: str
+    written_at: Annotated[float, Meta(description="The member's own wall clock at the write (epoch s)")]
+    last_seen_seconds_ago: Annotated[float, Meta(description="By this sidecar's clock (liveness)")]
+    share: Annotated[float | None, Meta(description="Its share as computed here (null without a budget)")]
+    reported_share: Annotated[float | None, Meta(description="The ceiling the member says it applies")]
+    reported_mode: str
+
+
+class FleetCounters(Response):
+    """Control traffic and ignored input since start."""
+
+    puts_ok: NNInt
+    puts_failed: NNInt
+    bytes_out: NNInt
+    bytes_in: NNInt
+    records_invalid: NNInt
+    records_over_limit: NNInt
+    members_expired: NNInt
+
+
+class Fleet(Response):
+    """GET /fleet: the fleet as this sidecar sees it; `enabled: false` and nulls without `fleet:`."""
+
+    enabled: bool
+    name: str | None = None
+    bucket: str | None = None
+    member_id: str | None = None
+    mode: Annotated[FleetMode, Meta(description="Where the rate ceiling comes from")] = "off"
+    kv_available: bool = False
+    kv_error: str | None = None
+    bucket_ready: bool = False
+    budget: Annotated[float | None, Meta(description="fleet.maxPublishRate (null: no budget)")] = None
+    share_mode: Literal["equal", "demand"] | None = None
+    rate_ceiling: Annotated[float | None, Meta(description="The publish-rate ceiling in force here")] = None
+    local_max_publish_rate: float | None = None
+    hold_remaining_seconds: float | None = None
+    interval_s: float | None = None
+    ttl_s: float | None = None
+    levels: FleetLevel | None = None
+    members: list[FleetMemberState] = []
+    counters: FleetCounters | None = None
+
+
 RESPONSES: Final[tuple[type[Response], ...]] = (
     Status,
     MetricsHistory,
@@ -509,4 +631,5 @@ RESPONSES: Final[tuple[type[Response], ...]] = (
     Cleared,
     DegradationHistory,
     Recommendations,
+    Fleet,
 )

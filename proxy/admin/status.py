@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from policies.config import Level
+from proxy.admin import signals_view
 from proxy.admin.history import FIELDS, TIME_RANGES, sample_to_json
 from proxy.admin.http import ApiError, envelope, error_response, finite
 from proxy.admin.keys import HISTORY_KEY, RUNTIME_KEY, SIDECAR_KEY
@@ -40,6 +41,7 @@ from proxy.admin.responses import (
     from_json_dict,
 )
 from proxy.config.runtime import RuntimeConfig
+from proxy.fleet.view import fleet_health, fleet_view
 from proxy.sidecar import Sidecar
 
 # Health thresholds: a component is "warning" from WARN_RATIO of its limit, "critical" at it.
@@ -68,8 +70,8 @@ def status_data(sidecar: Sidecar) -> Status:
         sampling_rate=snap.sampling_rate,
         batch_size=snap.batch_size,
         upstream_connected=sidecar.upstream.connected,
-        upstream_stalled=sidecar.upstream_stalled,
-        flow_paused_clients=len(sidecar.flow_paused),
+        upstream_stalled=sidecar.flow.upstream_stalled,
+        flow_paused_clients=len(sidecar.flow.paused),
         received_messages=snap.received,
         forwarded_messages=snap.forwarded,
         spooled_messages=snap.spooled,
@@ -79,16 +81,19 @@ def status_data(sidecar: Sidecar) -> Status:
         oldest_queued_age_seconds=finite(snap.oldest_queued_age),
         dropped_by_reason=snap.dropped_by_reason,
         by_role=ByRole(**{role: RoleCounts(**counts) for role, counts in snap.by_role.items()}),
-        refused_requests=dict(sidecar.refused),
+        refused_requests=dict(sidecar.publisher.refused),
         signals=Signals(
             memory=finite(snap.memory_ratio * 100),
             cpu=finite(snap.cpu_ratio * 100),
             queue=finite(snap.queue_ratio * 100),
             publish_rate=finite(snap.publish_rate_ratio * 100),
+            **signals_view.signal_percents(snap),
         ),
+        explanation=signals_view.explain(snap),
+        signal_detail=signals_view.detail(snap),
         spool_messages=spool["messages"],
         spool_bytes=spool["bytes"],
-        clients=len(sidecar.clients),
+        clients=len(sidecar.listener.clients),
         uptime_seconds=round(now - sidecar.started_at, 3),
     )
 
@@ -112,7 +117,7 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
         0.0 if upstream.connected or upstream.disconnected_at is None else now - upstream.disconnected_at
     )
     if upstream.connected:
-        upstream_status = "warning" if sidecar.upstream_stalled else "ok"
+        upstream_status = "warning" if sidecar.flow.upstream_stalled else "ok"
     else:
         upstream_status = "critical" if down_for >= UPSTREAM_CRITICAL_AFTER_S else "warning"
     sample = sidecar.resources.last
@@ -143,10 +148,10 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
             pending_bytes=upstream.pending_bytes,
             unconfirmed_bytes=upstream.journal.nbytes,
             lame_duck=upstream.lame_duck,
-            ack_subscription_denied=sidecar.ack_subscription_denied,
-            pending_acks=len(sidecar.pending_acks),
-            flow_paused_clients=len(sidecar.flow_paused),
-            stalled=sidecar.upstream_stalled,
+            ack_subscription_denied=sidecar.confirmations.ack_subscription_denied,
+            pending_acks=len(sidecar.confirmations.pending_acks),
+            flow_paused_clients=len(sidecar.flow.paused),
+            stalled=sidecar.flow.upstream_stalled,
         ),
         queue=QueueHealth(
             status=_ratio_status(snap.queue_ratio),  # type: ignore[arg-type]
@@ -191,15 +196,19 @@ def health_components(sidecar: Sidecar, runtime: RuntimeConfig | None = None) ->
         ),
         clients=ClientsHealth(
             status="ok",
-            connections=len(sidecar.clients),
+            connections=len(sidecar.listener.clients),
             max_connections=sidecar.config.clients.max_connections,
-            slow_consumers=sidecar.slow_consumers,
-            pending_bytes=sidecar.outbound.total,
-            max_total_pending_bytes=sidecar.outbound.limit,
+            slow_consumers=sidecar.listener.slow_consumers,
+            pending_bytes=sidecar.listener.outbound.total,
+            max_total_pending_bytes=sidecar.listener.outbound.limit,
         ),
+        signals=signals_view.health_component(snap, sidecar.stream_monitor.stats()),
     )
     if runtime is not None:
         components.config = msgspec.convert(runtime.health(), ConfigHealth)
+    fleet = fleet_health(sidecar)
+    if fleet is not None:
+        components.fleet = fleet
     return components
 
 
@@ -239,6 +248,7 @@ async def get_health_detailed(request: web.Request) -> web.Response:
             degradation_level=engine.level.label,  # type: ignore[arg-type]
             load_percent=finite(engine.load_percent),
             dominant_signal=engine.dominant_signal,  # type: ignore[arg-type]
+            explanation=components.signals.explanation,
             shutting_down=sidecar.shutting_down,
             uptime_seconds=round(sidecar.clock() - sidecar.started_at, 3),
             components=components,
@@ -264,6 +274,11 @@ async def get_ready(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     return envelope(status_data(request.app[SIDECAR_KEY]))
+
+
+async def get_fleet(request: web.Request) -> web.Response:
+    """GET /fleet: members, their state, the budget and the shares (docs/fleet.md)."""
+    return envelope(fleet_view(request.app[SIDECAR_KEY]))
 
 
 def parse_since(raw: str | None) -> float | None:

@@ -1,4 +1,4 @@
-"""The `kpi-sidecar` command: run, check-config, status, loadtest."""
+"""The `kpi-sidecar` command: run, check-config, status, fleet, loadtest."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ async def serve(config_path: str | None, preset: str | None, ports_file: str | N
     from proxy.admin.api import create_admin_app
     from proxy.admin.metrics import new_registry
     from proxy.config.runtime import RuntimeConfig
-    from proxy.sidecar import Sidecar, split_host_port
+    from proxy.ports.listener import split_host_port
+    from proxy.sidecar import Sidecar
 
     loaded = load_layers(config_path, preset=preset)
     config = loaded.config
@@ -210,6 +211,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return print_status(args.admin)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from proxy.cli.fleet import print_fleet
+
+    return print_fleet(args.admin)
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from proxy.cli.loadtest import run_loadtest
 
@@ -258,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="admin base URL (default: the sidecar `make run` started, else http://127.0.0.1:3000)",
     )
     status.set_defaults(func=cmd_status)
+    fleet = sub.add_parser(
+        "fleet", help="print the fleet a running sidecar sees, as a table", parents=[common]
+    )
+    fleet.add_argument(
+        "--admin",
+        help="admin base URL (default: the sidecar `make run` started, else http://127.0.0.1:3000)",
+    )
+    fleet.set_defaults(func=cmd_fleet)
     load = sub.add_parser(
         "loadtest", help="drive load through a NATS port like an application", parents=[common]
     )

@@ -56,6 +56,12 @@ RELOADABLE: Final[tuple[str, ...]] = (
     "spool.ackTimeoutMs",
     "spool.maxPendingAcks",
     "http.maxBatchItems",
+    # Read by proxy/fleet at each step; name, bucket, memberId and ttlS (the max_age) need a restart.
+    "fleet.maxPublishRate",
+    "fleet.intervalS",
+    "fleet.shareMode",
+    "fleet.minShare",
+    "fleet.holdS",
 )
 MAX_LOGGED_ERRORS: Final = 5
 
@@ -89,6 +95,8 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
     node = data
     for key in parents:
         node = node.setdefault(key, {})
+        if node is None:
+            return  # a section absent at start (fleet: null): adding it is a restart, reported as such
     node[last] = value
 
 
@@ -158,7 +166,7 @@ class RuntimeConfig:
         sidecar.engine.update_config(config, rules, now=sidecar.clock())
         policies = rules if rules is not None else sidecar.config.policies
         sidecar.config = msgspec.structs.replace(sidecar.config, backpressure=config, policies=list(policies))
-        sidecar.sync_ack_subscription()  # a `delivery: jetstream` rule added or removed
+        sidecar.confirmations.sync_ack_subscription()  # a `delivery: jetstream` rule added or removed
 
     # -- reload -------------------------------------------------------------------------------------------
     def reload(self, trigger: str) -> ReloadResult | None:
@@ -202,7 +210,7 @@ class RuntimeConfig:
             return self._refused(trigger, now, [f"{self.path}: cannot apply: {err}"])
         dropped = sorted(key for key in self.api_keys if self._differs_from(loaded, key))
         self.sidecar.config = target
-        self.sidecar.sync_ack_subscription()
+        self.sidecar.confirmations.sync_ack_subscription()
         old = dict(leaves(running))
         changed = [path for path, value in leaves(applied) if reloadable(path) and old.get(path) != value]
         self.api_keys.clear()

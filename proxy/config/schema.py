@@ -26,6 +26,7 @@ import msgspec
 from msgspec import Meta
 
 from policies.config import BackpressureConfig, Base, PolicyRule
+from policies.fleet import FleetConfig
 from proxy.config.source import ConfigSource, parse_source, read_source
 from proxy.errors import ConfigError
 
@@ -284,6 +285,8 @@ class SidecarConfig(Base, frozen=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     shutdown: ShutdownConfig = msgspec.field(default_factory=ShutdownConfig)
+    # Fleet coordination over JetStream KV (docs/fleet.md); null: this sidecar decides alone.
+    fleet: FleetConfig | None = None
 
 
 def _listen_ports(listen: ListenConfig) -> list[tuple[str, str]]:

@@ -850,8 +850,9 @@ PyDoc_STRVAR(settle_acks_doc,
 "For each MSG frame of frames from pos on that starts with line_prefix ('MSG <ack subject prefix>'),\n"
 "has the subscription id sid (bytes), no reply subject (one blank or two, as nats-server writes an\n"
 "empty one) and a body JetStream writes for a stored message (starting {\"stream\": and without\n"
-"\"error\"): pop acks[token] (token: the rest of the subject, as str) and, when entries is a list,\n"
-"append what was popped. Return the position of the first frame not settled (pos if none).");
+"\"error\"), and whose token (the rest of the subject, as str) is a key of acks: pop acks[token] and,\n"
+"when entries is a list, append what was popped. Return the position of the first frame not settled\n"
+"(pos if none).");
 
 static PyObject *
 settle_acks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -927,23 +928,23 @@ settle_acks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         PyObject *entry = PyDict_GetItemWithError(acks, token); /* borrowed */
-        if (entry != NULL) {
-            Py_INCREF(entry);
-            int rc = PyDict_DelItem(acks, token);
-            if (rc == 0 && entries != NULL) {
-                rc = PyList_Append(entries, entry);
-            }
-            Py_DECREF(entry);
-            if (rc < 0) {
-                Py_DECREF(token);
+        if (entry == NULL) {
+            Py_DECREF(token);
+            if (PyErr_Occurred()) {
                 return NULL;
             }
+            break; /* not awaited (a duplicate, another reader's token): the Python path decides */
         }
-        else if (PyErr_Occurred()) {
-            Py_DECREF(token);
+        Py_INCREF(entry);
+        int rc = PyDict_DelItem(acks, token);
+        if (rc == 0 && entries != NULL) {
+            rc = PyList_Append(entries, entry);
+        }
+        Py_DECREF(entry);
+        Py_DECREF(token);
+        if (rc < 0) {
             return NULL;
         }
-        Py_DECREF(token);
         pos = (body + size + 2) - buf;
     }
     return PyLong_FromSsize_t(pos);

@@ -1,6 +1,6 @@
 """The HTTP ingest port: applications that do not speak NATS publish with POST /publish/{subject}.
 
-A message goes through the same path as a NATS publish (`Sidecar.publish_message`): classification by
+A message goes through the same path as a NATS publish (`Publisher.publish_message`): classification by
 its KPI-Priority header or the `policies:` rules, then the engine's decision, which the answer reports.
 Request headers become NATS headers except the HTTP-only ones (FORWARD_EXCLUDED); see docs/api.md.
 """
@@ -196,7 +196,7 @@ def publish_one(
             "body",
         )
     priority, rule = sidecar.engine.classify(subject, header_priority)
-    decision = sidecar.publish_message(subject, reply, payload, headers, now)
+    decision = sidecar.publisher.publish_message(subject, reply, payload, headers, now)
     return outcome(sidecar, subject, priority.label, rule, decision, size)
 
 
@@ -209,7 +209,7 @@ def outcome(
     if verdict is Verdict.FORWARD:
         return 202, {**result, "result": "forwarded"}
     if verdict is Verdict.QUEUE:
-        # A critical message with no room in memory went to the disk spool (Sidecar.offer).
+        # A critical message with no room in memory went to the disk spool (Publisher.offer).
         if decision.reason == "spooled":
             return 202, {**result, "result": "spooled"}
         return 202, {**result, "result": "queued"}

@@ -143,7 +143,9 @@ def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> msgsp
         answers.append(b'{"index":%d,"status":202,%s' % (index, tail))
     upstream = sidecar.upstream
     batch = [(subject, k, priority, DATA) for (subject, priority), k in groups.items()]
-    if not engine.forward_batch(batch, len(items), now, upstream.can_stream and not sidecar.upstream_stalled):
+    if not engine.forward_batch(
+        batch, len(items), now, upstream.can_stream and not sidecar.flow.upstream_stalled
+    ):
         return None
     data = b"".join(frames)
     upstream.write(data)

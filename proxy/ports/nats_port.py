@@ -1,4 +1,9 @@
-"""An application connection on the NATS port: speaks the server side of the client protocol."""
+"""An application connection on the NATS port: speaks the server side of the client protocol.
+
+One job: one application's bytes in and out (parse, answer PING/CONNECT/+OK/-ERR, deliver MSGs, cut
+slow consumers). Everything else it asks of its `ClientHost` (proxy/ports/host.py), the only sidecar
+module it knows: the sidecar and the pipeline are never imported here (no import circle).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from proxy.nats.protocol import (
 )
 
 if TYPE_CHECKING:
-    from proxy.sidecar import Sidecar
+    from proxy.ports.host import ClientHost
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +81,15 @@ class ClientSub:
 class ClientConnection(asyncio.Protocol):
     """One application connection; moves bytes and calls the sidecar, never blocks."""
 
-    def __init__(self, sidecar: Sidecar, client_id: int) -> None:
-        self.sidecar = sidecar
+    def __init__(self, host: ClientHost, client_id: int) -> None:
+        self.host = host
         self.client_id = client_id
-        self.parser = ClientParser(max_payload=sidecar.max_payload)
+        self.parser = ClientParser(max_payload=host.max_payload)
         self.parser.batch = True
         self.transport: asyncio.Transport | None = None
         self.subs: dict[str, ClientSub] = {}
         # Subscriptions the application removed whose in-flight messages are still delivered (see
-        # Sidecar.unsubscribe).
+        # Deliveries.unsubscribe).
         self.retiring: set[ClientSub] = set()
         self.name = ""
         self.remote = ""
@@ -117,15 +122,15 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        sidecar = self.sidecar
-        if not sidecar.register_client(self):
+        host = self.host
+        if not host.register_client(self):
             transport.write(encode_err("maximum connections exceeded"))
             transport.close()
             self.closed = True
             return
-        transport.write(encode_info(sidecar.client_info(self)))
-        if sidecar.client_auth_required:
-            self._auth_timer = sidecar.loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
+        transport.write(encode_info(host.client_info(self)))
+        if host.client_auth_required:
+            self._auth_timer = host.loop.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -134,56 +139,50 @@ class ClientConnection(asyncio.Protocol):
         if self.held:
             self.held.extend(ops)
             return
-        sidecar = self.sidecar
-        self.process(ops, sidecar.clock())
-        if sidecar.upstream.paused:
-            sidecar.flow_pause(self)
+        host = self.host
+        self.process(ops, host.clock())
+        if host.upstream.paused:
+            host.flow_pause(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        self.sidecar.unregister_client(self)
+        self.host.unregister_client(self)
 
     # -- protocol ------------------------------------------------------------------------------------
     def process(self, ops: list[Any], now: float) -> None:
         """Handle parsed ops in order; stops (holding the rest) when the sidecar applies backpressure."""
-        sidecar = self.sidecar
+        host = self.host
         for i, op in enumerate(ops):
             kind = type(op)
             if kind is PubRun:
-                # The fast path for a run of publishes, decided per group; anything that needs per-message
-                # work (verbose +OKs, pedantic checks, auth, echo suppression, a run the engine cannot
-                # decide in bulk) re-parses it into single PUBs, and so do the frames the run sets apart
-                # (critical ones while shedding).
-                rest = (
-                    None
-                    if self.verbose
+                # The fast path for a run of plain PUBs; anything that needs per-message work (verbose
+                # +OKs, pedantic checks, auth, echo suppression, shedding) re-parses it into single PUBs.
+                if (
+                    self.verbose
                     or self.pedantic
                     or not self.echo
-                    or (not self.connect_received and sidecar.client_auth_required)
-                    else sidecar.publish_run(op, now, self)
-                )
-                if rest is None:
-                    rest = op.frames
-                if rest:
+                    or (not self.connect_received and host.client_auth_required)
+                    or not host.publish_run(op, now, self)
+                ):
                     split = ClientParser(max_payload=-1)
                     split.headers = True  # HPUBs in a run were accepted already
-                    self.process(split.feed_data(rest) + list(ops[i + 1 :]), now)
+                    self.process(split.feed_data(op.frames) + list(ops[i + 1 :]), now)
                     return
                 continue
             if kind is Pub:
-                if not self.connect_received and sidecar.client_auth_required:
+                if not self.connect_received and host.client_auth_required:
                     self.fatal("Authorization Violation")
                     return
                 if self.pedantic and not is_valid_publish_subject(op.subject):
                     # nats-server reports it and still processes the message.
                     self.reply(encode_err("Invalid Publish Subject"))
-                if not sidecar.publish(self, op, now):
+                if not host.publish(self, op, now):
                     # Backpressure: keep this and the following ops, stop reading until there is room.
                     self.held = list(ops[i:])
                     self.sync_reading()
-                    sidecar.hold_client(self)
+                    host.hold_client(self)
                     break
                 if self.verbose:
                     self.reply(OK_FRAME)
@@ -197,14 +196,14 @@ class ClientConnection(asyncio.Protocol):
                 if not is_valid_subject(op.subject) or (op.queue is not None and not op.queue.strip()):
                     self.reply(encode_err("Invalid Subject"))
                     continue
-                sidecar.subscribe(self, op)
+                host.subscribe(self, op)
                 self.sub_generation += 1
                 if self.verbose:
                     self.reply(OK_FRAME)
             elif kind is Unsub:
                 if not self._check_auth():
                     return
-                sidecar.unsubscribe(self, op.sid, op.max_msgs)
+                host.unsubscribe(self, op.sid, op.max_msgs)
                 self.sub_generation += 1
                 if self.verbose:
                     self.reply(OK_FRAME)
@@ -216,12 +215,12 @@ class ClientConnection(asyncio.Protocol):
                     self.fatal(op.text)
                     return
                 self.reply(encode_err(op.text))
-        sidecar.after_ingest()
+        host.after_ingest()
 
     def resume(self) -> bool:
         """Retry held ops after the sidecar made room; True when nothing is held any more."""
         ops, self.held = self.held, []
-        self.process(ops, self.sidecar.clock())
+        self.process(ops, self.host.clock())
         if self.held:
             return False
         self.sync_reading()
@@ -232,20 +231,20 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
-        pause = bool(self.held) or self in self.sidecar.flow_paused
+        pause = bool(self.held) or self in self.host.flow_paused
         if pause and transport.is_reading():
             transport.pause_reading()
         elif not pause and not transport.is_reading():
             transport.resume_reading()
 
     def on_connect(self, options: dict[str, Any]) -> bool:
-        sidecar = self.sidecar
+        host = self.host
         # nats-server decodes CONNECT into the connection's options with Go's encoding/json: keys match
         # case-insensitively (the last spelling wins), null leaves a field as it was, and a key left out
         # keeps its value from an earlier CONNECT; the first starts from nats-server's defaults (verbose,
         # pedantic and echo on; real clients send verbose and pedantic as false).
         given = {key.lower(): value for key, value in options.items() if value is not None}
-        if sidecar.client_auth_required and not sidecar.client_authorized(given):
+        if host.client_auth_required and not host.client_authorized(given):
             self.fatal("Authorization Violation")
             return False
         if self._auth_timer is not None:
@@ -259,14 +258,14 @@ class ClientConnection(asyncio.Protocol):
         self.no_responders = bool(given.get("no_responders", self.no_responders)) and self.headers
         self.echo = bool(given.get("echo", self.echo))
         for sub in self.subs.values():
-            self.sidecar.route(sub)  # echo=false: its messages are matched against its own, one by one
+            self.host.route(sub)  # echo=false: its messages are matched against its own, one by one
         self.name = str(given.get("name", self.name))[:256]
         if self.verbose:
             self.reply(OK_FRAME)
         return True
 
     def _check_auth(self) -> bool:
-        if not self.connect_received and self.sidecar.client_auth_required:
+        if not self.connect_received and self.host.client_auth_required:
             self.fatal("Authorization Violation")
             return False
         return True
@@ -282,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
         # a SUB still in their own buffer, so every PING waits for an upstream round trip (one upstream
         # PING per loop iteration for all clients) that followed every SUB/UNSUB received before the PONG
         # goes out. With the upstream down, answer at once (subscriptions are replayed on reconnect).
-        if self.sidecar.upstream.connected or self.pongs_waiting:
+        if self.host.upstream.connected or self.pongs_waiting:
             self.pongs_waiting += 1
             self._after_pong.append([])
             self._await_upstream()
@@ -291,7 +290,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _await_upstream(self) -> None:
         generation = self.sub_generation
-        self.sidecar.upstream.confirm(lambda ok: self._upstream_ponged(ok, generation))
+        self.host.upstream.confirm(lambda ok: self._upstream_ponged(ok, generation))
 
     def _upstream_ponged(self, ok: bool, generation: int, polled: bool = False) -> None:
         if self.closed:
@@ -299,7 +298,7 @@ class ClientConnection(asyncio.Protocol):
         if ok and not polled:
             # Let the loop poll the sockets once more first: a SUB already sitting in this client's socket
             # buffer is then read before the PONG is decided.
-            loop = self.sidecar.loop
+            loop = self.host.loop
             loop.call_soon(loop.call_soon, self._upstream_ponged, ok, generation, True)
             return
         if ok and generation != self.sub_generation:
@@ -327,7 +326,7 @@ class ClientConnection(asyncio.Protocol):
         """Write `_out` at the end of this loop iteration (the C router appends to it directly)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.sidecar.loop.call_soon(self.flush)
+            self.host.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -337,24 +336,24 @@ class ClientConnection(asyncio.Protocol):
         data, self._out = self._out, bytearray()
         transport.write(data)
         pending = transport.get_write_buffer_size()
-        if pending > self.sidecar.config.clients.max_pending_bytes:
+        if pending > self.host.config.clients.max_pending_bytes:
             # Like nats-server: a client that does not read its messages is cut off, not buffered forever.
             log.warning("client %s (%s) is a slow consumer, disconnecting", self.client_id, self.name)
             self.cut_slow_consumer()
         elif pending or self.reported_pending:
-            self.sidecar.outbound.update(self, pending)
+            self.host.outbound.update(self, pending)
 
     def cut_slow_consumer(self) -> None:
         """Disconnect a client that does not read its messages, and give its buffers back."""
         if self.closed:
             return
-        sidecar = self.sidecar
-        sidecar.slow_consumers += 1
-        sidecar.outbound.forget(self)
+        host = self.host
+        host.slow_consumers += 1
+        host.outbound.forget(self)
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-        sidecar.outbound.release_memory()
+        host.outbound.release_memory()
 
     def deliver(
         self, sub: ClientSub, subject: bytes, reply: bytes | None, hdr_size: int, body: bytes
@@ -381,7 +380,7 @@ class ClientConnection(asyncio.Protocol):
         status line names the sidecar and the reason, and so does the KPI-Refused header."""
         if not self.headers or self.closed:
             return
-        sub = self.sidecar.local_sub_for(self, reply)
+        sub = self.host.local_sub_for(self, reply)
         if sub is None:
             return
         headers = status_message_headers(code, f"{REFUSED_BY} {reason}")
@@ -390,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
 
     def ping(self) -> bool:
         """Keepalive from the sidecar; False when the client is stale and was closed."""
-        if self.pings_out >= self.sidecar.config.clients.max_pings_out:
+        if self.pings_out >= self.host.config.clients.max_pings_out:
             self.fatal("Stale Connection")
             return False
         self.pings_out += 1

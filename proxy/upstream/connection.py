@@ -4,12 +4,15 @@ The upstream speaks the client protocol through the project's own sans-I/O codec
 nats-py delivers each message through a per-subscription coroutine and a parsed `Msg` (headers turned
 into a dict, so not byte-for-byte), and hides the PING/PONG round trips the sidecar uses to confirm
 critical messages. See docs/architecture.md.
+
+Collaborators: `proxy.upstream.protocol` (the socket's asyncio Protocol and the `UpstreamHandler` the
+sidecar implements), `proxy.upstream.auth` (CONNECT credentials and TLS), `proxy.upstream.journal`
+(non-critical writes awaiting a PONG).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
@@ -19,126 +22,22 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-from proxy import __version__
 from proxy.config.schema import UpstreamConfig
 from proxy.errors import ProtocolError, UpstreamUnavailable
-from proxy.nats.protocol import (
-    PING,
-    PING_FRAME,
-    PONG,
-    PONG_FRAME,
-    Err,
-    Info,
-    Msg,
-    MsgRun,
-    ServerParser,
-    encode_connect,
-    encode_sub,
-    encode_unsub,
-    route_msgs,
-)
+from proxy.nats.protocol import PING_FRAME, encode_connect, encode_sub, encode_unsub
+from proxy.upstream.auth import connect_options, ssl_context
 from proxy.upstream.journal import WriteJournal
+from proxy.upstream.protocol import PongCallback, UpstreamHandler, UpstreamProtocol
 
 log = logging.getLogger(__name__)
 
-PongCallback = Callable[[bool], None]
 FLUSH_BYTES = 256 * 1024
 DIRECT_WRITE_BYTES = 16 * 1024
-
-
-class UpstreamHandler(Protocol):
-    """What the upstream tells the sidecar."""
-
-    def on_upstream_connected(self, info: dict[str, Any]) -> None: ...
-    def on_upstream_lost(self, unconfirmed: list[Any]) -> None: ...
-    def on_upstream_msg(self, msg: Msg) -> None: ...
-    def on_upstream_msgs(self, run: MsgRun) -> None: ...
-    def on_upstream_error(self, text: str) -> None: ...
-    def on_upstream_writable(self) -> None: ...
-    def resubscribe_frames(self) -> bytes: ...
-
-
-class _UpstreamProtocol(asyncio.Protocol):
-    """Moves bytes between one upstream socket and the `Upstream` object."""
-
-    def __init__(self, owner: Upstream) -> None:
-        self.owner = owner
-        self.parser = ServerParser()
-        self.parser.batch = route_msgs is not None  # MsgRuns only when the sidecar can route them in C
-        self.transport: asyncio.Transport | None = None
-        self.info: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.handshake: asyncio.Future[None] | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.paused = False
-        # Non-fatal -ERRs (permission violations) answered to the handshake's SUBs: handed to the sidecar
-        # once connected, never a reason to fail the handshake (nats-server keeps the connection open).
-        self.deferred_errors: list[str] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        owner = self.owner
-        handler = owner.handler
-        for op in self.parser.feed_data(data):
-            kind = type(op)
-            if kind is MsgRun:
-                if owner.connected:
-                    handler.on_upstream_msgs(op)
-            elif kind is Msg:
-                if owner.connected:
-                    handler.on_upstream_msg(op)
-            elif op is PING:
-                self.transport.write(PONG_FRAME)  # type: ignore[union-attr]
-            elif op is PONG:
-                if self.handshake is not None and not self.handshake.done():
-                    self.handshake.set_result(None)
-                else:
-                    owner.on_pong()
-            elif type(op) is Info:
-                owner.server_info = op.options
-                if not self.info.done():
-                    self.info.set_result(op.options)
-                elif op.options.get("ldm"):
-                    owner.on_lame_duck()
-            elif type(op) is Err:
-                self.on_err(op)
-
-    def on_err(self, op: Err) -> None:
-        if self.handshake is not None and not self.handshake.done():
-            if not op.fatal:
-                self.deferred_errors.append(op.text)
-                return
-            self.handshake.set_exception(ProtocolError(op.text))
-            return
-        if not self.info.done():
-            self.info.set_exception(ProtocolError(op.text))
-            return
-        self.owner.handler.on_upstream_error(op.text)
-        if op.fatal and self.transport is not None:
-            # The server closes after a fatal -ERR; after garbage our parser has stopped: reconnect.
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        err = exc or UpstreamUnavailable("connection closed by the server")
-        for fut in (self.info, self.handshake):
-            if fut is not None and not fut.done():
-                fut.set_exception(err)
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self.owner.connected and not self.owner.journal.full:
-            self.owner.handler.on_upstream_writable()
+# A PING's round trip is an RTT sample only with at most this many bytes written and unconfirmed ahead of it.
+RTT_QUIET_BYTES = 64 * 1024
 
 
 class Upstream:
@@ -166,7 +65,7 @@ class Upstream:
         self.reconnects = 0
         self.last_error: str | None = None
         self.disconnected_at: float | None = time.monotonic()
-        self._proto: _UpstreamProtocol | None = None
+        self._proto: UpstreamProtocol | None = None
         self._out = bytearray()
         self._flush_scheduled = False
         self._ping_requested = False
@@ -174,6 +73,10 @@ class Upstream:
         # One entry per PING in flight: the callbacks its PONG confirms (None for keepalive PINGs).
         self._pong_waiters: deque[list[PongCallback] | None] = deque()
         self._ping_sent_at: deque[float] = deque()
+        # Called with (now, seconds) for each PONG: the round trip of the PING it answers (issue #16),
+        # for PINGs written with at most RTT_QUIET_BYTES unconfirmed ahead of them (one flag per PING).
+        self.on_rtt: Callable[[float, float], None] | None = None
+        self._ping_quiet: deque[bool] = deque()
         self._pings_out = 0
         self._closing = False
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -277,6 +180,9 @@ class Upstream:
             self._out += PING_FRAME
             self._pong_waiters.append(self._pending_callbacks or None)
             self._ping_sent_at.append(time.monotonic())
+            # A PING behind megabytes measures throughput (the server reads them first), not latency.
+            ahead = self.journal.nbytes + len(self._out) + proto.transport.get_write_buffer_size()
+            self._ping_quiet.append(ahead <= RTT_QUIET_BYTES)
             self._pending_callbacks = []
             self._ping_requested = False
             self.pings_written += 1
@@ -304,12 +210,24 @@ class Upstream:
                 if proto is not None and not proto.paused:
                     self.handler.on_upstream_writable()
         if self._ping_sent_at:
-            self._ping_sent_at.popleft()
+            sent = self._ping_sent_at.popleft()
+            quiet = self._ping_quiet.popleft() if self._ping_quiet else False
+            if quiet and self.on_rtt is not None:
+                now = time.monotonic()
+                self.on_rtt(now, now - sent)
         if self._pong_waiters:
             callbacks = self._pong_waiters.popleft()
             if callbacks:
                 for cb in callbacks:
                     cb(True)
+
+    def oldest_ping_age(self, now: float) -> float:
+        """Seconds the oldest PING in flight has waited for its PONG (0 when none, or when it was written
+        behind more than RTT_QUIET_BYTES)."""
+        sent_at = self._ping_sent_at
+        if not sent_at or not self.connected or not self._ping_quiet or not self._ping_quiet[0]:
+            return 0.0
+        return max(0.0, now - sent_at[0])
 
     def check_stale(self, suspect: bool = False) -> bool:
         """Declare the connection dead (and reconnect) when a PING has waited for its PONG longer than
@@ -330,7 +248,7 @@ class Upstream:
         self._abort_stale(proto)
         return True
 
-    def _abort_stale(self, proto: _UpstreamProtocol) -> None:
+    def _abort_stale(self, proto: UpstreamProtocol) -> None:
         self.last_error = "stale connection"
         transport = proto.transport
         assert transport is not None
@@ -407,27 +325,27 @@ class Upstream:
             await proto.lost
             self._on_lost(url)
 
-    async def _connect(self, url: str) -> _UpstreamProtocol:
+    async def _connect(self, url: str) -> UpstreamProtocol:
         parts = urlsplit(url if "://" in url else f"nats://{url}")
         host = parts.hostname or "127.0.0.1"
         port = parts.port or 4222
         timeout = self.config.connect_timeout_ms / 1000
         transport, proto = await asyncio.wait_for(
-            self.loop.create_connection(lambda: _UpstreamProtocol(self), host, port), timeout
+            self.loop.create_connection(lambda: UpstreamProtocol(self), host, port), timeout
         )
         try:
             info = await asyncio.wait_for(proto.info, timeout)
             use_tls = parts.scheme == "tls" or self.config.tls is not None or info.get("tls_required")
             if use_tls:
                 new_transport = await asyncio.wait_for(
-                    self.loop.start_tls(transport, proto, self._ssl_context(), server_hostname=host),
+                    self.loop.start_tls(transport, proto, ssl_context(self.config), server_hostname=host),
                     timeout,
                 )
 
                 proto.transport = new_transport
             proto.transport.set_write_buffer_limits(high=self.config.max_pending_bytes)
             proto.handshake = self.loop.create_future()
-            connect = encode_connect(self._connect_options(info, parts, bool(use_tls)))
+            connect = encode_connect(connect_options(self.config, info, parts, bool(use_tls)))
             # Subscriptions go before the PING so that they are all registered once its PONG arrives.
             proto.transport.write(connect + self.handler.resubscribe_frames() + PING_FRAME)
             await asyncio.wait_for(proto.handshake, timeout)
@@ -435,9 +353,7 @@ class Upstream:
             transport.abort()
             raise
         self._proto = proto
-        self._out = bytearray()
-        self._pong_waiters.clear()
-        self._ping_sent_at.clear()
+        self._reset_pings()
         self._ping_requested = False
         self.pongs_received = self.pings_written
         self.lame_duck = False
@@ -448,12 +364,8 @@ class Upstream:
         self.connected_url = url
         self.disconnected_at = None
         self._schedule_ping()
-        log.info(
-            "upstream connected to %s (server %s, version %s)",
-            url,
-            info.get("server_id"),
-            info.get("version"),
-        )
+        server, version = info.get("server_id"), info.get("version")
+        log.info("upstream connected to %s (server %s, version %s)", url, server, version)
         self.handler.on_upstream_connected(info)
         for text in proto.deferred_errors:
             self.handler.on_upstream_error(text)
@@ -471,10 +383,8 @@ class Upstream:
             self._ping_timer = None
         callbacks = [cb for waiters in self._pong_waiters if waiters for cb in waiters]
         callbacks += self._pending_callbacks
-        self._pong_waiters.clear()
-        self._ping_sent_at.clear()
+        self._reset_pings()
         self._pending_callbacks = []
-        self._out = bytearray()
         unconfirmed = self.journal.take_all()
         if was_connected:
             self.reconnects += 1
@@ -483,6 +393,13 @@ class Upstream:
             self.handler.on_upstream_lost(unconfirmed)
         for cb in callbacks:
             cb(False)
+
+    def _reset_pings(self) -> None:
+        """A new connection or a lost one: no PING is outstanding and nothing is buffered."""
+        self._out = bytearray()
+        self._pong_waiters.clear()
+        self._ping_sent_at.clear()
+        self._ping_quiet.clear()
 
     def _schedule_ping(self) -> None:
         self._ping_timer = self.loop.call_later(self.config.ping_interval_ms / 1000, self._keepalive)
@@ -501,78 +418,3 @@ class Upstream:
         self._ping_requested = True  # flush writes it after what is buffered
         self.flush()
         self._schedule_ping()
-
-    def _connect_options(self, info: dict[str, Any], parts: Any, tls: bool) -> dict[str, Any]:
-        cfg = self.config
-        options: dict[str, Any] = {
-            "verbose": False,
-            "pedantic": False,
-            "tls_required": tls,
-            "name": cfg.name,
-            "lang": "python-kpi-sidecar",
-            "version": __version__,
-            "protocol": 1,
-            "headers": True,
-            "no_responders": True,
-            "echo": True,
-        }
-        user = cfg.user or (parts.username if parts.username else None)
-        password = cfg.password or (parts.password if parts.password else None)
-        if cfg.token:
-            options["auth_token"] = cfg.token
-        elif user and password is None:
-            options["auth_token"] = user
-        if user and password is not None:
-            options["user"] = user
-            options["pass"] = password
-        nonce = info.get("nonce")
-        if cfg.creds_file:
-            jwt, seed = read_creds(Path(cfg.creds_file))
-            options["jwt"] = jwt
-            if nonce:
-                options["sig"] = sign_nonce(seed, nonce)
-        elif cfg.nkey_seed_file:
-            seed = Path(cfg.nkey_seed_file).read_bytes().strip()
-            import nkeys
-
-            options["nkey"] = nkeys.from_seed(seed).public_key.decode()
-            if nonce:
-                options["sig"] = sign_nonce(seed, nonce)
-        return options
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        tls = self.config.tls
-        ctx = ssl.create_default_context(cafile=tls.ca_file if tls else None)
-        if tls is not None:
-            if tls.cert_file:
-                ctx.load_cert_chain(tls.cert_file, tls.key_file)
-            if tls.insecure_skip_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
-
-def sign_nonce(seed: bytes, nonce: str) -> str:
-    """Sign the server's nonce with an nkey seed, as NATS clients do."""
-    import nkeys
-
-    return base64.b64encode(nkeys.from_seed(seed).sign(nonce.encode())).decode()
-
-
-def read_creds(path: Path) -> tuple[str, bytes]:
-    """The user JWT and nkey seed of a NATS `.creds` file."""
-    blocks: list[str] = []
-    current: list[str] | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line.startswith("-----BEGIN"):
-            current = []
-        elif line.startswith("------END") or line.startswith("-----END"):
-            if current is not None:
-                blocks.append("".join(current))
-            current = None
-        elif current is not None and line:
-            current.append(line)
-    if len(blocks) < 2:
-        raise UpstreamUnavailable(f"{path}: not a NATS credentials file (need a JWT and a seed)")
-    return blocks[0], blocks[1].encode()

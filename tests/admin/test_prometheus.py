@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.admin.metrics import SidecarCollector, SubjectLabels, new_registry
 from proxy.config.runtime import ConfigCollector, RuntimeConfig
 from proxy.config.schema import LoadedConfig, build_config
+from proxy.fleet.view import FleetCollector
 from proxy.sidecar import Sidecar
 from tests.admin.api import call, wait_for
 from tests.deploy.metric_names import CATALOGUE
@@ -141,10 +142,12 @@ async def test_the_collector_works_with_a_test_registry() -> None:
     collector = SidecarCollector(sidecar)
     registry.register(collector)
     names = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
-    # The configuration's families come from their own collector (proxy/config/runtime.py).
-    config_families = {name for name in CATALOGUE if name.startswith("kpi_sidecar_config_")}
-    assert set(CATALOGUE) - config_families <= names
+    # The configuration's and the fleet's families come from their own collectors (proxy/config/runtime.py,
+    # proxy/fleet/view.py).
+    own = {name for name in CATALOGUE if name.startswith(("kpi_sidecar_config_", "kpi_fleet_"))}
+    assert set(CATALOGUE) - own <= names
     registry.register(ConfigCollector(RuntimeConfig(sidecar, LoadedConfig(sidecar.config))))
+    registry.register(FleetCollector(sidecar))
     names = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
     assert set(CATALOGUE) <= names
     with pytest.raises(ValueError, match="Duplicated"):

@@ -55,7 +55,7 @@ def test_camel_keeps_units_upper_case() -> None:
 
 def test_a_struct_built_from_a_dict_encodes_to_the_same_bytes() -> None:
     # Ints in float fields stay ints (msgspec.convert would make 7 into 7.0).
-    sample = (1_700_000_000.123, 12, 3.5, 7, 100, 55.5, 2.0, 1, 4, 1.0, 10, 9, 1, 0, 0, 0)
+    sample = (1_700_000_000.123, 12, 3.5, 7, 100, 55.5, 2.0, 1, 4, 1.0, 10, 9, 1, 0, 0, 0, 0.4, 0, 12, 0, -1)
     for reasons in (None, {"queue_full": 3}):
         point: dict[str, Any] = sample_to_json(sample, reasons)
         built = from_json_dict(HistoryPoint, point)

@@ -42,6 +42,9 @@ def runtime_for(tmp_path: Path, data: dict[str, Any]) -> tuple[RuntimeConfig, Pa
         ("spool.path", False),
         ("spool.ackTimeoutMs", True),
         ("backpressureX.y", False),
+        ("fleet.maxPublishRate", True),
+        ("fleet.name", False),
+        ("fleet.ttlS", False),
     ],
 )
 def test_what_can_change_at_run_time(path: str, expected: bool) -> None:
@@ -59,6 +62,27 @@ async def test_a_section_removed_from_the_file_needs_a_restart_too(tmp_path: Pat
     # Bound at start: still the old TLS settings; the engine has the new queue bound.
     assert runtime.sidecar.config.upstream.tls is not None
     assert runtime.sidecar.engine.config.max_queue_size == 600
+
+
+async def test_a_fleet_section_added_by_a_reload_needs_a_restart(tmp_path: Path) -> None:
+    runtime, path = runtime_for(tmp_path, BASE)
+    path.write_text(yaml.safe_dump({**BASE, "fleet": {"name": "svc", "maxPublishRate": 100}}))
+    result = runtime.reload("SIGHUP")
+    assert result is not None and result.ok
+    assert result.restart_required == ["fleet"]
+    assert runtime.sidecar.config.fleet is None and runtime.sidecar.fleet is None
+
+
+async def test_the_fleet_budget_reloads_but_its_name_needs_a_restart(tmp_path: Path) -> None:
+    data = {**BASE, "fleet": {"name": "svc", "maxPublishRate": 100}}
+    runtime, path = runtime_for(tmp_path, data)
+    path.write_text(yaml.safe_dump({**BASE, "fleet": {"name": "other", "maxPublishRate": 300, "holdS": 5}}))
+    result = runtime.reload("SIGHUP")
+    assert result is not None and result.ok
+    assert sorted(result.changed) == ["fleet.holdS", "fleet.maxPublishRate"]
+    assert result.restart_required == ["fleet.name"]
+    fleet = runtime.sidecar.config.fleet
+    assert fleet is not None and (fleet.name, fleet.max_publish_rate, fleet.hold_s) == ("svc", 300, 5)
 
 
 async def test_api_overrides_are_visible_and_reset_returns_to_the_file(tmp_path: Path) -> None:

@@ -56,6 +56,25 @@ CATALOGUE: dict[str, str] = {
     "kpi_sidecar_config_reload_successful": "gauge",
     "kpi_sidecar_config_restart_required": "gauge",
     "kpi_sidecar_config_api_overrides": "gauge",
+    # Fleet coordination (docs/fleet.md): families always exported, samples only with a `fleet:` section.
+    "kpi_fleet_members": "gauge",
+    "kpi_fleet_share_rate": "gauge",
+    "kpi_fleet_budget_rate": "gauge",
+    "kpi_fleet_level": "gauge",
+    "kpi_fleet_mode": "gauge",
+    "kpi_fleet_kv_available": "gauge",
+    "kpi_fleet_puts": "counter",
+    "kpi_fleet_control_bytes": "counter",
+    # Issue #16: the signals beside the local four.
+    "kpi_sidecar_signal_load_percent": "gauge",
+    "kpi_sidecar_upstream_rtt_seconds": "gauge",
+    "kpi_sidecar_upstream_rtt_baseline_seconds": "gauge",
+    "kpi_sidecar_queue_delay_seconds": "gauge",
+    "kpi_sidecar_seconds_to_full": "gauge",
+    "kpi_sidecar_stream_fill_ratio": "gauge",
+    "kpi_sidecar_stream_refusing_new": "gauge",
+    "kpi_sidecar_class_level": "gauge",
+    "kpi_sidecar_stream_monitor_in_flight": "gauge",
 }
 
 # A sample name is its family's name plus one of these suffixes, by family type.

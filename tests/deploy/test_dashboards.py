@@ -138,6 +138,8 @@ def test_deep_dive_sections() -> None:
         "Recovery",
         "History",
         "Operations",
+        "Fleet",
+        "Signals",
     ]
     assert all(rows.values())
     resources = set().union(*(metrics(p) for p in rows["System Resources"]))
@@ -173,6 +175,17 @@ def test_deep_dive_sections() -> None:
     assert operations["Oldest Critical Message Age"] == {"kpi_backpressure_oldest_critical_age_seconds"}
     assert operations["Critical Messages Dropped"] == {"kpi_streaming_critical_dropped_total"}
     assert "kpi_sidecar_config_reload_successful" in operations["Configuration Reloads"]
+    fleet = {p["title"]: metrics(p) for p in rows["Fleet"]}
+    assert fleet["Fleet Budget and Shares"] == {"kpi_fleet_budget_rate", "kpi_fleet_share_rate"}
+    assert fleet["Fleet Members and Level"] == {"kpi_fleet_members", "kpi_fleet_level"}
+    signals = set().union(*(metrics(p) for p in rows["Signals"]))
+    assert {
+        "kpi_sidecar_signal_load_percent",
+        "kpi_sidecar_upstream_rtt_seconds",
+        "kpi_sidecar_queue_delay_seconds",
+        "kpi_sidecar_seconds_to_full",
+        "kpi_sidecar_stream_fill_ratio",
+    } <= signals
     incidents = panel(deep, "Incidents")["targets"][0]["expr"]
     assert "KpiSidecar.*" in incidents and "BackpressureCritical" in incidents
 

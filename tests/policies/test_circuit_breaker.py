@@ -292,6 +292,7 @@ def test_critical_level_breakers_close_as_soon_as_the_level_is_below_critical() 
         enable_sampling=False,
         recovery_delay_ms=5000,
         max_publish_rate=10,
+        queue_delay_target_ms=0,  # nothing takes from the queue: its standing delay would hold critical
     )
     for _ in range(10):
         engine.offer(Msg("kpi.a"), clock.now, True)

@@ -97,7 +97,14 @@ def test_meter_reads_low_not_high_just_after_start() -> None:
 @pytest.mark.parametrize("window_ms", [100, 1000, 5000])
 def test_incoming_rate_signal_counts_offers_not_forwards(window_ms: int) -> None:
     clock = Clock()
-    engine = make_engine(clock, max_publish_rate=100, publish_rate_window_ms=window_ms, max_queue_size=10)
+    # Nothing takes from the queue here: its standing delay (queue_delay) would win; off for this test.
+    engine = make_engine(
+        clock,
+        max_publish_rate=100,
+        publish_rate_window_ms=window_ms,
+        max_queue_size=10,
+        queue_delay_target_ms=0,
+    )
     seconds = 2 * window_ms / 1000
     for _ in range(int(300 * seconds)):  # 300/s offered, most of them dropped or queued
         engine.offer(Msg(), clock.advance(1 / 300), True)

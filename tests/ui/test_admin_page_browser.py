@@ -327,3 +327,43 @@ def test_changes_ask_for_the_token_and_keep_it_in_the_tab_only(browser: Browser,
     click(browser, "#token-forget")
     assert browser.js("return sessionStorage.length") == 0
     assert browser.console_errors() == [] or all("401" in e for e in browser.console_errors())
+
+
+def test_the_fleet_section_lists_the_members(browser: Browser, tmp_path: Path) -> None:
+    """Two sidecars in one fleet (JetStream KV): each page shows both members with their shares."""
+    from selenium.webdriver.common.by import By
+
+    from tests.conftest import SidecarProcess, sidecar_config
+
+    fleet = {"name": "ui", "bucket": "ui_fleet", "maxPublishRate": 400, "intervalS": 0.5, "ttlS": 2}
+    stack = Stack(
+        {"fleet": {**fleet, "memberId": "first"}},
+        nats_conf=f'jetstream {{ store_dir: "{tmp_path / "js"}" }}',
+    )
+    second = SidecarProcess(
+        stack.workdir,
+        {**sidecar_config(stack.nats.url, fleet={**fleet, "memberId": "second"}), "spool": {"path": None}},
+    )
+    try:
+        browser.viewport(1280, 800)
+        browser.open(stack.admin + "/")
+        until(
+            lambda: len(browser.driver.find_elements(By.CSS_SELECTOR, "#fleet-table tbody tr")) == 2,
+            20,
+            "both members listed",
+        )
+        until(lambda: "mode shared" in browser.driver.find_element(By.ID, "fleet-summary").text, 10, "shared")
+        text = browser.driver.find_element(By.ID, "fleet-section").text
+        assert "first (this sidecar)" in text and "second" in text
+        assert "budget 400 msg/s (equal)" in text and "ceiling here 200 msg/s" in text
+        assert browser.js(LOW_CONTRAST) == []
+        assert browser.console_errors() == []
+        browser.open(second.admin_url + "/")
+        until(
+            lambda: "second (this sidecar)" in browser.driver.find_element(By.ID, "fleet-section").text,
+            20,
+            "the second page",
+        )
+    finally:
+        second.kill()
+        stack.close()

@@ -3,7 +3,7 @@
  * Rules kept here: DOM built with createElement/textContent only (the CSP's Trusted Types forbid
  * turning strings into markup), every request relative to this page (same origin), the admin token kept in this tab's
  * sessionStorage only, polling paused while the tab is hidden. Fields other releases add to /status
- * (`forecast`, `fleet`) are shown when present and ignored when absent.
+ * (`forecast`) are shown when present and ignored when absent; the fleet comes from GET /fleet.
  */
 (() => {
   "use strict";
@@ -16,6 +16,9 @@
     ["cpu", "cpu", "CPU"],
     ["queue", "queue", "Queue"],
     ["publishRate", "publish_rate", "Publish rate"],
+    ["upstreamLatency", "upstream_latency", "Upstream latency"],
+    ["queueDelay", "queue_delay", "Queue delay"],
+    ["predictedQueue", "predicted_queue", "Predicted queue"],
   ];
   // Refresh period of the history per plot range: its step, at least 2 s.
   const HISTORY_EVERY_MS = { "5m": 2000, "1h": 10000, "24h": 60000 };
@@ -362,14 +365,17 @@
     setText($("level-why"), why);
 
     const forecast = $("forecast");
-    if (status.forecast !== undefined && status.forecast !== null) {
+    const explained = signalsSentence(status);
+    if (explained) {
+      forecast.hidden = false;
+      setText(forecast, explained);
+    } else if (status.forecast !== undefined && status.forecast !== null) {
       forecast.hidden = false;
       setText(forecast, `Forecast: ${describe(status.forecast)}`);
     } else forecast.hidden = true;
 
     renderSignals(status);
     renderFacts(status);
-    renderFleet(status.fleet);
     const reasons = Object.entries(status.droppedByReason || {}).filter(([, n]) => n > 0);
     setText(
       $("dropped-reasons"),
@@ -377,6 +383,33 @@
         ? `Dropped since start, by reason: ${reasons.map(([r, n]) => `${r} ${fmtNum(n)}`).join(", ")}.`
         : "Nothing dropped since start.",
     );
+  }
+
+  // What the upstream RTT, the queue forecast and the JetStream streams say (docs/signals.md); empty when
+  // they say nothing worth a line.
+  function signalsSentence(status) {
+    const detail = status.signalDetail;
+    if (!detail) return "";
+    const parts = [];
+    const ping = (detail.rtt || {}).ping || {};
+    if (ping.rttMs !== null && ping.rttMs !== undefined && ping.baselineMs !== null && ping.baselineMs !== undefined) {
+      parts.push(`Upstream RTT ${fmtNum(ping.rttMs, 2)} ms (baseline ${fmtNum(ping.baselineMs, 2)} ms)`);
+    }
+    if (detail.queueDelayMs > 0) parts.push(`oldest queued message waiting ${fmtNum(detail.queueDelayMs, 0)} ms`);
+    const queue = detail.queueForecast || {};
+    if (queue.secondsToFull !== null && queue.secondsToFull !== undefined) {
+      parts.push(`queue full in ~${fmtNum(queue.secondsToFull, 0)} s at the current trend`);
+    }
+    const spool = detail.spoolForecast || {};
+    if (spool.secondsToFull !== null && spool.secondsToFull !== undefined) {
+      parts.push(`spool full in ~${fmtNum(spool.secondsToFull, 0)} s at the current trend`);
+    }
+    for (const stream of detail.streams || []) {
+      const level = (detail.classLevels || {})[stream.priority] || "none";
+      const state = stream.refusingNew ? "full, refusing new messages" : `${fmtPercent(stream.fill * 100)} full`;
+      parts.push(`stream ${stream.name} ${state} (${stream.priority} messages at level ${level})`);
+    }
+    return parts.length ? `Signals: ${parts.join("; ")}.` : "";
   }
 
   function renderSignals(status) {
@@ -473,45 +506,59 @@
     setText(node, `Health: ${health.status} (${detail})`);
   }
 
-  /** The fleet (a later release): an array of members, or an object holding one, as a table. */
+  /** GET /fleet: the members this sidecar sees, their state and shares (hidden without `fleet:`). */
   function renderFleet(fleet) {
     const section = $("fleet-section");
-    if (fleet === undefined || fleet === null) {
+    if (!fleet || !fleet.enabled) {
       section.hidden = true;
       return;
     }
     section.hidden = false;
-    let rows = Array.isArray(fleet) ? fleet : null;
-    const extra = [];
-    if (!rows && typeof fleet === "object") {
-      for (const [key, value] of Object.entries(fleet)) {
-        if (!rows && Array.isArray(value)) rows = value;
-        else if (value === null || typeof value !== "object") extra.push(`${key}: ${describe(value)}`);
-      }
+    const levels = fleet.levels || { max: 0, median: 0 };
+    const budget =
+      fleet.budget === null || fleet.budget === undefined
+        ? "no budget (view only)"
+        : `budget ${fmtNum(fleet.budget)} msg/s (${fleet.shareMode})`;
+    const parts = [
+      `${fleet.name} in bucket ${fleet.bucket}, ${fleet.members.length} live member(s)`,
+      budget,
+      `mode ${fleet.mode}`,
+      `ceiling here ${fmtNum(fleet.rateCeiling, 1)} msg/s`,
+      `fleet level: worst ${LEVELS[levels.max] || levels.max}, median ${LEVELS[levels.median] || levels.median}`,
+    ];
+    const nodes = [el("p", { id: "fleet-summary", text: parts.join(" · ") })];
+    if (!fleet.kvAvailable) {
+      const hold =
+        fleet.holdRemainingSeconds === null || fleet.holdRemainingSeconds === undefined
+          ? ""
+          : ` (last share held ${fmtNum(fleet.holdRemainingSeconds)} s more)`;
+      nodes.push(el("p", { class: "hint", text: `KV unavailable: ${fleet.kvError || "no answer yet"}${hold}` }));
     }
-    const box = $("fleet");
-    const nodes = [];
-    if (extra.length || !rows) nodes.push(el("p", { text: extra.length ? extra.join(", ") : describe(fleet) }));
-    if (rows) {
-      const objects = rows.slice(0, 200).map((row) => (row && typeof row === "object" ? row : { value: row }));
-      const columns = [];
-      for (const row of objects) {
-        for (const [key, value] of Object.entries(row)) {
-          if (!columns.includes(key) && (value === null || typeof value !== "object") && columns.length < 10) {
-            columns.push(key);
-          }
-        }
-      }
-      nodes.push(
+    const columns = [
+      ["Member", (m) => m.id + (m.own ? " (this sidecar)" : "")],
+      ["Host", (m) => m.host],
+      ["Level", (m) => m.level],
+      ["Load", (m) => fmtPercent(m.loadPercent)],
+      ["Offered msg/s", (m) => fmtNum(m.offeredRate, 1)],
+      ["Forwarded msg/s", (m) => fmtNum(m.forwardedRate, 1)],
+      ["Share msg/s", (m) => (m.share === null ? "–" : fmtNum(m.share, 1))],
+      ["Queue", (m) => fmtNum(m.queue)],
+      ["Spool", (m) => fmtNum(m.spool)],
+      ["Seen", (m) => `${fmtNum(m.lastSeenSecondsAgo, 1)} s ago`],
+    ];
+    nodes.push(
+      el(
+        "table",
+        { class: "records", id: "fleet-table" },
+        el("thead", {}, el("tr", {}, ...columns.map(([c]) => el("th", { scope: "col", text: c })))),
         el(
-          "table",
+          "tbody",
           {},
-          el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { scope: "col", text: c })))),
-          el("tbody", {}, ...objects.map((row) => el("tr", {}, ...columns.map((c) => el("td", { text: describe(row[c]) }))))),
+          ...fleet.members.map((m) => el("tr", {}, ...columns.map(([, f]) => el("td", { text: describe(f(m)) })))),
         ),
-      );
-    }
-    box.replaceChildren(...nodes);
+      ),
+    );
+    $("fleet").replaceChildren(...nodes);
   }
 
   // -- plots ----------------------------------------------------------------------------------------
@@ -1006,6 +1053,7 @@
     poll("recommendations", () => 5000, async () => renderRecommendations(await getJSON(`${API}/analytics/recommendations`)));
     poll("loadtest", () => 2000, async () => renderLoadTest(await getJSON(`${API}/load-test/status`)));
     poll("health", () => 5000, async () => renderHealth(await getJSON(`${API}/health/detailed`)));
+    poll("fleet", () => 2000, async () => renderFleet(await getJSON(`${API}/fleet`)));
   }
 
   if (typeof uPlot === "undefined") {

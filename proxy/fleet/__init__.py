@@ -1,0 +1,1 @@
+"""Fleet coordination over JetStream KV: the shell around policies/fleet.py (docs/fleet.md)."""

@@ -1,0 +1,360 @@
+"""Confirmations: when a written publish counts as delivered, and what happens when it does not.
+
+One job: keep what was written upstream until the server confirms it. Critical messages wait for the
+PONG of a PING written after them (the PING barrier: one batch per PING, resent after a reconnect when
+the PONG never came); `delivery: jetstream` ones wait for their PubAck on the `_KPI_ACK.<server id>.*`
+inbox (resent on the ack timeout); half-open breakers' trials succeed on the next PONG; a publish the
+server refused (permissions) is found among the unconfirmed writes and counted as refused.
+Collaborators: the `Upstream` (PINGs, journal, hold), the `Engine` (breakers, refused counts), and two
+callbacks the sidecar wires to the publish path: `write` (send again) and `schedule_pump`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from policies.circuit_breaker import BreakerState
+from policies.config import Delivery
+from policies.engine import Engine
+from policies.roles import DATA, REPLY, subject_role
+from proxy.config.schema import SidecarConfig
+from proxy.nats.protocol import Msg, encode_err, encode_sub
+from proxy.nats.speedups import settle_acks
+from proxy.pipeline.message import OutMsg
+from proxy.upstream.connection import Upstream
+from proxy.upstream.journal import RunEntry
+
+if TYPE_CHECKING:
+    from proxy.ports.nats_port import ClientConnection
+
+log = logging.getLogger(__name__)
+
+CLOSED = BreakerState.CLOSED
+# The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
+ACK_SID = 0
+_ACK_SID_BYTES = b"%d" % ACK_SID
+# Bound on the subjects whose last upstream failure time is remembered (the breaker table's size).
+MAX_FAILURE_RECORDS = 1000
+
+
+def _unset_write(msg: OutMsg, now: float) -> None:
+    raise RuntimeError("Confirmations.write is wired by the sidecar")
+
+
+class Confirmations:
+    """Unconfirmed critical batches, PubAcks awaited, breaker trials and remembered failures."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        engine: Engine,
+        upstream: Upstream,
+        clock: Callable[[], float],
+        server_id: str,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.upstream = upstream
+        self.clock = clock
+        # Wired by the sidecar to the publish path.
+        self.write: Callable[[OutMsg, float], None] = _unset_write
+        self.schedule_pump: Callable[[], None] = lambda: None
+        # Told (now, deadline) of each successful PubAck (the signals' PubAck round trip).
+        self.on_acked: Callable[[float, float], None] = lambda now, deadline: None
+        # Other answers on the PubAck inbox, by token prefix (the stream monitor's STREAM.INFO replies).
+        self.other_replies: dict[str, Callable[[str, Msg], None]] = {}
+        # Critical messages written upstream and not yet confirmed by a PONG (one batch per flush, keyed
+        # by an id), and those whose connection died before the PONG, to resend after the reconnect.
+        self._unconfirmed_batch: list[OutMsg] = []
+        self._batch_ping = -1
+        self.inflight: dict[int, list[OutMsg]] = {}
+        self._batch_ids = itertools.count(1)
+        self.resend: deque[OutMsg] = deque()
+        # `delivery: jetstream` critical messages waiting for their PubAck, by the token in their reply.
+        self.ack_prefix = f"_KPI_ACK.{server_id}."
+        # How the upstream's MSG line of a PubAck starts (on_pub_acks).
+        self.ack_line = f"MSG {self.ack_prefix}".encode()
+        self._ack_subscribed = False
+        self.ack_subscription_denied = False
+        self._acks: dict[str, tuple[OutMsg, float]] = {}
+        self._ack_tokens = itertools.count(1)
+        # Breakers: subjects of half-open trials written in this loop iteration, and last failure times.
+        self._trial_subjects: set[str] = set()
+        self._trial_ping = -1
+        self.last_failure: dict[str, float] = {}
+
+    # -- the PING barrier ----------------------------------------------------------------------------
+    def await_confirmation(self, msg: OutMsg) -> None:
+        """Keep a critical message until the PONG of a PING written after it comes back.
+
+        Messages join the open batch only while its PING has not been written yet (a PONG confirms only
+        what went out before its PING); then a new batch and a new PING.
+        """
+        upstream = self.upstream
+        batch = self._unconfirmed_batch
+        if batch and self._batch_ping == upstream.pings_written:
+            batch.append(msg)
+            return
+        batch_id = next(self._batch_ids)
+        self._unconfirmed_batch = self.inflight[batch_id] = [msg]
+        self._batch_ping = upstream.pings_written
+        upstream.confirm(lambda ok: self._confirmed(batch_id, ok))
+
+    def _confirmed(self, batch_id: int, ok: bool) -> None:
+        batch = self.inflight.pop(batch_id, [])
+        if batch is self._unconfirmed_batch:
+            self._unconfirmed_batch = []
+        if not ok:
+            # Written but never confirmed: the server may not have it. Resend after the reconnect; the
+            # Nats-Msg-Id lets JetStream drop the duplicate if it did.
+            self.resend.extend(batch)
+
+    def resend_unconfirmed(self) -> None:
+        """Write again what a lost connection never confirmed (once the upstream can take it)."""
+        if not self.resend or not self.upstream.can_send:
+            return
+        now = self.clock()
+        resend, self.resend = self.resend, deque()
+        for msg in resend:
+            self.write(msg, now)
+
+    def drop_resend_above(self, limit: int) -> None:
+        """The upstream's max_payload shrank: what is above it can never be resent."""
+        self.resend = deque(m for m in self.resend if m.size <= limit)
+
+    def note_trial(self, subject: str) -> None:
+        """A half-open breaker's trial message: it succeeded if the PONG after it comes back first.
+
+        Core NATS has no ack, but the server answers in order: a permissions -ERR for the trial arrives
+        before the PONG of a PING written after it (and reopens the breaker, so the success is ignored).
+        """
+        upstream = self.upstream
+        if self._trial_subjects and self._trial_ping == upstream.pings_written:
+            self._trial_subjects.add(subject)
+            return
+        trials = self._trial_subjects = {subject}
+        self._trial_ping = upstream.pings_written
+
+        def confirmed(ok: bool) -> None:
+            if ok:
+                now = self.clock()
+                for trial in trials:
+                    self.engine.breaker_success(trial, now)
+
+        upstream.confirm(confirmed)
+
+    # -- PubAcks -------------------------------------------------------------------------------------
+    def new_ack_reply(self) -> tuple[str, str]:
+        """A token and the reply subject its PubAck comes back on."""
+        token = str(next(self._ack_tokens))
+        return token, self.ack_prefix + token
+
+    def await_ack(self, msg: OutMsg, now: float) -> None:
+        """Keep a `delivery: jetstream` message until its PubAck (or resend it on the ack timeout)."""
+        acks = self._acks
+        acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)  # type: ignore[index]
+        if len(acks) >= self.config.spool.max_pending_acks:
+            self.upstream.hold = True  # the queue holds the rest until PubAcks come back
+
+    @property
+    def pending_acks(self) -> dict[str, tuple[OutMsg, float]]:
+        """`delivery: jetstream` messages awaiting their PubAck, by token."""
+        return self._acks
+
+    def on_pub_acks(self, frames: bytes, pos: int) -> int:
+        """The PubAcks from pos on in a run of plain MSGs that say JetStream stored an awaited message,
+        settled in C (`settle_acks`) without a Msg object each; returns where the first other frame starts
+        (pos if none: a failure, another reader's token, a duplicate go through on_pub_ack)."""
+        if settle_acks is None:
+            return pos
+        entries: list[tuple[OutMsg, float]] = []
+        end = settle_acks(frames, pos, self.ack_line, _ACK_SID_BYTES, self._acks, entries)
+        if end != pos:
+            now = self.clock()
+            engine = self.engine
+            on_acked = self.on_acked
+            breakers = engine.has_breakers
+            for out, deadline in entries:
+                on_acked(now, deadline)
+                if breakers:
+                    engine.breaker_success(out.subject, now)
+            self._release_ack_hold()
+        return end
+
+    def on_pub_ack(self, msg: Msg) -> None:
+        """A message on the PubAck inbox: confirms (or fails) the message its token names."""
+        token = msg.subject.decode().rpartition(".")[2]
+        for prefix, handler in self.other_replies.items():
+            if token.startswith(prefix):
+                handler(token, msg)
+                return
+        entry = self._acks.pop(token, None)
+        if entry is None:
+            return
+        out, deadline = entry
+        now = self.clock()
+        body = msg.body[msg.hdr_size :] if msg.hdr_size > 0 else msg.body
+        failed = msg.hdr_size > 0 and not body  # a status message: 503 no stream captures the subject
+        if not failed and not (body.startswith(b'{"stream":') and b'"error"' not in body):
+            # Anything but the PubAck JetStream writes ({"stream":...,"seq":...}): read it as JSON.
+            try:
+                failed = "error" in json.loads(body)
+            except ValueError:
+                failed = True
+        if failed:
+            # Kept, never dropped: resent on the ack-timeout schedule; the breaker records the failure.
+            self.engine.breaker_failure(out.subject, now)
+            self._acks[token] = (out, now + self.config.spool.ack_timeout_ms / 1000)
+        else:
+            self.on_acked(now, deadline)
+            self.engine.breaker_success(out.subject, now)
+            self._release_ack_hold()
+
+    def _release_ack_hold(self) -> None:
+        if self.upstream.hold and len(self._acks) < self.config.spool.max_pending_acks:
+            self.upstream.hold = False
+            self.schedule_pump()
+
+    def _expire_acks(self, now: float) -> None:
+        expired = [token for token, (_, deadline) in self._acks.items() if deadline <= now]
+        msgs = [self._acks.pop(token)[0] for token in expired]
+        self._release_ack_hold()
+        for msg in msgs:
+            self.engine.breaker_failure(msg.subject, now)
+            if self.upstream.can_send:
+                self.write(msg, now)  # again, same Nats-Msg-Id: JetStream drops it if it had arrived
+            else:
+                self.resend.append(msg)
+
+    @property
+    def wants_ack_subscription(self) -> bool:
+        """The PubAck inbox is subscribed only while a `delivery: jetstream` rule exists."""
+        return any(rule.delivery is Delivery.JETSTREAM for rule in self.engine.rules)
+
+    def sync_ack_subscription(self) -> None:
+        """Subscribe or unsubscribe the PubAck inbox after the rules changed."""
+        wanted = self.wants_ack_subscription
+        if wanted == self._ack_subscribed:
+            return
+        self._ack_subscribed = wanted
+        self.ack_subscription_denied = False
+        if wanted:
+            self.upstream.subscribe(ACK_SID, self.ack_prefix + "*", None)
+        else:
+            self.upstream.unsubscribe(ACK_SID)
+
+    def ack_frames(self) -> bytes:
+        """The PubAck inbox's SUB for a (re)connect, when a `delivery: jetstream` rule exists."""
+        self._ack_subscribed = self.wants_ack_subscription
+        return encode_sub(self.ack_prefix + "*", None, ACK_SID) if self._ack_subscribed else b""
+
+    def ack_subscription_refused(self, subject: str, text: str) -> None:
+        """The upstream user may not subscribe to the PubAck inbox: say so once."""
+        if not self.ack_subscription_denied:
+            log.error(
+                "the upstream user may not subscribe to %s: `delivery: jetstream` messages cannot be "
+                "confirmed by PubAck (they are resent on the ack timeout, never dropped); allow "
+                "subscribe on _KPI_ACK.> for this user (%s)",
+                subject,
+                text,
+            )
+        self.ack_subscription_denied = True
+
+    # -- connection events ---------------------------------------------------------------------------
+    def on_upstream_lost(self) -> None:
+        """A PubAck can no longer arrive on this connection: resend after the reconnect."""
+        self.resend.extend(msg for msg, _ in self._acks.values())
+        self._acks.clear()
+        self.upstream.hold = False
+
+    @property
+    def settled(self) -> bool:
+        """Nothing written waits for a confirmation, and nothing waits to be resent."""
+        return not self.resend and not self.inflight and not self._acks
+
+    def unconfirmed(self) -> list[OutMsg]:
+        """Everything written and never confirmed (at shutdown: spooled)."""
+        msgs = list(self.resend) + [msg for msg, _ in self._acks.values()]
+        for batch in self.inflight.values():
+            msgs.extend(batch)
+        return msgs
+
+    def tick(self, now: float) -> None:
+        """Resend PubAcks past their timeout; forget failures of subjects quiet for recoveryDelayMs."""
+        if self._acks:
+            self._expire_acks(now)
+        if self.last_failure:
+            self._forget_quiet_failures(now)
+
+    def _forget_quiet_failures(self, now: float) -> None:
+        # A closed breaker's failure count means "consecutive": a quiet recoveryDelayMs resets it.
+        quiet = self.engine.config.recovery_delay_ms / 1000
+        for subject, last in list(self.last_failure.items()):
+            if now - last >= quiet:
+                del self.last_failure[subject]
+                if self.engine.breaker_state(subject) is CLOSED:
+                    self.engine.breaker_success(subject, now)
+
+    # -- refused publishes ---------------------------------------------------------------------------
+    def on_publish_refused(self, text: str) -> None:
+        """`-ERR 'Permissions Violation for Publish to "<subject>"'`: settle the message, open the breaker."""
+        subject = text.rpartition(" ")[2].strip('"')
+        self._publish_refused(subject, text)
+        now = self.clock()
+        self.engine.breaker_failure(subject, now)
+        if subject not in self.last_failure:
+            # Once per episode (until a quiet recoveryDelayMs), not once per refused message.
+            log.warning("upstream refused a publish: %s", text)
+            if len(self.last_failure) >= MAX_FAILURE_RECORDS:
+                self.last_failure.pop(next(iter(self.last_failure)))
+        self.last_failure[subject] = now
+
+    def _publish_refused(self, subject: str, text: str) -> None:
+        """The upstream refused a publish to `subject` (permissions): find the oldest unconfirmed message
+        to it, tell its application as nats-server would (`-ERR`, the connection stays open), and count
+        it dropped (`permissions`) instead of forwarded. The server answers in order, and the message is
+        unconfirmed until the PONG that follows the -ERR."""
+        client: ClientConnection | None = None
+        found = False
+        journal = self.upstream.journal
+        for entry in journal.entries():
+            if type(entry) is RunEntry:
+                refused = entry.refused or {}
+                if entry.counts.get(subject, 0) > refused.get(subject, 0):
+                    refused[subject] = refused.get(subject, 0) + 1
+                    entry.refused = refused
+                    role = subject_role(subject) or DATA
+                    priority = self.engine.classify(subject, None, role < REPLY)[0]
+                    self.engine.note_refused(subject, priority, role)
+                    client, found = entry.client, True
+                    break
+            elif entry.subject == subject:
+                journal.remove(entry, len(entry.frame))
+                self.engine.note_refused(subject, entry.priority, entry.role)
+                client, found = entry.client, True
+                break
+        if not found:
+            for batch in self.inflight.values():
+                for i, msg in enumerate(batch):
+                    if msg.subject == subject:
+                        del batch[i]
+                        self.engine.note_refused(subject, msg.priority, msg.role)
+                        client, found = msg.client, True
+                        break
+                if found:
+                    break
+        if not found:
+            for token, (msg, _) in self._acks.items():
+                if msg.subject == subject:
+                    del self._acks[token]
+                    self.engine.note_refused(subject, msg.priority, msg.role)
+                    client, found = msg.client, True
+                    self._release_ack_hold()
+                    break
+        if client is not None and not client.closed:
+            client.send(encode_err(text))

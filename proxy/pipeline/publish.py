@@ -1,0 +1,484 @@
+"""The publish path: from an application's PUB (or an HTTP ingest item) to bytes on the upstream socket.
+
+One job: classify a publish (role, then priority and rule), offer it to the engine, and act on the
+verdict: write it (alone, as a `batchMode: envelope` per subject, or a whole PubRun at once on the fast
+path), queue it and pump the queue as the engine allows, spool it (critical, no room) or refuse it
+(a request refused gets a 503 status on its reply subject). Also the admin actions on the queue
+(`drain_now`, `clear_queue`) and the take-back of writes a lost connection never confirmed.
+Collaborators: the `Engine` (decisions), the `Upstream` (writes, journal), `Confirmations` (PING
+barrier, PubAcks, breaker trials), `Deliveries` (echo suppression), `FlowControl` (held clients,
+stalled upstream) and the `SpoolBridge` (disk), all given by the sidecar; `proxy/pipeline/runs.py`
+turns a run into the engine's groups and copies the frames it keeps.
+
+Size: one class on purpose, past 400 lines since runs are decided in bulk (#14): every path here ends in
+the same write, confirmation and accounting steps, and splitting them would pass that state around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from policies.circuit_breaker import BreakerState
+from policies.config import BatchMode, Delivery, Level, Priority
+from policies.engine import Decision, Engine, Verdict
+from policies.roles import DATA, REPLY, Role, role_of
+from proxy.config.schema import SidecarConfig
+from proxy.nats.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
+from proxy.nats.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    ClientParser,
+    Pub,
+    PubRun,
+    add_header,
+    encode_pub,
+    header_value,
+)
+from proxy.pipeline.confirmations import Confirmations
+from proxy.pipeline.deliveries import Deliveries
+from proxy.pipeline.flow import FlowControl
+from proxy.pipeline.message import OutMsg
+from proxy.pipeline.runs import run_groups, select_frames
+from proxy.pipeline.spool_bridge import SpoolBridge
+from proxy.upstream.connection import Upstream
+from proxy.upstream.journal import RunEntry
+
+if TYPE_CHECKING:
+    from proxy.ports.nats_port import ClientConnection
+
+log = logging.getLogger(__name__)
+
+CRITICAL = Priority.CRITICAL
+FORWARD, QUEUE, DROP, BLOCK = Verdict.FORWARD, Verdict.QUEUE, Verdict.DROP, Verdict.BLOCK
+HALF_OPEN = BreakerState.HALF_OPEN
+ENVELOPE = BatchMode.ENVELOPE
+SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
+TOO_BIG = Decision(Verdict.DROP, "max_payload", ())
+# Messages released from the queue per step of the pump (the upstream also flushes every 256 KiB).
+PUMP_SLICE = 1024
+# Room kept in an envelope for its control line and KPI-Batch-* headers under the upstream's max_payload.
+ENVELOPE_HEADER_ROOM = 256
+
+
+class Publisher:
+    """Classify, offer, write and pump: everything between a publish and the upstream socket."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        engine: Engine,
+        upstream: Upstream,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        server_id: str,
+        *,
+        confirmations: Confirmations,
+        deliveries: Deliveries,
+        flow: FlowControl,
+        spool_bridge: SpoolBridge,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.upstream = upstream
+        self.loop = loop
+        self.clock = clock
+        self.server_id = server_id
+        self.confirmations = confirmations
+        self.deliveries = deliveries
+        self.flow = flow
+        self.spool_bridge = spool_bridge
+        # Wired by the sidecar (its shutdown flag).
+        self.shutting_down: Callable[[], bool] = lambda: False
+        # The upstream's max_payload (from its INFO; the NATS default until then).
+        self.max_payload = DEFAULT_MAX_PAYLOAD
+        self._msg_ids = itertools.count(1)
+        self._pump_scheduled = False
+        self._pump_timer: asyncio.TimerHandle | None = None
+        # `batchMode: envelope` messages of this loop iteration, by subject.
+        self._envelopes: dict[str, list[OutMsg]] = {}
+        # Requests refused by policy (answered with a 503 status), by reason.
+        self.refused: dict[str, int] = {}
+
+    def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool:
+        """Offer an application's PUB/HPUB to the engine. False: no room, the caller must hold it."""
+        headers = op.headers if op.hdr_size > 0 else None
+        header_priority = header_value(headers, "KPI-Priority") if headers is not None else None
+        role = role_of(op.subject, op.reply is not None, client.replies if client is not None else None, now)
+        priority, rule = self.engine.classify(op.subject, header_priority, role < REPLY)
+        frame = op.frame
+        if priority is CRITICAL:
+            msg = self._critical_msg(
+                op.subject, op.reply, op.payload, headers, frame, client, rule, now, role
+            )
+        else:
+            msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule, role)
+        return self.offer(msg, now).verdict is not BLOCK
+
+    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> bool:
+        """Consecutive publishes (PubRun) decided per group and written as one slice; False: the caller
+        offers them one by one (it re-parses the run).
+
+        At level none, when the engine would have forwarded each of them at once, the run goes as it
+        came. Otherwise the engine decides each group in bulk (`Engine.decide_run`: shed, sampled, kept),
+        the critical messages are written first, each with its Nats-Msg-Id (`_write_critical`), and the
+        other kept frames copied into one write (`select_frames`)."""
+        engine = self.engine
+        found = run_groups(op, engine.classify, client.replies if client is not None else None, now)
+        if found.enveloped:
+            return False  # packed per subject (_envelope)
+        upstream = self.upstream
+        # can_stream, not can_send: a backed-up socket pauses the client after this read (flow_pause)
+        # rather than sending its messages through the queue one by one.
+        can_send = upstream.can_stream and not self.flow.upstream_stalled
+        if not found.critical and engine.forward_batch(found.groups, op.n, now, can_send):
+            frames = op.frames
+            upstream.write(frames)
+            upstream.track(RunEntry(client, frames, op.counts), len(frames))
+            return True
+        if found.critical and (
+            (engine.level is Level.NONE and not found.all_critical)
+            or self.spool_bridge.spool_mode
+            or len(self.confirmations.pending_acks) + found.critical_count
+            > self.config.spool.max_pending_acks
+        ):
+            # At none, a mixed run goes in order, message by message, as a leaf node would forward it (a
+            # run of critical messages alone keeps its order); with a spool, critical messages keep their
+            # order behind it; and the PubAcks awaited stay within maxPendingAcks.
+            return False
+        if engine.queue_size and can_send and engine.queue_size < engine.batch_size:
+            # A partial batch waits for more messages: this run brings them, so it goes first.
+            self.write_all(engine.take(now, batch_due=True), now)
+        plan = engine.decide_run(found.groups, now, can_send)
+        if plan is None:
+            return False
+        kept, apart = select_frames(op.frames, found.plan_entries(plan))
+        if apart:
+            self._write_critical(apart, client, now)
+        if kept:
+            upstream.write(kept)
+            upstream.track(RunEntry(client, kept, found.kept_counts(plan)), len(kept))
+        return True
+
+    def _write_critical(self, frames: bytes, client: ClientConnection | None, now: float) -> None:
+        """The critical messages of a run the engine decided in bulk (counted forwarded already), each with
+        its Nats-Msg-Id (and PubAck reply subject), written in one slice ahead of the run's other kept
+        messages (the priority queue's order); then each awaits its PubAck or PONG confirmation."""
+        parser = ClientParser(max_payload=-1)
+        parser.headers = True  # HPUBs in a run were accepted already
+        replies = client.replies if client is not None else None
+        classify = self.engine.classify
+        rules: dict[tuple[str, bool], Any] = {}
+        msgs: list[OutMsg] = []
+        for op in parser.feed_data(frames):
+            subject = op.subject
+            role = role_of(subject, op.reply is not None, replies, now)
+            key = (subject, role < REPLY)
+            rule = rules.get(key, rules)
+            if rule is rules:
+                rule = rules[key] = classify(subject, "critical", role < REPLY)[1]
+            headers = op.headers if op.hdr_size > 0 else None
+            msg = self._critical_msg(
+                subject, op.reply, op.payload, headers, op.frame, client, rule, now, role
+            )
+            if msg.size > self.max_payload:
+                # With its Nats-Msg-Id it no longer fits: never written (as offer() decides it).
+                self.engine.note_unforwarded(subject, CRITICAL, role, "max_payload")
+                self.refuse(msg, "max_payload")
+                continue
+            msgs.append(msg)
+        self.write_all(msgs, now)
+
+    def publish_message(
+        self, subject: str, reply: str | None, payload: bytes, headers: bytes | None, now: float
+    ) -> Decision:
+        """The same path for messages that do not come from a NATS connection (HTTP ingest, load test).
+
+        `headers` is a NATS header block (`NATS/1.0\r\n...\r\n\r\n`) or None. The caller checks subject
+        validity and size against `max_payload` first. A BLOCK verdict means no room for a critical message.
+        """
+        header_priority = header_value(headers, "KPI-Priority") if headers is not None else None
+        role = role_of(subject, reply is not None)
+        priority, rule = self.engine.classify(subject, header_priority, role < REPLY)
+        frame = encode_pub(subject, reply, payload, headers)
+        if priority is CRITICAL:
+            msg = self._critical_msg(subject, reply, payload, headers, frame, None, rule, now, role)
+        else:
+            size = len(payload) + (len(headers) if headers is not None else 0)
+            msg = OutMsg(subject, reply, priority, size, frame, None, now, rule, role)
+        return self.offer(msg, now)
+
+    def _critical_msg(
+        self,
+        subject: str,
+        reply: str | None,
+        payload: bytes,
+        headers: bytes | None,
+        frame: bytes,
+        client: ClientConnection | None,
+        rule: Any,
+        now: float,
+        role: Role = DATA,
+    ) -> OutMsg:
+        """A critical message gets a Nats-Msg-Id, and a PubAck reply subject under `delivery: jetstream`."""
+        token = None
+        if headers is None or header_value(headers, "Nats-Msg-Id") is None:
+            headers = add_header(headers, "Nats-Msg-Id", f"{self.server_id}-{next(self._msg_ids)}")
+            frame = b""
+        wire_reply = reply
+        if reply is None and rule is not None and rule.delivery is Delivery.JETSTREAM:
+            token, wire_reply = self.confirmations.new_ack_reply()
+            frame = b""
+        if not frame:
+            frame = encode_pub(subject, wire_reply, payload, headers)
+        size = len(payload) + len(headers or b"")
+        msg = OutMsg(subject, reply, CRITICAL, size, frame, client, now, rule, role)
+        msg.ack_token = token
+        return msg
+
+    def offer(self, msg: OutMsg, now: float) -> Decision:
+        """Ask the engine, then write, queue, refuse or spool the message as it decided."""
+        if msg.size > self.max_payload:
+            # Accepted under a larger limit (before the upstream's INFO, or from an earlier server): the
+            # upstream would close the shared connection on it, so it never goes out.
+            self.engine.note_dropped(msg, "max_payload")
+            self.engine.breaker_failure(msg.subject, now)
+            self.refuse(msg, "max_payload")
+            return TOO_BIG
+        decision = self.engine.offer(msg, now, self.upstream.can_send)
+        verdict = decision.verdict
+        if verdict is FORWARD:
+            self.write(msg, now)
+        elif verdict is QUEUE:
+            self.schedule_pump()
+        elif verdict is DROP:
+            self.refuse(msg, decision.reason or "dropped")
+        elif msg.priority is CRITICAL and self.spool_bridge.spool_one(msg):
+            # BLOCK: the queue is full of critical messages; disk takes it (else the caller holds it).
+            self.engine.note_spooled(msg)
+            self.spool_bridge.wake()
+            return SPOOLED
+        for evicted in decision.evicted:
+            self.refuse(evicted, "queue_full")
+        return decision
+
+    def refuse(self, msg: OutMsg, reason: str) -> None:
+        """A request the sidecar did not forward fails fast: a 503 status message on its reply subject."""
+        if msg.reply is None or msg.role >= REPLY:
+            return
+        refused = self.refused
+        refused[reason] = refused.get(reason, 0) + 1
+        client = msg.client
+        if client is not None and not client.closed:
+            client.send_status(msg.reply, 503, reason)
+
+    def write(self, msg: OutMsg, now: float) -> None:
+        """Hand one message to the upstream and to whatever must confirm it (journal, PONG, PubAck)."""
+        rule = msg.rule
+        if rule is not None and rule.batch_mode is ENVELOPE and msg.reply is None and msg.priority < CRITICAL:
+            self._envelope(msg)
+        else:
+            self.upstream.write(msg.frame)
+            if msg.priority is not CRITICAL:
+                self.upstream.track(msg, len(msg.frame))
+        self._written(msg, now)
+
+    def write_all(self, msgs: list[OutMsg], now: float) -> None:
+        """`write` for each of `msgs`, in order, their frames in one upstream write (a slice the queue
+        released, a run's critical messages)."""
+        if len(msgs) < 2:
+            for msg in msgs:
+                self.write(msg, now)
+            return
+        upstream = self.upstream
+        written: list[OutMsg] = []
+        frames: list[bytes] = []
+        for msg in msgs:
+            rule = msg.rule
+            if (
+                rule is not None
+                and rule.batch_mode is ENVELOPE
+                and msg.reply is None
+                and msg.priority < CRITICAL
+            ):
+                self._envelope(msg)
+                continue
+            written.append(msg)
+            frames.append(msg.frame)
+        if not written:
+            return
+        upstream.write(b"".join(frames))
+        for msg in written:
+            if msg.priority is not CRITICAL:
+                upstream.track(msg, len(msg.frame))
+            self._written(msg, now)
+
+    def _written(self, msg: OutMsg, now: float) -> None:
+        """What follows a message's upstream write: echo, latency, its PubAck or PONG confirmation."""
+        client = msg.client
+        if client is not None and not client.echo:
+            self.deliveries.expect_echo(client, msg)
+        self.engine.observe_latency(msg.subject, now - msg.received_at, msg.role)
+        if msg.ack_token is not None:
+            self.confirmations.await_ack(msg, now)
+            return
+        if self.engine.has_breakers and self.engine.breaker_state(msg.subject) is HALF_OPEN:
+            self.confirmations.note_trial(msg.subject)
+        if msg.priority is CRITICAL:
+            self.confirmations.await_confirmation(msg)
+
+    def _envelope(self, msg: OutMsg) -> None:
+        """Hold a `batchMode: envelope` message: this iteration's messages of a subject go as one."""
+        pending = self._envelopes.get(msg.subject)
+        if pending is None:
+            pending = self._envelopes[msg.subject] = []
+            if len(self._envelopes) == 1:
+                self.loop.call_soon(self._flush_envelopes)
+        pending.append(msg)
+
+    def _flush_envelopes(self) -> None:
+        envelopes, self._envelopes = self._envelopes, {}
+        if not self.upstream.connected:
+            # Lost since they were handed over: queued again (or dropped) like unconfirmed writes.
+            self.take_back([msg for msgs in envelopes.values() for msg in msgs])
+            return
+        limit = self.max_payload
+        for subject, msgs in envelopes.items():
+            records: list[tuple[bytes | None, bytes]] = []
+            packed: list[OutMsg] = []
+            size = 0
+            for msg in msgs:
+                record = record_of(msg.frame)
+                record_size = len(record[0] or b"") + len(record[1]) + RECORD_OVERHEAD
+                if records and size + record_size + ENVELOPE_HEADER_ROOM > limit:
+                    self._write_envelope(subject, packed, records)
+                    records, packed, size = [], [], 0
+                records.append(record)
+                packed.append(msg)
+                size += record_size
+            self._write_envelope(subject, packed, records)
+
+    def _write_envelope(
+        self, subject: str, msgs: list[OutMsg], records: list[tuple[bytes | None, bytes]]
+    ) -> None:
+        frame = encode_pub(subject, None, pack(records), envelope_headers(len(records)))
+        upstream = self.upstream
+        upstream.write(frame)
+        # Taken back one by one if the connection dies unconfirmed (the bytes are shared by the envelope).
+        share = len(frame) // len(msgs)
+        for msg in msgs:
+            upstream.track(msg, share)
+
+    def schedule_pump(self) -> None:
+        """Run `pump` once at the end of this loop iteration."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self.loop.call_soon(self.pump)
+
+    def log_transitions(self) -> None:
+        """One log line per degradation level change."""
+        for transition in self.engine.pop_transitions():
+            log.warning(
+                "degradation level %s -> %s (load %.0f%%, dominant signal %s)",
+                transition.from_level.label,
+                transition.to_level.label,
+                transition.load_percent,
+                transition.dominant_signal,
+            )
+
+    def after_ingest(self) -> None:
+        """Called after each batch of application input: release queued work that is due."""
+        if self.engine.has_transitions:
+            self.log_transitions()  # the level moved between ticks (a burst)
+        if self.engine.queue_size:
+            bridge = self.spool_bridge
+            if bridge.spool is not None and self.engine.critical_queued() and bridge.spool_mode:
+                bridge.spool_queued_critical()
+            self.schedule_pump()
+
+    def pump(self) -> None:
+        """Release what the engine says is due, retry held clients, and set a timer for the next deadline."""
+        self._pump_scheduled = False
+        if self._pump_timer is not None:
+            self._pump_timer.cancel()
+            self._pump_timer = None
+        now = self.clock()
+        upstream = self.upstream
+        spool = self.spool_bridge.spool
+        # While critical messages wait on disk, only critical ones (and replies) leave the queue.
+        self.engine.hold_below_critical = (
+            spool is not None and spool.messages > 0 and not self.shutting_down()
+        )
+        if upstream.can_send:
+            self.confirmations.resend_unconfirmed()
+            # In slices, so that a paused upstream stops the release instead of buffering megabytes.
+            while upstream.can_send:
+                msgs = self.engine.take(now, PUMP_SLICE)
+                self.write_all(msgs, now)
+                if len(msgs) < PUMP_SLICE:
+                    break
+        self.flow.resume_held()
+        deadline = self.engine.next_deadline()
+        if deadline is not None and self.upstream.can_send:
+            self._pump_timer = self.loop.call_later(max(deadline - now, 0.0005), self.pump)
+
+    def drain_now(self) -> int:
+        """Forward everything queued now, ignoring batching delay and the rate ceiling (admin action)."""
+        now = self.clock()
+        if not self.upstream.can_send:
+            return 0
+        msgs = self.engine.drain(now)
+        for msg in msgs:
+            self.write(msg, now)
+        return len(msgs)
+
+    def clear_queue(self) -> int:
+        """Discard non-critical queued messages (admin action), counted as reason="cleared"."""
+        return len(self.engine.clear())
+
+    def take_back(self, entries: list[Any]) -> None:
+        """The connection died before a PONG confirmed these publishes: high and medium ones are queued
+        again (resent after the reconnect: at-least-once), low ones dropped as `upstream_lost`."""
+        if not entries:
+            return
+        now = self.clock()
+        msgs: list[OutMsg] = []
+        for entry in entries:
+            if type(entry) is RunEntry:
+                msgs.extend(self._run_messages(entry, now))
+            else:
+                msgs.append(entry)
+        dropped = self.engine.take_back(msgs, now)
+        self.upstream.journal.taken_back += len(msgs)
+        for msg in dropped:
+            self.refuse(msg, "upstream_lost")
+        log.warning(
+            "%d publishes written upstream were never confirmed: %d queued again, %d dropped (upstream_lost)",
+            len(msgs),
+            len(msgs) - len(dropped),
+            len(dropped),
+        )
+        self.schedule_pump()
+
+    def _run_messages(self, entry: RunEntry, now: float) -> list[OutMsg]:
+        """The messages of a run written by the fast path, one OutMsg each (only after a loss)."""
+        parser = ClientParser(max_payload=-1)
+        parser.headers = True  # HPUBs in a run were accepted already
+        refused = dict(entry.refused) if entry.refused else None
+        classify = self.engine.classify
+        client = entry.client
+        replies = client.replies if client is not None else None
+        msgs = []
+        for op in parser.feed_data(entry.frames):
+            if type(op) is not Pub:
+                continue
+            if refused and refused.get(op.subject):
+                refused[op.subject] -= 1  # the upstream refused it: settled already
+                continue
+            role = role_of(op.subject, op.reply is not None, replies, now)
+            header = header_value(op.headers, "KPI-Priority") if op.hdr_size > 0 else None  # type: ignore[arg-type]
+            priority, rule = classify(op.subject, header, role < REPLY)
+            msgs.append(OutMsg(op.subject, op.reply, priority, op.size, op.frame, client, now, rule, role))
+        return msgs
