@@ -420,6 +420,7 @@ class Engine:
         prioritize = self._prioritize
         shed_low = self._shed_low
         share = share_of(self._sampling_rate)
+        raised = self._class_raise
         rng = self._rng
         plan: list[tuple[int, int]] = []
         kept = finishing = 0
@@ -434,17 +435,23 @@ class Engine:
             elif role >= REPLY:
                 plan.append((SHARE_ONE, 0))
                 finishing += count
-            elif shed_low and p <= LOW:
-                if role is not DATA:
-                    return None  # a shed request gets its 503 from the per-message path
-                plan.append((0, 0))
-            elif share < SHARE_ONE and p <= MEDIUM and role is DATA:
-                phase = phase_of(rng)
-                plan.append((share, phase))
-                kept += kept_of(count, share, phase)
             else:
-                plan.append((SHARE_ONE, 0))
-                kept += count
+                group_shed, group_share = shed_low, share
+                if raised and priority in raised:
+                    # A class whose stream fill raises its level above the sidecar's (_offer_raised).
+                    group_shed, rate = raised[priority]
+                    group_share = share_of(rate)
+                if group_shed and p <= LOW:
+                    if role is not DATA:
+                        return None  # a shed request gets its 503 from the per-message path
+                    plan.append((0, 0))
+                elif group_share < SHARE_ONE and p <= MEDIUM and role is DATA:
+                    phase = phase_of(rng)
+                    plan.append((group_share, phase))
+                    kept += kept_of(count, group_share, phase)
+                else:
+                    plan.append((SHARE_ONE, 0))
+                    kept += count
         bucket = self._bucket
         if (kept and kept < self._batch_size) or bucket.refill(now) < kept:
             return None
@@ -466,7 +473,7 @@ class Engine:
                 forwarded.append((subject, k, priority, role))
                 written.append(_Written(subject, role))
             if k < count:
-                reason = REASON_LOW_PRIORITY if group_share == 0 and shed_low else REASON_SAMPLING
+                reason = REASON_LOW_PRIORITY if group_share == 0 else REASON_SAMPLING
                 acc.drop_many(subject, priority, reason, role, count - k)
                 if reason == REASON_SAMPLING:
                     acc.sampled += count - k
