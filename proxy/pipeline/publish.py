@@ -148,6 +148,9 @@ class Publisher:
             # run of critical messages alone keeps its order); with a spool, critical messages keep their
             # order behind it; and the PubAcks awaited stay within maxPendingAcks.
             return False
+        # While shedding, only what the socket takes now: no read past maxPendingBytes or the journal's
+        # bound (the level-none fast path above streams one read per client, then pauses it).
+        can_send = upstream.can_send and not self.flow.upstream_stalled
         if engine.queue_size and can_send and engine.queue_size < engine.batch_size:
             # A partial batch waits for more messages: this run brings them, so it goes first.
             self.write_all(engine.take(now, batch_due=True), now)
