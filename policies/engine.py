@@ -415,7 +415,10 @@ class Engine:
         fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
         batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
         """
-        if not can_send or self._queue.size or self._breaker_records:
+        if not can_send or self._queue.size or self._breaker_records or self._ceiling is not None:
+            # A fleet share in force (set_rate_ceiling) is spent through the queue, message by message:
+            # deciding runs in bulk there forwarded about 20 % under the share (tests/integration/
+            # test_fleet.py), a limit still to remove.
             return None
         prioritize = self._prioritize
         shed_low = self._shed_low
