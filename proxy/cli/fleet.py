@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from proxy.cli.status import fetch_json, resolve_admin
+from proxy.cli.status import fetch_api
 
 COLUMNS = ("MEMBER", "HOST", "LEVEL", "LOAD", "OFFERED/s", "FORWARDED/s", "SHARE/s", "QUEUE", "SPOOL", "SEEN")
 
@@ -62,21 +62,9 @@ def format_fleet(admin: str, data: dict[str, Any]) -> str:
 
 def print_fleet(admin_url: str | None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print the table; 1 with a clear message when the admin API cannot be reached or answers an error."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    admin, which = resolve_admin(admin_url)
-    if which is not None:
-        print(f"kpi-sidecar fleet: {admin}, {which}", file=err)
-    url = f"{admin}/api/backpressure/fleet"
-    try:
-        body = fetch_json(url)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        print(f"kpi-sidecar fleet: cannot reach the admin API at {admin}: {reason}", file=err)
+    found = fetch_api("fleet", admin_url, "/api/backpressure/fleet", err or sys.stderr)
+    if found is None:
         return 1
-    if not body.get("success"):
-        error = body.get("error") or {}
-        print(f"kpi-sidecar fleet: {url} answered an error: {error.get('message', body)}", file=err)
-        return 1
-    print(format_fleet(admin, body.get("data") or {}), file=out)
+    admin, data = found
+    print(format_fleet(admin, data), file=out or sys.stdout)
     return 0

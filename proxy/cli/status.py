@@ -99,31 +99,49 @@ def format_status(admin: str, status: dict[str, Any], health: dict[str, Any] | N
     return "\n".join(lines)
 
 
-def print_status(admin_url: str | None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Print the summary; 1 with a clear message when the admin API cannot be reached or answers an error.
+def fetch_api(
+    command: str, admin_url: str | None, path: str, err: TextIO, hint: str = ""
+) -> tuple[str, dict[str, Any]] | None:
+    """GET `path` of the admin API for `kpi-sidecar <command>`: (admin URL, the answer's data), or None
+    after a clear message on `err` when the API cannot be reached or answers an error.
 
     Without `admin_url`, the sidecar `make run` started (its ports file), else DEFAULT_ADMIN; which one is
-    said on stderr."""
-    out = out or sys.stdout
-    err = err or sys.stderr
+    said on `err`."""
     admin, which = resolve_admin(admin_url)
     if which is not None:
-        print(f"kpi-sidecar status: {admin}, {which}", file=err)
-    url = f"{admin}/api/backpressure/status"
+        print(f"kpi-sidecar {command}: {admin}, {which}", file=err)
+    url = f"{admin}{path}"
     try:
         body = fetch_json(url)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        print(f"kpi-sidecar status: cannot reach the admin API at {admin}: {reason}", file=err)
-        print("  (is the sidecar running? pass --admin http://HOST:PORT for another address)", file=err)
-        return 1
+        print(f"kpi-sidecar {command}: cannot reach the admin API at {admin}: {reason}", file=err)
+        if hint:
+            print(hint, file=err)
+        return None
     if not body.get("success"):
         error = body.get("error") or {}
-        print(f"kpi-sidecar status: {url} answered an error: {error.get('message', body)}", file=err)
+        print(f"kpi-sidecar {command}: {url} answered an error: {error.get('message', body)}", file=err)
+        return None
+    return admin, body.get("data") or {}
+
+
+def print_status(admin_url: str | None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Print the summary; 1 with a clear message when the admin API cannot be reached or answers an error."""
+    out = out or sys.stdout
+    found = fetch_api(
+        "status",
+        admin_url,
+        "/api/backpressure/status",
+        err or sys.stderr,
+        "  (is the sidecar running? pass --admin http://HOST:PORT for another address)",
+    )
+    if found is None:
         return 1
+    admin, data = found
     try:
         health = fetch_json(f"{admin}/api/backpressure/health").get("data")
     except (OSError, ValueError):
         health = None
-    print(format_status(admin, body.get("data") or {}, health), file=out)
+    print(format_status(admin, data, health), file=out)
     return 0
