@@ -69,34 +69,8 @@ subject_ok(const unsigned char *s, Py_ssize_t len)
     return 1;
 }
 
-/* Does the header block mention KPI-Priority (any case)? Such a message is classified by its header, so
- * it is not part of a run; the Python parser applies the same test (proxy/nats/parser.py, _mentions_priority). */
-static int
-mentions_priority(const unsigned char *h, Py_ssize_t len)
-{
-    static const char key[] = "kpi-priority";
-    const Py_ssize_t klen = (Py_ssize_t)sizeof(key) - 1;
-    for (Py_ssize_t i = 0; i + klen <= len; i++) {
-        Py_ssize_t j = 0;
-        while (j < klen) {
-            unsigned char c = h[i + j];
-            if (c >= 'A' && c <= 'Z') {
-                c = (unsigned char)(c + 32);
-            }
-            if (c != (unsigned char)key[j]) {
-                break;
-            }
-            j++;
-        }
-        if (j == klen) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* The priority a header block gives its message, as ClientParser's Python loop reads it
- * (nats_protocol._header_priority, after header_value() and Engine.classify()): the value of the first
+ * (proxy/nats/parser.py _header_priority, after header_value() and Engine.classify()): the value of the first
  * header line named KPI-Priority (any case), trimmed of blanks and tabs: 1-4 for low, medium, high,
  * critical in any case, 0 for no such header or another word (the subject's rule decides), and -1 when
  * the value holds anything but ASCII letters: the Python code decides that message on its own. The block
@@ -321,7 +295,7 @@ PyDoc_STRVAR(scan_pubs_doc,
 "scan_pubs(buf, pos, counts, limit, max_control_line, headers[, requests[, priorities]]) -> int\n\n"
 "Consume the complete PUB frames of buf from pos on ('PUB <subject> [reply] <size>\\r\\n' with blanks\n"
 "between the tokens, a 1-9 digit size <= limit, line <= max_control_line, body ending in CRLF), and, when\n"
-"headers is true, the HPUB frames whose header block does not mention KPI-Priority; add one per frame\n"
+"headers is true, the HPUB frames without a KPI-Priority header naming a priority; add one per frame\n"
 "to counts[subject], and one per frame with a reply subject to requests[subject] when requests is a\n"
 "dict; return the position after the last one (pos if none). When priorities is a dict, HPUBs with a\n"
 "KPI-Priority header are taken too unless its value holds other bytes than letters: one per frame whose\n"
@@ -404,11 +378,9 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (frame_end > n || buf[frame_end - 2] != '\r' || buf[frame_end - 1] != '\n') {
             break;
         }
-        int code = 0;
-        if (hpub && priorities == NULL && mentions_priority(p + line_len, (Py_ssize_t)hdr)) {
-            break;
-        }
-        if (hpub && priorities != NULL && (code = header_priority(p + line_len, (Py_ssize_t)hdr)) < 0) {
+        /* A priority the caller cannot count (no priorities dict) ends the run like an unreadable one. */
+        int code = hpub ? header_priority(p + line_len, (Py_ssize_t)hdr) : 0;
+        if (code < 0 || (code > 0 && priorities == NULL)) {
             break;
         }
         const unsigned char *subj = toks[0];
