@@ -128,13 +128,8 @@ class Sidecar:
         # Fleet membership over JetStream KV (proxy/fleet): control traffic on sids of its own.
         self.fleet: FleetMember | None = None
         if config.fleet is not None:
-            on_msg = self._on_fleet_msg
-            sids = (
-                self.deliveries.reserve(on_msg),
-                self.deliveries.reserve(on_msg),
-                self.deliveries.reserve(on_msg),
-            )
-            self.fleet = FleetMember(self, config.fleet, sids)
+            self.fleet = FleetMember(self, config.fleet, self.deliveries.reserve(3))
+            self.deliveries.own.update(dict.fromkeys(self.fleet.sids, self.fleet.on_msg))
         # Signals (#16): RTT and PubAck latency, spool trend; the fill of the streams jetstream rules feed.
         self.signal_feeds = SignalFeeds(self)
         self.stream_monitor = StreamMonitor(self)
@@ -163,10 +158,6 @@ class Sidecar:
     def spooled_messages(self) -> int:
         """Messages waiting in the spool (0 without one)."""
         return self.spool.messages if self.spool is not None else 0
-
-    def _on_fleet_msg(self, msg: Msg) -> None:
-        if self.fleet is not None:
-            self.fleet.on_msg(msg)
 
     @property
     def ack_prefix(self) -> str:

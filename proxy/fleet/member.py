@@ -59,7 +59,7 @@ def default_member_id() -> str:
 class FleetMember:
     """Membership in `fleet.bucket` under `fleet.name`: the I/O around a FleetState."""
 
-    def __init__(self, host: FleetHost, config: FleetConfig, sids: tuple[int, int, int]) -> None:
+    def __init__(self, host: FleetHost, config: FleetConfig, sids: tuple[int, ...]) -> None:
         self.host = host
         self.config = config
         self.member_id = config.member_id or default_member_id()
@@ -87,8 +87,10 @@ class FleetMember:
         self.last_put_at: float | None = None
 
     # -- wiring with the sidecar ----------------------------------------------------------------------
-    def owns(self, sid: int) -> bool:
-        return sid in (self.watch_sid, self.inbox_sid, self.snapshot_sid)
+    @property
+    def sids(self) -> tuple[int, int, int]:
+        """The member's own subscription ids: the bucket watch, the reply inbox, the snapshot."""
+        return (self.watch_sid, self.inbox_sid, self.snapshot_sid)
 
     def subscribe_frames(self) -> bytes:
         """The member's subscriptions, sent with the sidecar's on every (re)connect."""

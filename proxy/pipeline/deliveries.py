@@ -65,11 +65,9 @@ class Deliveries:
         # an application. Their SUBs are sent by their owners (see Sidecar.resubscribe_frames).
         self.own: dict[int, Callable[[Msg], None]] = {}
 
-    def reserve(self, handler: Callable[[Msg], None]) -> int:
-        """A subscription id of the sidecar's own, whose messages go to `handler`."""
-        usid = next(self._usids)
-        self.own[usid] = handler
-        return usid
+    def reserve(self, count: int) -> tuple[int, ...]:
+        """`count` subscription ids for the sidecar's own subscriptions (route them through `own`)."""
+        return tuple(next(self._usids) for _ in range(count))
 
     # -- subscriptions -------------------------------------------------------------------------------
     def subscribe(self, client: ClientConnection, op: Sub) -> None:
