@@ -66,7 +66,8 @@ class Confirmations:
         self.schedule_pump: Callable[[], None] = lambda: None
         # Told (now, deadline) of each successful PubAck (the signals' PubAck round trip).
         self.on_acked: Callable[[float, float], None] = lambda now, deadline: None
-        # Other answers on the PubAck inbox, by token prefix (the stream monitor's STREAM.INFO replies).
+        # Other answers on the PubAck inbox, by the token's first letter (the stream monitor's STREAM.INFO
+        # replies); PubAck tokens are decimal.
         self.other_replies: dict[str, Callable[[str, Msg], None]] = {}
         # Critical messages written upstream and not yet confirmed by a PONG (one batch per flush, keyed
         # by an id), and those whose connection died before the PONG, to resend after the reconnect.
@@ -189,12 +190,12 @@ class Confirmations:
     def on_pub_ack(self, msg: Msg) -> None:
         """A message on the PubAck inbox: confirms (or fails) the message its token names."""
         token = msg.subject.decode().rpartition(".")[2]
-        for prefix, handler in self.other_replies.items():
-            if token.startswith(prefix):
-                handler(token, msg)
-                return
         entry = self._acks.pop(token, None)
         if entry is None:
+            # Not an awaited PubAck (those tokens are decimal): another answer, by its first letter.
+            handler = self.other_replies.get(token[:1])
+            if handler is not None:
+                handler(token, msg)
             return
         out, deadline = entry
         now = self.clock()
