@@ -401,3 +401,13 @@ def test_an_object_cut_over_two_lines_is_two_bad_lines(plain: Any) -> None:
     answer = call(plain.sidecar.http_url, "POST", "/publish", raw=raw, headers={"Content-Type": "x-ndjson"})
     assert answer.status == 202
     assert [(r["index"], r["status"]) for r in answer.data["results"]] == [(0, 400), (1, 400), (2, 202)]
+
+
+def test_the_subject_cache_stays_within_its_bound_and_keeps_answering() -> None:
+    from proxy.ports import ingest_batch
+
+    for i in range(ingest_batch.SUBJECT_CACHE_SIZE + 10):
+        assert ingest_batch.subject_ok(f"cache.bound.{i}")
+        assert not ingest_batch.subject_ok(f"cache.bound.{i}.*")
+        assert len(ingest_batch._valid_subjects) <= ingest_batch.SUBJECT_CACHE_SIZE
+    assert ingest_batch.subject_ok("cache.bound.0") and not ingest_batch.subject_ok("cache.bound.0.>")
