@@ -435,10 +435,7 @@ class Engine:
         fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
         batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
         """
-        if not can_send or self._unheld_queued or self._breaker_records or self._ceiling is not None:
-            # A fleet share in force (set_rate_ceiling) is spent through the queue, message by message:
-            # deciding runs in bulk there forwarded about 20 % under the share (tests/integration/
-            # test_fleet.py), a limit still to remove.
+        if not can_send or self._unheld_queued or self._breaker_records:
             return None
         prioritize = self._prioritize
         shed_low = self._shed_low
@@ -927,14 +924,21 @@ class Engine:
         queue = self._queue
         oldest = queue.oldest_time()
         board = self._signals
+        ceiling = self.rate_ceiling
         percents = (
             self._memory_mb * 100.0 / config.max_memory_usage_mb,
             self._cpu_percent * 100.0 / self.cpu_threshold_percent,
             (queue.size + self._parked_count) * 100.0 / config.max_queue_size,
-            self._publish_rate * 100.0 / self.rate_ceiling,
+            self._publish_rate * 100.0 / ceiling,
             board.latency_percent,
+            # The wait the ceiling itself imposes (the queue at its pace) is publish_rate's to count: a
+            # queue the ceiling holds full would otherwise read maxQueueSize / ceiling seconds of delay
+            # and take any excess of unsheddable traffic to critical (docs/signals.md).
             board.queue_delay_percent(
-                now, 0.0 if oldest is None else max(0.0, now - oldest), queue.size + self._parked_count
+                now,
+                0.0 if oldest is None else max(0.0, now - oldest),
+                queue.size + self._parked_count,
+                queue.size / ceiling,
             ),
             board.predicted_percent,
         )

@@ -203,11 +203,14 @@ class SignalBoard:
                 best = max(best, latency_percent(reading.rtt_s, reading.baseline_s, ratio, floor_s))
         return best
 
-    def queue_delay_percent(self, now: float, oldest_age_s: float, length: int) -> float:
-        """Called at each load evaluation with the oldest queued message's sojourn."""
+    def queue_delay_percent(
+        self, now: float, oldest_age_s: float, length: int, paced_s: float = 0.0
+    ) -> float:
+        """Called at each load evaluation with the oldest queued message's sojourn and the part of it the
+        rate ceiling explains (`paced_s`: the queue drained at the ceiling's pace)."""
         if not self.upstream_connected:
             return self._delay.observe(now, 0.0, length)
-        return self._delay.observe(now, oldest_age_s, length)
+        return self._delay.observe(now, oldest_age_s, length, paced_s)
 
     def tick(
         self,

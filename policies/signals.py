@@ -124,11 +124,13 @@ class QueueDelay:
         self.target_s = target_s
         self.interval_s = interval_s
 
-    def observe(self, now: float, sojourn_s: float, length: int) -> float:
+    def observe(self, now: float, sojourn_s: float, length: int, paced_s: float = 0.0) -> float:
         """Load percent for the oldest queued message's sojourn at `now`, with `length` messages queued
-        (0 when off or not standing)."""
+        (0 when off or not standing). `paced_s`: the part of the sojourn the rate ceiling explains (the
+        queue's length at the ceiling's pace); only the delay beyond it counts."""
         self.sojourn_s = sojourn_s
         target = self.target_s
+        sojourn_s -= paced_s
         if target <= 0.0 or sojourn_s < target:
             self._interval_start = None
             self._standing = False

@@ -173,6 +173,19 @@ def test_queue_delay_counts_only_a_standing_delay() -> None:
     assert QueueDelay(0.0, 0.5).observe(5.0, 100.0, 10) == 0.0  # off
 
 
+def test_the_wait_the_rate_ceiling_paces_is_not_a_queue_delay() -> None:
+    """A queue the ceiling drains at its pace: its head waits about length / ceiling (publish_rate's to
+    count); only the sojourn beyond that pace stands."""
+    delay = QueueDelay(target_s=1.0, interval_s=0.5)
+    for step in range(10):  # 2,000 queued at a ceiling of 200 msg/s: the head waits 10 s
+        assert delay.observe(step * 0.25, 10.0, 2000, paced_s=10.0) == 0.0
+    assert not delay.standing(2.5)
+    # The upstream drains half as fast: 20 s of sojourn, 10 s beyond the ceiling's pace.
+    seen = [delay.observe(3.0 + step * 0.25, 20.0, 2000, paced_s=10.0) for step in range(4)]
+    assert seen[-1] == pytest.approx(1000.0)
+    assert delay.sojourn_s == 20.0  # shown as it is
+
+
 def test_a_draining_queue_is_not_a_standing_one() -> None:
     """After a burst the oldest message has waited long, but the queue shrinks: CoDel's good queue."""
     delay = QueueDelay(target_s=0.1, interval_s=0.5)
