@@ -21,100 +21,84 @@ level, switch and counter are written down in docs/backpressure.md.
 
 Size: one class on purpose. Every call reads and updates the same accounting, queue, breakers and level,
 and the invariant above holds at its boundary; the policies it composes each live in their own module
-(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting, signal_board).
+(levels, rate, queue, circuit_breaker, sampling, batching, roles, accounting, signal_board). Its bulk
+decisions (policies/bulk.py), its load, level and signal calls (policies/load.py), the outcomes the shell
+reports (policies/settlement.py) and its readings (policies/snapshot.py) are functions of its state in
+their own modules, bound here as its methods: no extra call, the same attribute lookups as a method's.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
-
-from policies.accounting import DEFAULT_MAX_SUBJECTS, Accounting, LatencyHistogram
-from policies.batching import batch_size, release_count
+from policies import bulk, load, settlement
+from policies import snapshot as engine_snapshot
+from policies.accounting import DEFAULT_MAX_SUBJECTS, Accounting
+from policies.batching import release_count
 from policies.circuit_breaker import DEFAULT_MAX_TRACKED as DEFAULT_MAX_BREAKERS
 from policies.circuit_breaker import DROP as GATE_DROP
 from policies.circuit_breaker import BreakerBoard, BreakerChange, BreakerSnapshot, BreakerState
 from policies.config import BackpressureConfig, Level, PolicyRule, Priority
-from policies.levels import HISTORY_SIZE, LOWER_BOUNDS, LevelTracker, Transition
+from policies.levels import HISTORY_SIZE, LevelTracker, Transition
+from policies.load import SIGNALS
 from policies.queue import CRITICAL_LANE, FINISH_LANE, PriorityQueue, lane_of
 from policies.rate import RateMeter, TokenBucket
 from policies.roles import DATA, REPLY, Role, subject_role
-from policies.sampling import APART, SHARE_ONE, kept_of, phase_of, sampling_rate, share_of
-from policies.signal_board import PING, ClassTransition, SignalBoard, SignalsSnapshot
-from policies.signals import StreamReading
+from policies.signal_board import SignalBoard
+from policies.snapshot import EngineSnapshot
 from policies.subjects import DEFAULT_CACHE_SIZE, SubjectClassifier
 from policies.traffic import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRAFFIC_SUBJECTS
 from policies.traffic import SubjectTraffic
+from policies.verdicts import (
+    CRITICAL_DROP_REASONS,
+    REASON_CIRCUIT_BREAKER,
+    REASON_CLEARED,
+    REASON_LOW_PRIORITY,
+    REASON_PERMISSIONS,
+    REASON_QUEUE_FULL,
+    REASON_SAMPLING,
+    REASON_SHUTDOWN,
+    REASON_UPSTREAM_LOST,
+    Decision,
+    Item,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     import random
 
+
+# Re-exported: the shell and the tests import these from here.
+__all__ = [
+    "CRITICAL_DROP_REASONS",
+    "REASON_CIRCUIT_BREAKER",
+    "REASON_CLEARED",
+    "REASON_LOW_PRIORITY",
+    "REASON_PERMISSIONS",
+    "REASON_QUEUE_FULL",
+    "REASON_SAMPLING",
+    "REASON_SHUTDOWN",
+    "REASON_UPSTREAM_LOST",
+    "SIGNALS",
+    "Decision",
+    "Engine",
+    "EngineSnapshot",
+    "Item",
+    "Verdict",
+]
+
 LOW: Final = Priority.LOW
 MEDIUM: Final = Priority.MEDIUM
 CRITICAL: Final = Priority.CRITICAL
-
-# Drop reasons set by the engine; the shell adds its own through note_dropped (e.g. "shutdown").
-REASON_SAMPLING = "sampling"
-REASON_LOW_PRIORITY = "low_priority"
-REASON_QUEUE_FULL = "queue_full"
-REASON_CIRCUIT_BREAKER = "circuit_breaker"
-REASON_CLEARED = "cleared"
-REASON_SHUTDOWN = "shutdown"
-# Written upstream, never confirmed, not taken back (see take_back); refused by upstream permissions.
-REASON_UPSTREAM_LOST = "upstream_lost"
-REASON_PERMISSIONS = "permissions"
-# Why a critical message can be lost (the shell's reasons): exported at 0 from the start.
-CRITICAL_DROP_REASONS = ("max_payload", REASON_SHUTDOWN)
-
-SIGNALS = (
-    "memory",
-    "cpu",
-    "queue",
-    "publish_rate",
-    "upstream_latency",
-    "queue_delay",
-    "predicted_queue",
-)
-# Between ticks, offers re-evaluate the level (escalation only) at most this often, and at once when the
-# queue crosses into a higher band or a message is dropped queue_full.
-CHECK_INTERVAL_S = 0.05
 PENDING_TRANSITIONS = 100
 # KPI-Priority header values, exact spellings first so the common case skips lower().
 _HEADER_PRIORITIES: dict[str, Priority] = {}
 for _p in Priority:
     for _spelling in (_p.label, _p.label.upper(), _p.label.capitalize()):
         _HEADER_PRIORITIES[_spelling] = _p
-
-
-class Verdict(enum.IntEnum):
-    """What the shell does with an offered message."""
-
-    FORWARD = 0  # write it upstream now; already counted as forwarded
-    QUEUE = 1  # the engine holds it; take() will hand it back
-    DROP = 2  # counted as dropped with Decision.reason; answer a request with a 503
-    BLOCK = 3  # a critical message with no room: not counted; spool it (note_spooled) or apply backpressure
-
-
-class Item(Protocol):
-    """What the engine needs to know about a message; the shell's message class provides it."""
-
-    subject: str
-    priority: Priority
-    role: Role
-    size: int
-
-
-class Decision(NamedTuple):
-    """The engine's answer to offer(); `evicted` were removed from the queue (counted dropped, queue_full)."""
-
-    verdict: Verdict
-    reason: str | None = None
-    evicted: tuple[Any, ...] = ()
 
 
 _FORWARD = Decision(Verdict.FORWARD)
@@ -124,57 +108,6 @@ _DROP_SAMPLING = Decision(Verdict.DROP, REASON_SAMPLING)
 _DROP_LOW_PRIORITY = Decision(Verdict.DROP, REASON_LOW_PRIORITY)
 _DROP_QUEUE_FULL = Decision(Verdict.DROP, REASON_QUEUE_FULL)
 _DROP_CIRCUIT_BREAKER = Decision(Verdict.DROP, REASON_CIRCUIT_BREAKER)
-
-
-class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Everything the admin API and the metrics collector show, at one instant."""
-
-    level: str
-    level_value: int
-    load_percent: float
-    dominant_signal: str
-    memory_ratio: float
-    cpu_ratio: float
-    queue_ratio: float
-    publish_rate_ratio: float
-    memory_mb: float
-    cpu_percent: float
-    cpu_threshold_percent: float
-    publish_rate: float
-    sampling_rate: float
-    batch_size: int
-    queue_size: int
-    queue_by_priority: dict[str, int]
-    queued_bytes: int
-    parked: int
-    handed_off: int
-    oldest_queued_age: float
-    received: int
-    forwarded: int
-    dropped: int
-    sampled: int
-    spooled: int
-    dropped_by_reason: dict[str, int]
-    by_role: dict[str, dict[str, int]]
-    open_breakers: int
-    upstream_latency_ratio: float = 0.0
-    queue_delay_ratio: float = 0.0
-    predicted_queue_ratio: float = 0.0
-    signals: SignalsSnapshot | None = None
-
-
-class _Written(NamedTuple):
-    """A subject and role a bulk write carried (Accounting.record_batch reads these two)."""
-
-    subject: str
-    role: Role
-
-
-class _Keep(enum.Enum):
-    KEEP = "keep"
-
-
-KEEP: Final = _Keep.KEEP
 
 
 class Engine:
@@ -275,6 +208,44 @@ class Engine:
         # Critical messages dropped, by reason (must stay 0: an alert fires on any increase).
         self._critical_dropped: dict[str, int] = dict.fromkeys(CRITICAL_DROP_REASONS, 0)
         self._apply_config(config)
+
+    # -- bound from their own modules (functions of this state, called as methods) ------------------------
+    forward_batch = bulk.forward_batch
+    decide_run = bulk.decide_run
+    tick = load.tick
+    cpu_threshold_percent = property(load.cpu_threshold_percent)
+    _check_level = load.check_level
+    has_transitions = property(load.has_transitions)
+    pop_transitions = load.pop_transitions
+    _apply_level = load.apply_level
+    observe_rtt = load.observe_rtt
+    observe_in_flight = load.observe_in_flight
+    reset_rtt = load.reset_rtt
+    observe_stream = load.observe_stream
+    forget_stream = load.forget_stream
+    stream_names = load.stream_names
+    class_levels = load.class_levels
+    pop_class_transitions = load.pop_class_transitions
+    snapshot = engine_snapshot.snapshot
+    forwarded_by_subject = engine_snapshot.forwarded_by_subject
+    dropped_by_subject = engine_snapshot.dropped_by_subject
+    forwarded_by_subject_role = engine_snapshot.forwarded_by_subject_role
+    dropped_by_subject_role = engine_snapshot.dropped_by_subject_role
+    by_role = engine_snapshot.by_role
+    freed_by_labels = engine_snapshot.freed_by_labels
+    dropped_by_reason = engine_snapshot.dropped_by_reason
+    batches_by_subject = engine_snapshot.batches_by_subject
+    latency_by_subject = engine_snapshot.latency_by_subject
+    history = engine_snapshot.history
+    take_back = settlement.take_back
+    note_refused = settlement.note_refused
+    note_unforwarded = settlement.note_unforwarded
+    note_forwarded = settlement.note_forwarded
+    note_dropped = settlement.note_dropped
+    note_spooled = settlement.note_spooled
+    note_unspooled = settlement.note_unspooled
+    note_spool_dropped = settlement.note_spool_dropped
+    observe_latency = settlement.observe_latency
 
     # -- classification --------------------------------------------------------------------------------
     def classify(
@@ -381,132 +352,6 @@ class Engine:
         acc.receive(item.priority, item.role)
         acc.forward(item.subject, item.priority, item.role)
         return _FORWARD
-
-    def forward_batch(
-        self, groups: list[tuple[str, int, Priority, Role]], n: int, now: float, can_send: bool
-    ) -> bool:
-        """Forward `n` non-critical messages given as (subject, count, priority, role) at once.
-
-        Only when offer() could have returned nothing but FORWARD for each of them: the upstream takes
-        writes, no batching, an empty queue, no breaker records, no shedding or sampling, and `n` tokens.
-        False: nothing was counted, offer them one by one.
-        """
-        if (
-            not can_send
-            or self._batch_size != 1
-            or self._unheld_queued
-            or self._breaker_records
-            or self._shed_low
-            or self._sampling_rate < 1.0
-            or self._class_raise
-        ):
-            return False
-        bucket = self._bucket
-        if bucket.refill(now) < n:
-            return False
-        bucket.take(n)
-        offered = n
-        for _, k, _, role in groups:
-            if role >= REPLY:
-                offered -= k  # replies and control messages are not part of the publish-rate signal
-        self._meter.add_many(now, offered)
-        self._acc.forward_many(groups, n)
-        if self._track_traffic:
-            for subject, k, _, role in groups:
-                if role < REPLY:
-                    self._traffic.add_many(subject, k)
-        if now >= self._next_check:
-            self._check_level(now)
-        return True
-
-    def decide_run(
-        self, groups: list[tuple[str, int, Priority, Role]], now: float, can_send: bool
-    ) -> list[tuple[int, int]] | None:
-        """Decide a run of messages given as (subject, count, priority, role) groups in bulk, as offer()
-        would decide them one by one, with one selection per group instead of one draw per message.
-
-        Returns one (share, phase) per group (policies.sampling: kept_of, keeps): low messages shed at high
-        and critical (share 0), sampled data (a share of the level's rate, the phase drawn from the rng),
-        everything else kept (SHARE_ONE); critical groups APART: kept too, but the shell writes each on its
-        own (Nats-Msg-Id, confirmation), ahead of the others. The kept messages are counted forwarded: the
-        shell writes them at once. None, with nothing counted, when the run needs the per-message path:
-        the upstream does not take writes, messages are queued (they go first), a breaker has records, a
-        request would be shed (its 503 is sent one by one), the tokens do not cover the kept messages, or
-        fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
-        batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
-        """
-        if not can_send or self._unheld_queued or self._breaker_records:
-            return None
-        prioritize = self._prioritize
-        shed_low = self._shed_low
-        share = share_of(self._sampling_rate)
-        raised = self._class_raise
-        rng = self._rng
-        plan: list[tuple[int, int]] = []
-        kept = finishing = 0
-        for _, count, priority, role in groups:
-            p = priority if prioritize else MEDIUM
-            if priority >= CRITICAL and self._hold_critical:
-                return None  # queued (held) until PubAcks come back
-            if p >= CRITICAL:
-                plan.append((APART, 0))
-                if role >= REPLY:
-                    finishing += count
-                else:
-                    kept += count
-            elif role >= REPLY:
-                plan.append((SHARE_ONE, 0))
-                finishing += count
-            else:
-                group_shed, group_share = shed_low, share
-                if raised and priority in raised:
-                    # A class whose stream fill raises its level above the sidecar's (_offer_raised).
-                    group_shed, rate = raised[priority]
-                    group_share = share_of(rate)
-                if group_shed and p <= LOW:
-                    if role is not DATA:
-                        return None  # a shed request gets its 503 from the per-message path
-                    plan.append((0, 0))
-                elif group_share < SHARE_ONE and p <= MEDIUM and role is DATA:
-                    phase = phase_of(rng)
-                    plan.append((group_share, phase))
-                    kept += kept_of(count, group_share, phase)
-                else:
-                    plan.append((SHARE_ONE, 0))
-                    kept += count
-        bucket = self._bucket
-        if (kept and kept < self._batch_size) or bucket.refill(now) < kept:
-            return None
-        bucket.take(kept)
-        for _ in range(finishing):
-            bucket.spend(now)
-        acc = self._acc
-        forwarded: list[tuple[str, int, Priority, Role]] = []
-        written: list[_Written] = []
-        offered = 0
-        track = self._track_traffic
-        for (subject, count, priority, role), (group_share, phase) in zip(groups, plan, strict=True):
-            if role < REPLY:
-                offered += count
-                if track and priority < CRITICAL:
-                    self._traffic.add_many(subject, count)
-            k = count if group_share == APART else kept_of(count, group_share, phase)
-            if k:
-                forwarded.append((subject, k, priority, role))
-                written.append(_Written(subject, role))
-            if k < count:
-                reason = REASON_LOW_PRIORITY if group_share == 0 else REASON_SAMPLING
-                acc.drop_many(subject, priority, reason, role, count - k)
-                if reason == REASON_SAMPLING:
-                    acc.sampled += count - k
-        self._meter.add_many(now, offered)
-        total = sum(k for _, k, _, _ in forwarded)
-        if total:
-            acc.forward_many(forwarded, total)
-            acc.record_batch(written, total)
-        if now >= self._next_check:
-            self._check_level(now)
-        return plan
 
     def _drop(self, item: Item, decision: Decision) -> Decision:
         acc = self._acc
@@ -761,273 +606,6 @@ class Engine:
         self._parked_count = 0
         return items
 
-    # -- messages the upstream may not have received ----------------------------------------------------
-    def take_back(self, items: Sequence[Any], now: float) -> list[Any]:
-        """Messages counted forwarded whose upstream connection died before a PONG confirmed them.
-
-        `high` and `medium` ones (and replies and control messages of any priority) go back to the head
-        of their lanes, oldest first, to be resent (at-least-once: the server may have had some); `low`
-        data and requests, and any that find no room even by
-        evicting lower priorities, are dropped with reason `upstream_lost`. Returns the dropped ones and
-        those evicted to make room (counted `queue_full`).
-        """
-        acc = self._acc
-        queue = self._queue
-        dropped: list[Any] = []
-        # Newest first, each pushed to the head: the oldest ends up first.
-        for item in reversed(items):
-            role = item.role
-            acc.unforward(item.subject, item.priority, role)
-            priority = item.priority if self._prioritize else MEDIUM
-            if priority <= LOW and role < REPLY:
-                acc.drop(item.subject, REASON_UPSTREAM_LOST, role)
-                dropped.append(item)
-                continue
-            room, evicted = self._make_room(lane_of(priority, role), now)
-            dropped.extend(evicted)
-            if not room:
-                acc.drop(item.subject, REASON_UPSTREAM_LOST, role)
-                dropped.append(item)
-                continue
-            queue.push_front(item, priority, now, role)
-        return dropped
-
-    def note_refused(self, subject: str, priority: Priority, role: Role = DATA) -> None:
-        """The upstream refused a forwarded message (permissions): it moves from forwarded to dropped."""
-        self._acc.unforward(subject, priority, role)
-        self._acc.drop(subject, REASON_PERMISSIONS, role)
-
-    def note_unforwarded(self, subject: str, priority: Priority, role: Role, reason: str) -> None:
-        """A message decide_run counted forwarded was never written (`reason`, e.g. max_payload): it
-        moves from forwarded to dropped."""
-        self._acc.unforward(subject, priority, role)
-        self._acc.drop(subject, reason, role)
-        if priority >= CRITICAL:
-            self._count_critical_drop(reason)
-
-    # -- outcomes the shell reports ------------------------------------------------------------------------
-    def _settle(self, item: Any) -> None:
-        # An item handed out for shutdown was received already; anything else (e.g. BLOCK) was not.
-        if self._handed.pop(id(item), None) is None:
-            self._acc.receive(item.priority, item.role)
-
-    def note_forwarded(self, item: Item) -> None:
-        """The shell forwarded a message the engine had not counted (BLOCK, shutdown hand-off)."""
-        self._settle(item)
-        self._acc.forward(item.subject, item.priority, item.role)
-
-    def note_dropped(self, item: Item, reason: str) -> None:
-        """The shell dropped a message the engine had not counted (BLOCK, shutdown hand-off)."""
-        self._settle(item)
-        self._acc.drop(item.subject, reason, item.role)
-        if item.priority >= CRITICAL:
-            self._count_critical_drop(reason)
-
-    def note_spooled(self, item: Item) -> None:
-        """The shell spooled to disk a message the engine had not counted (BLOCK, shutdown hand-off)."""
-        self._settle(item)
-        self._acc.spooled += 1
-
-    def _unspool(self) -> None:
-        acc = self._acc
-        if acc.spooled > 0:
-            acc.spooled -= 1
-        else:
-            # Spooled by a previous process: received now, for this process's books.
-            acc.receive(CRITICAL)
-
-    def note_unspooled(self, item: Item) -> None:
-        """A spooled message was replayed upstream: it moves from spooled to forwarded."""
-        self._unspool()
-        self._acc.forward(item.subject, item.priority, item.role)
-
-    def note_spool_dropped(self, item: Item, reason: str) -> None:
-        """A spooled message was lost (spool full, corrupt, expired): it moves from spooled to dropped."""
-        self._unspool()
-        self._acc.drop(item.subject, reason, item.role)
-        if item.priority >= CRITICAL:
-            self._count_critical_drop(reason)
-
-    def observe_latency(self, subject: str, seconds: float, role: Role = DATA, count: int = 1) -> None:
-        """Time a message (or `count`) spent in the sidecar before its upstream write (latency histogram)."""
-        self._acc.observe_latency(subject, seconds, role, count)
-
-    # -- signals and levels --------------------------------------------------------------------------------
-    def tick(
-        self,
-        now: float,
-        *,
-        memory_mb: float | None = None,
-        cpu_percent: float | None = None,
-        cpu_quota_cores: float | _Keep | None = KEEP,
-        spool_bytes: int | None = None,
-        spool_capacity: int | None = None,
-        upstream_connected: bool | None = None,
-    ) -> Transition | None:
-        """Take new signal samples (None: keep the last), re-evaluate the level, run breaker timers.
-
-        `cpu_quota_cores`: the cgroup quota in cores, None for no quota, omitted to keep the last value.
-        `spool_bytes` / `spool_capacity`: the disk spool's fill and limit, for its trend (None: no spool).
-        `upstream_connected`: False while the upstream is away (queue_delay pauses; None: keep).
-        RTTs, PING ages and stream readings arrive between ticks (observe_rtt, observe_stream).
-        """
-        self._last_now = now
-        if memory_mb is not None:
-            self._memory_mb = memory_mb
-        if cpu_percent is not None:
-            self._cpu_percent = cpu_percent
-        if cpu_quota_cores is not KEEP:
-            self._cpu_quota = cpu_quota_cores
-        self._traffic.rotate(now)
-        self._acc.expire_idle(now)
-        board = self._signals
-        if upstream_connected is not None:
-            board.upstream_connected = upstream_connected
-        board.tick(
-            now,
-            self._queue.size + self._parked_count,
-            spool_bytes,
-            spool_capacity,
-            self._cpu_percent * 100.0 / self.cpu_threshold_percent,
-        )
-        self._evaluate(now)
-        transition = self._levels.observe(now, self._load_percent, self._dominant)
-        if transition is not None:
-            self._apply_level()
-            self._transitions.append(transition)
-        elif board.class_transitions or self._class_raise:
-            self._apply_class_levels()
-        critical = self._levels.level is Level.CRITICAL
-        config = self._config
-        if critical and config.enable_circuit_breaker and config.breaker_critical_top_subjects:
-            top = config.breaker_critical_top_subjects
-            heavy = self._traffic.heavy_hitters(now, config.breaker_critical_share, self.rate_ceiling, top)
-            self._breakers.open_busiest(heavy, now, top)
-        if self._breaker_records:
-            self._breakers.advance(now, critical)
-        self._release_parked(now)
-        return transition
-
-    @property
-    def cpu_threshold_percent(self) -> float:
-        """CPU threshold in percent of one core: maxCpuUsagePercent, scaled by a quota below 1 core."""
-        threshold = self._config.max_cpu_usage_percent
-        quota = self._cpu_quota
-        if quota is not None and 0.0 < quota < 1.0:
-            return threshold * quota
-        return threshold
-
-    def _evaluate(self, now: float) -> None:
-        config = self._config
-        self._publish_rate = self._meter.rate(now)
-        # Percent first (value * 100 / max) so that exact boundary loads stay exact in floating point.
-        queue = self._queue
-        oldest = queue.oldest_time()
-        board = self._signals
-        ceiling = self.rate_ceiling
-        percents = (
-            self._memory_mb * 100.0 / config.max_memory_usage_mb,
-            self._cpu_percent * 100.0 / self.cpu_threshold_percent,
-            (queue.size + self._parked_count) * 100.0 / config.max_queue_size,
-            self._publish_rate * 100.0 / ceiling,
-            board.latency_percent,
-            # The wait the ceiling itself imposes (the queue at its pace) is publish_rate's to count: a
-            # queue the ceiling holds full would otherwise read maxQueueSize / ceiling seconds of delay
-            # and take any excess of unsheddable traffic to critical (docs/signals.md).
-            board.queue_delay_percent(
-                now,
-                0.0 if oldest is None else max(0.0, now - oldest),
-                queue.size + self._parked_count,
-                queue.size / ceiling,
-            ),
-            board.predicted_percent,
-        )
-        load = max(percents)
-        self._ratios = tuple(p / 100.0 for p in percents)  # type: ignore[assignment]
-        self._load_percent = load
-        self._dominant = SIGNALS[percents.index(load)]
-
-    def _check_level(self, now: float) -> None:
-        """Between ticks: re-evaluate the load with the last memory and CPU samples and escalate at once if
-        it is in a higher band (recovery waits for the tick)."""
-        self._next_check = now + CHECK_INTERVAL_S
-        self._evaluate(now)
-        transition = self._levels.escalate(now, self._load_percent, self._dominant)
-        if transition is not None:
-            self._apply_level()
-            self._transitions.append(transition)
-
-    @property
-    def has_transitions(self) -> bool:
-        """True while pop_transitions() has something to return."""
-        return bool(self._transitions)
-
-    def pop_transitions(self) -> list[Transition]:
-        """Level changes since the last call (at ticks and between them), oldest first, for the shell to
-        log once each (at most PENDING_TRANSITIONS kept)."""
-        transitions = list(self._transitions)
-        self._transitions.clear()
-        return transitions
-
-    def _apply_level(self) -> None:
-        level = self._levels.level
-        config = self._config
-        self._sampling_rate = sampling_rate(level, config.enable_sampling)
-        self._batch_size = batch_size(level, config.batch_size_multiplier, config.enable_batching)
-        self._shed_low = config.enable_prioritization and level >= Level.HIGH
-        self._apply_class_levels()
-        # The queue length that moves the load into the next band: crossing it re-evaluates at once.
-        if level is Level.CRITICAL:
-            self._escalate_queue_at = 1 << 62
-        else:
-            floor = LOWER_BOUNDS[Level(level + 1)]
-            self._escalate_queue_at = max(1, -(-int(floor * config.max_queue_size) // 100))
-
-    def _apply_class_levels(self) -> None:
-        """Priority classes whose streams fill get their own level's shedding, when above the global one."""
-        level = self._levels.level
-        config = self._config
-        raise_: dict[Priority, tuple[bool, float]] = {}
-        for priority, class_level in self._signals.class_levels().items():
-            if class_level > level:
-                shed = config.enable_prioritization and class_level >= Level.HIGH
-                raise_[priority] = (shed, sampling_rate(class_level, config.enable_sampling))
-        self._class_raise = raise_
-
-    def observe_rtt(self, now: float, seconds: float, source: str = PING) -> None:
-        """An upstream round trip (source "ping": PING to PONG; "puback": publish to PubAck)."""
-        self._signals.observe_rtt(now, seconds, source)
-
-    def observe_in_flight(self, seconds: float) -> None:
-        """Age of the oldest upstream PING still unanswered, at the tick (0 when none)."""
-        self._signals.observe_in_flight(seconds)
-
-    def reset_rtt(self) -> None:
-        """A new upstream connection: RTT baselines start again."""
-        self._signals.reset_rtt()
-
-    def observe_stream(self, reading: StreamReading) -> None:
-        """A JetStream stream's fill (from STREAM.INFO); applied at the next tick."""
-        self._signals.observe_stream(reading)
-
-    def forget_stream(self, name: str) -> None:
-        """The stream is no longer published into by any rule."""
-        self._signals.forget_stream(name)
-
-    def stream_names(self) -> list[str]:
-        """Streams with a current reading."""
-        return self._signals.stream_names()
-
-    def class_levels(self) -> dict[Priority, Level]:
-        """The level stream fill gives each priority class that has one above none."""
-        return self._signals.class_levels()
-
-    def pop_class_transitions(self) -> list[ClassTransition]:
-        """Class level changes (stream fill) since the last call, for the shell to log once each."""
-        changes = self._signals.class_transitions
-        self._signals.class_transitions = []
-        return changes
-
     # -- circuit breakers --------------------------------------------------------------------------------
     def breaker_failure(self, subject: str, now: float) -> None:
         """A forward to `subject` failed (permission violation, JetStream error or timeout, max payload).
@@ -1200,90 +778,6 @@ class Engine:
     def spooled(self) -> int:
         """Messages currently in the disk spool."""
         return self._acc.spooled
-
-    def forwarded_by_subject(self) -> dict[tuple[str, str], int]:
-        """Forwards keyed by (subject label, priority label)."""
-        return self._acc.forwarded_by_subject()
-
-    def dropped_by_subject(self) -> dict[tuple[str, str], int]:
-        """Drops keyed by (reason, subject label)."""
-        return self._acc.dropped_by_subject()
-
-    def forwarded_by_subject_role(self) -> dict[tuple[str, str, str], int]:
-        """Forwards keyed by (subject label, priority label, role label)."""
-        return self._acc.forwarded_by_subject_role()
-
-    def dropped_by_subject_role(self) -> dict[tuple[str, str, str], int]:
-        """Drops keyed by (reason, subject label, role label)."""
-        return self._acc.dropped_by_subject_role()
-
-    def by_role(self) -> dict[str, dict[str, int]]:
-        """Received, forwarded and dropped per role label."""
-        return self._acc.by_role()
-
-    def freed_by_labels(self) -> tuple[int, int]:
-        """Forwards and drops counted by subject labels since freed (idle subjects)."""
-        return self._acc.freed_forwarded, self._acc.freed_dropped
-
-    def dropped_by_reason(self) -> dict[str, int]:
-        """Drops keyed by reason."""
-        return self._acc.dropped_by_reason()
-
-    def batches_by_subject(self) -> dict[tuple[str, str], int]:
-        """Queue releases keyed by (subject label, size class small/medium/large)."""
-        return self._acc.batches_by_subject()
-
-    def latency_by_subject(self) -> dict[str, LatencyHistogram]:
-        """Publish-latency histograms keyed by subject label."""
-        return self._acc.latency_by_subject()
-
-    def history(self) -> list[Transition]:
-        """Level transitions, oldest first (bounded)."""
-        return self._levels.history()
-
-    def snapshot(self, now: float) -> EngineSnapshot:
-        """The engine's state at `now`; load, ratios and level are those of the last tick."""
-        queue = self._queue
-        oldest = queue.oldest_time()
-        acc = self._acc
-        memory_ratio, cpu_ratio, queue_ratio, rate_ratio, latency_ratio, delay_ratio, predicted_ratio = (
-            self._ratios
-        )
-        level = self._levels.level
-        return EngineSnapshot(
-            level=level.label,
-            level_value=int(level),
-            load_percent=self._load_percent,
-            dominant_signal=self._dominant,
-            memory_ratio=memory_ratio,
-            cpu_ratio=cpu_ratio,
-            queue_ratio=queue_ratio,
-            publish_rate_ratio=rate_ratio,
-            memory_mb=self._memory_mb,
-            cpu_percent=self._cpu_percent,
-            cpu_threshold_percent=self.cpu_threshold_percent,
-            publish_rate=self._publish_rate,
-            sampling_rate=self._sampling_rate,
-            batch_size=self._batch_size,
-            queue_size=self.queue_size,
-            queue_by_priority={p.label: queue.size_of(p) for p in Priority},
-            queued_bytes=queue.nbytes,
-            parked=self._parked_count,
-            handed_off=len(self._handed),
-            oldest_queued_age=0.0 if oldest is None else max(0.0, now - oldest),
-            received=acc.received,
-            forwarded=acc.forwarded,
-            dropped=acc.dropped,
-            sampled=acc.sampled,
-            spooled=acc.spooled,
-            dropped_by_reason=acc.dropped_by_reason(),
-            by_role=acc.by_role(),
-            open_breakers=self._breakers.open_count(),
-            upstream_latency_ratio=latency_ratio,
-            queue_delay_ratio=delay_ratio,
-            predicted_queue_ratio=predicted_ratio,
-            signals=self._signals.snapshot(now, delay_ratio * 100.0),
-        )
 
 
 def _burst(config: BackpressureConfig, rate: float | None = None) -> float:

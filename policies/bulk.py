@@ -1,0 +1,157 @@
+"""The engine's bulk decisions: a run of messages decided per (subject, count, priority, role) group.
+
+`Engine.forward_batch` and `Engine.decide_run` are these functions, bound as the engine's methods (no
+extra call on the per-run path): they read and update the engine's state as its other methods do, and
+keep the same invariant at their boundary (policies/engine.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from policies.config import Priority
+from policies.roles import DATA, REPLY, Role
+from policies.sampling import APART, SHARE_ONE, kept_of, phase_of, share_of
+from policies.verdicts import REASON_LOW_PRIORITY, REASON_SAMPLING
+
+if TYPE_CHECKING:
+    from policies.engine import Engine
+
+LOW: Final = Priority.LOW
+MEDIUM: Final = Priority.MEDIUM
+CRITICAL: Final = Priority.CRITICAL
+
+
+class _Written(NamedTuple):
+    """A subject and role a bulk write carried (Accounting.record_batch reads these two)."""
+
+    subject: str
+    role: Role
+
+
+def forward_batch(
+    self: Engine, groups: list[tuple[str, int, Priority, Role]], n: int, now: float, can_send: bool
+) -> bool:
+    """Forward `n` non-critical messages given as (subject, count, priority, role) at once.
+
+    Only when offer() could have returned nothing but FORWARD for each of them: the upstream takes
+    writes, no batching, an empty queue, no breaker records, no shedding or sampling, and `n` tokens.
+    False: nothing was counted, offer them one by one.
+    """
+    if (
+        not can_send
+        or self._batch_size != 1
+        or self._unheld_queued
+        or self._breaker_records
+        or self._shed_low
+        or self._sampling_rate < 1.0
+        or self._class_raise
+    ):
+        return False
+    bucket = self._bucket
+    if bucket.refill(now) < n:
+        return False
+    bucket.take(n)
+    offered = n
+    for _, k, _, role in groups:
+        if role >= REPLY:
+            offered -= k  # replies and control messages are not part of the publish-rate signal
+    self._meter.add_many(now, offered)
+    self._acc.forward_many(groups, n)
+    if self._track_traffic:
+        for subject, k, _, role in groups:
+            if role < REPLY:
+                self._traffic.add_many(subject, k)
+    if now >= self._next_check:
+        self._check_level(now)
+    return True
+
+
+def decide_run(
+    self: Engine, groups: list[tuple[str, int, Priority, Role]], now: float, can_send: bool
+) -> list[tuple[int, int]] | None:
+    """Decide a run of messages given as (subject, count, priority, role) groups in bulk, as offer()
+    would decide them one by one, with one selection per group instead of one draw per message.
+
+    Returns one (share, phase) per group (policies.sampling: kept_of, keeps): low messages shed at high
+    and critical (share 0), sampled data (a share of the level's rate, the phase drawn from the rng),
+    everything else kept (SHARE_ONE); critical groups APART: kept too, but the shell writes each on its
+    own (Nats-Msg-Id, confirmation), ahead of the others. The kept messages are counted forwarded: the
+    shell writes them at once. None, with nothing counted, when the run needs the per-message path:
+    the upstream does not take writes, messages are queued (they go first), a breaker has records, a
+    request would be shed (its 503 is sent one by one), the tokens do not cover the kept messages, or
+    fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
+    batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
+    """
+    if not can_send or self._unheld_queued or self._breaker_records:
+        return None
+    prioritize = self._prioritize
+    shed_low = self._shed_low
+    share = share_of(self._sampling_rate)
+    raised = self._class_raise
+    rng = self._rng
+    plan: list[tuple[int, int]] = []
+    kept = finishing = 0
+    for _, count, priority, role in groups:
+        p = priority if prioritize else MEDIUM
+        if priority >= CRITICAL and self._hold_critical:
+            return None  # queued (held) until PubAcks come back
+        if p >= CRITICAL:
+            plan.append((APART, 0))
+            if role >= REPLY:
+                finishing += count
+            else:
+                kept += count
+        elif role >= REPLY:
+            plan.append((SHARE_ONE, 0))
+            finishing += count
+        else:
+            group_shed, group_share = shed_low, share
+            if raised and priority in raised:
+                # A class whose stream fill raises its level above the sidecar's (_offer_raised).
+                group_shed, rate = raised[priority]
+                group_share = share_of(rate)
+            if group_shed and p <= LOW:
+                if role is not DATA:
+                    return None  # a shed request gets its 503 from the per-message path
+                plan.append((0, 0))
+            elif group_share < SHARE_ONE and p <= MEDIUM and role is DATA:
+                phase = phase_of(rng)
+                plan.append((group_share, phase))
+                kept += kept_of(count, group_share, phase)
+            else:
+                plan.append((SHARE_ONE, 0))
+                kept += count
+    bucket = self._bucket
+    if (kept and kept < self._batch_size) or bucket.refill(now) < kept:
+        return None
+    bucket.take(kept)
+    for _ in range(finishing):
+        bucket.spend(now)
+    acc = self._acc
+    forwarded: list[tuple[str, int, Priority, Role]] = []
+    written: list[_Written] = []
+    offered = 0
+    track = self._track_traffic
+    for (subject, count, priority, role), (group_share, phase) in zip(groups, plan, strict=True):
+        if role < REPLY:
+            offered += count
+            if track and priority < CRITICAL:
+                self._traffic.add_many(subject, count)
+        k = count if group_share == APART else kept_of(count, group_share, phase)
+        if k:
+            forwarded.append((subject, k, priority, role))
+            written.append(_Written(subject, role))
+        if k < count:
+            reason = REASON_LOW_PRIORITY if group_share == 0 else REASON_SAMPLING
+            acc.drop_many(subject, priority, reason, role, count - k)
+            if reason == REASON_SAMPLING:
+                acc.sampled += count - k
+    self._meter.add_many(now, offered)
+    total = sum(k for _, k, _, _ in forwarded)
+    if total:
+        acc.forward_many(forwarded, total)
+        acc.record_batch(written, total)
+    if now >= self._next_check:
+        self._check_level(now)
+    return plan
