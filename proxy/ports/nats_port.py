@@ -45,7 +45,8 @@ REFUSED_BY = "refused by kpi-sidecar:"
 
 
 class ClientSub:
-    """An application subscription and the upstream subscription id (`usid`) it maps to."""
+    """An application subscription and the upstream subscription id (`usid`) it maps to: its own for a
+    queue subscription, shared by every non-queue subscription to the same subject (merged interest)."""
 
     __slots__ = (
         "client",
@@ -327,6 +328,12 @@ class ClientConnection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.host.loop.call_soon(self.flush)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting for the application: not yet written, and in the transport's buffer."""
+        transport = self.transport
+        return len(self._out) + (transport.get_write_buffer_size() if transport is not None else 0)
 
     def flush(self) -> None:
         self._flush_scheduled = False

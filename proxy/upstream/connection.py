@@ -8,6 +8,9 @@ critical messages. See docs/architecture.md.
 Collaborators: `proxy.upstream.protocol` (the socket's asyncio Protocol and the `UpstreamHandler` the
 sidecar implements), `proxy.upstream.auth` (CONNECT credentials and TLS), `proxy.upstream.journal`
 (non-critical writes awaiting a PONG).
+
+Size: one class on purpose, the whole life of the one connection (handshake, writes, confirmations,
+keepalive, lame duck, reconnect, reading held for deliveries); its collaborators are the modules above.
 """
 
 from __future__ import annotations
@@ -117,6 +120,15 @@ class Upstream:
         proto = self._proto
         buffered = proto.transport.get_write_buffer_size() if proto and proto.transport else 0
         return len(self._out) + buffered
+
+    def hold_reading(self, hold: bool) -> bool:
+        """Stop (True) or resume reading the socket, so that TCP pushes back on the server while the
+        applications are behind (proxy/pipeline/delivery_flow.py); False when not connected."""
+        proto = self._proto
+        if not self.connected or proto is None or proto.transport is None:
+            return False
+        proto.hold_reading(hold)
+        return True
 
     # -- writing -------------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
