@@ -33,7 +33,7 @@ from proxy.nats.protocol import (
 )
 from proxy.pipeline.confirmations import ACK_SID, Confirmations
 from proxy.pipeline.message import OutMsg
-from proxy.ports.nats_port import ClientSub
+from proxy.ports.subscription import ClientSub
 from proxy.upstream.connection import Upstream
 
 if TYPE_CHECKING:
@@ -117,13 +117,26 @@ class Deliveries:
         client.subs[op.sid] = sub
         interest.members.append(sub)
         interest.live += 1
+        if new:
+            self._route(interest)
+            self.upstream.subscribe(interest.usid, op.subject, op.queue)
+        elif self.upstream.connected:
+            # nats-server delivers to a new SUB what it processes after it: messages already on their
+            # way (a publish of this very client just before its SUB, say) are not for this member. It
+            # takes part from the PONG of a PING written here, ahead of what the client does next.
+            sub.joined = False
+            self.upstream.confirm_here(lambda _ok: self._joined(sub))
+
+    def _joined(self, sub: ClientSub) -> None:
+        sub.joined = True
+        interest = self.interests.get(sub.usid)
+        if interest is None or sub not in interest.members:
+            return  # gone before the PONG
         route = self.routes.get(interest.usid)
         if route is not None and self._routable(sub):
-            self.routes[interest.usid] = (*route, (client, sub.sid_bytes))
+            self.routes[interest.usid] = (*route, (sub.client, sub.sid_bytes))
         else:
             self._route(interest)
-        if new:
-            self.upstream.subscribe(interest.usid, op.subject, op.queue)
 
     @staticmethod
     def _routable(sub: ClientSub) -> bool:
@@ -132,7 +145,7 @@ class Deliveries:
 
     def _route(self, interest: Interest) -> None:
         """Let the C router deliver this upstream subscription's plain MSGs to its members, or stop it."""
-        members = interest.members
+        members = [m for m in interest.members if m.joined]  # those still joining get nothing yet
         if route_msgs is not None and members and all(self._routable(m) for m in members):
             self.routes[interest.usid] = tuple((m.client, m.sid_bytes) for m in members)
         else:
@@ -217,7 +230,9 @@ class Deliveries:
         interest.live -= 1
         self._release(interest)
         sub.client.retiring.add(sub)
-        self.upstream.confirm(lambda _ok: self._forget_retired(sub))
+        # Placed now: what the client publishes after its UNSUB is not delivered to this member, also
+        # while the upstream subscription stays for the others.
+        self.upstream.confirm_here(lambda _ok: self._forget_retired(sub))
 
     def _forget_retired(self, sub: ClientSub) -> None:
         sub.client.retiring.discard(sub)
@@ -351,9 +366,9 @@ class Deliveries:
         custom = reply is not None and not reply.startswith(ROLE_PREFIXES)
         members = interest.members
         for sub in members if len(members) == 1 else tuple(members):
-            client = sub.client
-            if sub.echoes and self._is_echo(sub, msg):
+            if not sub.joined or (sub.echoes and self._is_echo(sub, msg)):
                 continue
+            client = sub.client
             if custom:
                 client.remember_reply(reply.decode("utf-8", "replace"), self.clock())  # type: ignore[union-attr]
             client.deliver(sub, msg.subject, reply, msg.hdr_size, msg.body)
@@ -388,6 +403,8 @@ class Deliveries:
             interest = interests.get(usid)
             if interest is not None:
                 for sub in interest.members:
+                    if not sub.joined:
+                        continue
                     sub.delivered += count
                     client = sub.client
                     client.wake()

@@ -33,6 +33,7 @@ from proxy.nats.protocol import (
     is_valid_subject,
     status_message_headers,
 )
+from proxy.ports.subscription import ClientSub
 
 if TYPE_CHECKING:
     from proxy.ports.host import ClientHost
@@ -42,41 +43,6 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT_S = 2.0
 # The description of a refusal's status line: "NATS/1.0 503 refused by kpi-sidecar: <reason>".
 REFUSED_BY = "refused by kpi-sidecar:"
-
-
-class ClientSub:
-    """An application subscription and the upstream subscription id (`usid`) it maps to: its own for a
-    queue subscription, shared by every non-queue subscription to the same subject (merged interest)."""
-
-    __slots__ = (
-        "client",
-        "closing",
-        "delivered",
-        "echoes",
-        "max_msgs",
-        "queue",
-        "sid",
-        "sid_bytes",
-        "subject",
-        "usid",
-    )
-
-    def __init__(
-        self, client: ClientConnection, sid: str, subject: str, queue: str | None, usid: int
-    ) -> None:
-        self.client = client
-        self.sid = sid
-        self.sid_bytes = sid.encode()
-        self.subject = subject
-        self.queue = queue
-        self.usid = usid
-        self.max_msgs = 0
-        self.delivered = 0
-        # For a client connected with echo=false: its own messages still to come back on this sub, to skip,
-        # each with the number of upstream PINGs written before it (its echo comes before that PONG).
-        self.echoes: deque[tuple[tuple[bytes, bytes | None, bytes], int]] | None = None
-        # Unsubscribed by the application; still routed until the upstream has processed the UNSUB.
-        self.closing = False
 
 
 class ClientConnection(asyncio.Protocol):
