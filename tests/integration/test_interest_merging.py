@@ -436,3 +436,37 @@ def test_the_c_router_and_the_python_path_write_the_same_bytes(
     assert len(by_sid(c_path[1])[b"8"]) == 600
     for conn in [publisher, *conns[0], *conns[1]]:
         conn.close()
+
+
+# ------------------------------------------------------------------------------------ a stuck member
+
+
+async def test_a_member_that_stops_reading_is_cut_and_the_others_get_everything(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    # The upstream is read no faster than the applications read (merged interest fans one upstream
+    # message out to all of them); a member that reads nothing holds it for one hold at most, is cut at its
+    # own bound, and the others get every message.
+    config = sidecar_config(nats_server.url, clients={"maxPendingBytes": 4 * 1024 * 1024})
+    proc: SidecarProcess = sidecar_factory(config)
+    stuck = Raw(proc.ports["nats"])
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    stuck.send(b'CONNECT {"verbose":false}\r\nSUB sl.x 1\r\nPING\r\n')
+    stuck.until_pongs(1)
+    apps = [await nats.connect(proc.nats_url) for _ in range(2)]
+    got: list[list[bytes]] = [[], []]
+    for nc, into in zip(apps, got, strict=True):
+        await nc.subscribe("sl.x", cb=collector(into), pending_bytes_limit=256 * 1024 * 1024)
+        await settle(nc)
+    assert upstream_subs(nats_server, "sl.") == ["sl.x"]
+    direct = await nats.connect(nats_server.url)
+    count, body = 20_000, b"x" * 1000
+    await publish(direct, "sl.x", [b"%d:" % i + body for i in range(count)])
+    await eventually(lambda: all(len(g) >= count for g in got), timeout=30)
+    assert got == [[b"%d:" % i + body for i in range(count)]] * 2
+    await eventually(lambda: proc.metric("kpi_sidecar_slow_consumers_total") >= 1, timeout=10)
+    assert proc.metric("kpi_sidecar_upstream_read_holds_total") >= 1
+    assert proc.metric("kpi_sidecar_upstream_read_held") == 0
+    stuck.close()
+    for nc in [*apps, direct]:
+        await nc.close()
