@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
 from policies.config import Level, Priority
-from proxy.admin import signals_view
+from proxy.admin import delivery_metrics, signals_view
 from proxy.admin.subject_labels import SubjectLabels
 
 if TYPE_CHECKING:
@@ -119,11 +119,6 @@ class SidecarCollector:
             "kpi_sidecar_flow_pauses",
             "Times an application connection stopped being read because the upstream socket was backed up.",
         )
-        read_holds = CounterMetricFamily(
-            "kpi_sidecar_upstream_read_holds",
-            "Times the upstream socket stopped being read because an application was behind on its "
-            "deliveries (at most delivery_flow.MAX_HOLD_S each).",
-        )
         taken_back = CounterMetricFamily(
             "kpi_upstream_taken_back",
             "Non-critical publishes written but unconfirmed when the upstream connection died, taken back "
@@ -133,12 +128,11 @@ class SidecarCollector:
             slow.add_metric([], sidecar.listener.slow_consumers)
             reconnects.add_metric([], sidecar.upstream.reconnects)
             flow_pauses.add_metric([], sidecar.flow.pauses)
-            read_holds.add_metric([], sidecar.delivery_flow.holds)
             taken_back.add_metric([], sidecar.upstream.journal.taken_back)
         yield slow
         yield reconnects
         yield flow_pauses
-        yield read_holds
+        yield from delivery_metrics.metric_families(sidecar)
         yield taken_back
         yield _critical_dropped(v)
         monitor = sidecar.stream_monitor.stats() if sidecar is not None else None
@@ -362,22 +356,6 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
         "kpi_upstream_unconfirmed_bytes",
         "Bytes of non-critical publishes written upstream and not yet confirmed by a PONG.",
         lambda v: v.sidecar.upstream.journal.nbytes,
-    ),
-    (
-        "kpi_sidecar_upstream_subscriptions",
-        "Subscriptions on the upstream connection for applications: one per subject of their non-queue "
-        "subscriptions (merged interest), one per queue subscription.",
-        lambda v: len(v.sidecar.deliveries.interests),
-    ),
-    (
-        "kpi_sidecar_subscriptions",
-        "Application subscriptions behind those upstream subscriptions (retiring ones included).",
-        lambda v: v.sidecar.deliveries.members,
-    ),
-    (
-        "kpi_sidecar_upstream_read_held",
-        "1 while the upstream socket is not read because an application is behind on its deliveries.",
-        lambda v: 1.0 if v.sidecar.delivery_flow.held else 0.0,
     ),
     (
         "kpi_sidecar_client_pending_bytes",

@@ -54,6 +54,7 @@ class DeliveryFlow:
         self._clients = clients
         self.held = False
         self.holds = 0
+        self.held_seconds = 0.0  # summed over the holds that ended
         # Applications that did not drain during a whole hold: they no longer hold the upstream.
         self.slow: set[Any] = set()
         self._since = 0.0
@@ -119,6 +120,7 @@ class DeliveryFlow:
             self._timer = self.loop.call_later(POLL_S, self._poll)
 
     def _release(self) -> None:
+        self.held_seconds += self.loop.time() - self._since
         self.held = False
         self._at_hold = {}
         self.upstream.hold_reading(False)

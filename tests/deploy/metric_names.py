@@ -51,6 +51,7 @@ CATALOGUE: dict[str, str] = {
     "kpi_sidecar_subscriptions": "gauge",
     "kpi_sidecar_upstream_read_held": "gauge",
     "kpi_sidecar_upstream_read_holds": "counter",
+    "kpi_sidecar_upstream_read_held_seconds": "counter",
     # What the operations alerts read: the maxima in force, critical traffic, the configuration's state.
     "kpi_backpressure_memory_max_mb": "gauge",
     "kpi_spool_max_bytes": "gauge",
