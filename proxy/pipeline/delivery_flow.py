@@ -11,9 +11,10 @@ less with many applications: its share of half of `clients.maxTotalPendingBytes`
 deliveries are routed, or all of them together more than half of that bound; TCP then pushes back on
 the hub, which stalls its publishers as it would for a slow subscriber of its own. Reading resumes once
 every application is back under a quarter of the high water and the total under a quarter of the bound,
-or after `MAX_HOLD_S` at most: an application whose bytes waiting did not go down during a whole hold
-is stuck, not busy, and no longer holds the upstream until it has drained; the per-client and total
-bounds cut it as before. So one stuck member costs the others one hold, never more. Collaborators: the
+or after `MAX_HOLD_S` at most. An application still behind after a whole hold is slow: it no longer
+holds the upstream by itself (until it has drained) and grows until the per-client bound cuts it, as
+before merging; only three quarters of the total bound, counting the slow, still hold everyone (the
+bound itself would cut the slowest). So one slow member costs the others one hold. Collaborators: the
 `Upstream` (`hold_reading`), the `OutboundBudget` (what each application has waiting, `on_pending` at
 each flush), `Deliveries` (`check` for each application a run was routed to).
 """
@@ -55,10 +56,9 @@ class DeliveryFlow:
         self.held = False
         self.holds = 0
         self.held_seconds = 0.0  # summed over the holds that ended
-        # Applications that did not drain during a whole hold: they no longer hold the upstream.
+        # Applications still behind after a whole hold: they no longer hold the upstream by themselves.
         self.slow: set[Any] = set()
         self._since = 0.0
-        self._at_hold: dict[Any, int] = {}  # what each application had waiting when the hold began
         self._timer: asyncio.TimerHandle | None = None
 
     def high_water(self) -> int:
@@ -86,35 +86,37 @@ class DeliveryFlow:
             if size <= self.high_water() // 4 or client.closed:
                 self.slow.discard(client)
             return
-        if not self.held and (size > self.high_water() or self._waiting() > self.outbound.limit // 2):
+        if not self.held and (size > self.high_water() or self._over_total()):
             self._hold()
+
+    def _over_total(self) -> bool:
+        """Half the total bound waiting for applications that are not slow, or three quarters for all
+        (the bound itself cuts the slowest: holding first keeps busy applications from being cut)."""
+        limit = self.outbound.limit
+        return self._waiting() > limit // 2 or self.outbound.total > limit * 3 // 4
 
     def _hold(self) -> None:
         if not self.upstream.hold_reading(True):
             return
         self.held = True
         self.holds += 1
-
         self._since = self.loop.time()
-        self._at_hold = {c: c.reported_pending for c in self.outbound.waiting}
         self._timer = self.loop.call_later(POLL_S, self._poll)
 
     def _poll(self) -> None:
         self._timer = None
         outbound = self.outbound
         outbound.recount()
-        self.slow = {c for c in self.slow if not c.closed}
         low = self.high_water() // 4
+        self.slow = {c for c in self.slow if not c.closed and c.reported_pending > low}  # drained: back
         behind = [c for c in outbound.waiting if c not in self.slow and c.reported_pending > low]
-        if not behind and self._waiting() <= outbound.limit // 4:
+        if not behind and self._waiting() <= outbound.limit // 4 and not self._over_total():
             self._release()
         elif self.loop.time() - self._since >= MAX_HOLD_S:
-            # Still behind after a whole hold: those that wrote nothing meanwhile are stuck, not busy.
-            at_hold = self._at_hold
-            stuck = [c for c in outbound.waiting if c.reported_pending >= at_hold.get(c, 0)]
-            if stuck:
-                log.info("%d applications read nothing during a hold of the upstream: slow", len(stuck))
-            self.slow.update(stuck)
+            # Still behind after a whole hold: slow, they no longer hold the upstream for the others.
+            if behind:
+                log.info("%d applications still behind after a hold of the upstream: slow", len(behind))
+                self.slow.update(behind)
             self._release()
         else:
             self._timer = self.loop.call_later(POLL_S, self._poll)
@@ -122,7 +124,6 @@ class DeliveryFlow:
     def _release(self) -> None:
         self.held_seconds += self.loop.time() - self._since
         self.held = False
-        self._at_hold = {}
         self.upstream.hold_reading(False)
 
     def close(self) -> None:
