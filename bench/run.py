@@ -538,10 +538,17 @@ class Bench:
                 pub = self.worker(
                     *(["pub", "--msg-id", f"b{rid}"] if path == "direct" else ["pub-count"]), *args
                 )
+                sidecar = (
+                    psutil.Process(self.topo.sidecar.pid) if path == "sidecar" and self.topo.sidecar else None
+                )
                 try:
                     pub.expect("ready", 20)
+                    cpu0 = sum(sidecar.cpu_times()[:2]) if sidecar is not None else 0.0
                     loadavg = os.getloadavg()[0]
                     stored, t_done = self.wait_stored(count, 120.0)
+                    # The sidecar's CPU time per stored message: less sensitive to the machine's other load
+                    # than the rate (the hub, the publisher and the sidecar share its cores).
+                    cpu_us = (sum(sidecar.cpu_times()[:2]) - cpu0) * 1e6 / max(stored, 1) if sidecar else None
                     res_pub = pub.expect("result", 60)
                 finally:
                     pub.close()
@@ -550,11 +557,12 @@ class Bench:
                     )
                 rate = stored / (t_done - res_pub["t_start"])
                 run = {"workload": "js", "path": path, "round": r, "rate": rate, "loadavg": loadavg}
-                run.update(sent=count, delivered=stored)
+                run.update(sent=count, delivered=stored, sidecar_cpu_us_per_msg=cpu_us)
                 self.results["runs"].append(run)
+                cpu = f", sidecar CPU {cpu_us:.2f} us/msg" if cpu_us is not None else ""
                 self.say(
                     f"  js      {path:<8} round {r}: {rate:12,.0f} msg/s stored ({stored}/{count}, "
-                    f"load {loadavg:.2f})"
+                    f"load {loadavg:.2f}{cpu})"
                 )
 
     def stream(self, name: str, *args: str) -> None:

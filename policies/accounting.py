@@ -54,11 +54,11 @@ class LatencyHistogram:
         self.count = 0
         self.total = 0.0
 
-    def observe(self, seconds: float) -> None:
-        """Count one latency."""
-        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.count += 1
-        self.total += seconds
+    def observe(self, seconds: float, count: int = 1) -> None:
+        """Count one latency (or `count` equal ones)."""
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += count
+        self.count += count
+        self.total += seconds * count
 
 
 class SubjectCounters:
@@ -243,13 +243,13 @@ class Accounting:
                 seen.add(counters.label)
                 counters.batches[index] += 1
 
-    def observe_latency(self, subject: str, seconds: float, role: Role = DATA) -> None:
-        """Count the time a message spent in the sidecar before being written upstream."""
+    def observe_latency(self, subject: str, seconds: float, role: Role = DATA, count: int = 1) -> None:
+        """Count the time a message (or `count` of them) spent in the sidecar before its upstream write."""
         counters = self.counters_for(subject, role)
         histogram = counters.latency
         if histogram is None:
             histogram = counters.latency = LatencyHistogram()
-        histogram.observe(seconds)
+        histogram.observe(seconds, count)
 
     @property
     def label_count(self) -> int:

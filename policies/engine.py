@@ -804,9 +804,9 @@ class Engine:
         if item.priority >= CRITICAL:
             self._count_critical_drop(reason)
 
-    def observe_latency(self, subject: str, seconds: float, role: Role = DATA) -> None:
-        """Time a message spent in the sidecar before its upstream write, for the latency histogram."""
-        self._acc.observe_latency(subject, seconds, role)
+    def observe_latency(self, subject: str, seconds: float, role: Role = DATA, count: int = 1) -> None:
+        """Time a message (or `count`) spent in the sidecar before its upstream write (latency histogram)."""
+        self._acc.observe_latency(subject, seconds, role, count)
 
     # -- signals and levels --------------------------------------------------------------------------------
     def tick(

@@ -9,6 +9,7 @@ as aiohttp's `Application` wires handlers and `cleanup_ctx` resources. The work 
 - `proxy.pipeline.deliveries.Deliveries`: subscriptions (merged interest), routing of upstream messages,
   echo suppression;
 - `proxy.pipeline.confirmations.Confirmations`: the PING barrier, PubAcks, breaker trials;
+- `proxy.pipeline.refusals.RefusedPublishes`: publishes the upstream refused (permissions);
 - `proxy.pipeline.flow.FlowControl`: paused and held clients;
 - `proxy.pipeline.delivery_flow.DeliveryFlow`: the upstream not read while applications are behind;
 - `proxy.pipeline.spool_bridge.SpoolBridge`: spool mode and the replay loop;
@@ -42,6 +43,7 @@ from proxy.pipeline.deliveries import Deliveries
 from proxy.pipeline.delivery_flow import DeliveryFlow
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.publish import Publisher
+from proxy.pipeline.refusals import RefusedPublishes
 from proxy.pipeline.resources import ResourceMonitor
 from proxy.pipeline.signal_feeds import SignalFeeds, log_class_transitions
 from proxy.pipeline.spool import Spool
@@ -93,6 +95,7 @@ class Sidecar:
 
         # The collaborators, then the callbacks between them (none imports another's owner).
         self.confirmations = Confirmations(config, engine, upstream, clock, self.server_id)
+        self.refusals = RefusedPublishes(engine, upstream, self.confirmations, clock)
         self.deliveries = Deliveries(upstream, clock, self.confirmations)
         self.flow = FlowControl(config, loop, upstream)
         self.spool_bridge = SpoolBridge(config, engine, upstream, self.spool, loop, clock)
@@ -309,7 +312,7 @@ class Sidecar:
     def on_upstream_error(self, text: str) -> None:
         lowered = text.lower()
         if lowered.startswith("permissions violation for publish to"):
-            self.confirmations.on_publish_refused(text)
+            self.refusals.on_publish_refused(text)
         elif lowered.startswith("permissions violation for subscription to"):
             self.deliveries.subscription_refused(text)
         else:
@@ -348,6 +351,7 @@ class Sidecar:
         if outbound.total:
             outbound.recount()
         self.confirmations.tick(now)
+        self.refusals.tick(now)
         self.spool_bridge.tick()
         for listener in self.tick_listeners:
             listener(now)

@@ -119,6 +119,11 @@ class SidecarCollector:
             "kpi_sidecar_flow_pauses",
             "Times an application connection stopped being read because the upstream socket was backed up.",
         )
+        window_holds = CounterMetricFamily(
+            "kpi_sidecar_puback_window_holds",
+            "Runs of critical messages whose application waited, not read, for room in the PubAck window "
+            "(spool.maxPendingAcks) while the PubAcks came back.",
+        )
         taken_back = CounterMetricFamily(
             "kpi_upstream_taken_back",
             "Non-critical publishes written but unconfirmed when the upstream connection died, taken back "
@@ -128,10 +133,12 @@ class SidecarCollector:
             slow.add_metric([], sidecar.listener.slow_consumers)
             reconnects.add_metric([], sidecar.upstream.reconnects)
             flow_pauses.add_metric([], sidecar.flow.pauses)
+            window_holds.add_metric([], sidecar.publisher.window_holds)
             taken_back.add_metric([], sidecar.upstream.journal.taken_back)
         yield slow
         yield reconnects
         yield flow_pauses
+        yield window_holds
         yield from delivery_metrics.metric_families(sidecar)
         yield taken_back
         yield _critical_dropped(v)

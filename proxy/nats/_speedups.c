@@ -987,12 +987,208 @@ settle_acks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(pos);
 }
 
+/* ---- critical messages: each gets its Nats-Msg-Id (and the PubAck reply subject) ---- */
+
+/* Is there a header line named Nats-Msg-Id (any case) in the block h? As header_value() finds one. */
+static int
+has_msg_id(const unsigned char *h, Py_ssize_t len)
+{
+    static const char key[] = "\r\nnats-msg-id:";
+    const Py_ssize_t klen = (Py_ssize_t)sizeof(key) - 1;
+    for (Py_ssize_t i = 0; i + klen <= len; i++) {
+        if (h[i] != '\r') {
+            continue;
+        }
+        Py_ssize_t j = 1;
+        while (j < klen) {
+            unsigned char c = h[i + j];
+            if (c >= 'A' && c <= 'Z') {
+                c = (unsigned char)(c + 32);
+            }
+            if (c != (unsigned char)key[j]) {
+                break;
+            }
+            j++;
+        }
+        if (j == klen) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(stamp_critical_doc,
+"stamp_critical(frames, id_prefix, first_id, ack_prefix, first_token, max_payload) -> list | None\n\n"
+"The publishes of frames (PUB or HPUB without a reply subject, as a run holds them) as the critical path\n"
+"writes them: an HPUB whose header block gains 'Nats-Msg-Id: <id_prefix><n>' (n from first_id on), with\n"
+"the reply subject <ack_prefix><t> (t from first_token on) when ack_prefix is bytes. One (subject, frame,\n"
+"size) per message, size being headers + payload; None when a frame has a reply subject or a\n"
+"Nats-Msg-Id, a header block that does not end with an empty line, or a size over max_payload: the\n"
+"Python path (publish.py, _critical_msg) decides those.");
+
+static PyObject *
+stamp_critical(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]) ||
+        (args[3] != Py_None && !PyBytes_CheckExact(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "stamp_critical(frames: bytes, id_prefix: bytes, first_id: int, "
+                                         "ack_prefix: bytes | None, first_token: int, max_payload: int)");
+        return NULL;
+    }
+    long long next_id = PyLong_AsLongLong(args[2]);
+    long long next_token = PyLong_AsLongLong(args[4]);
+    long long max_payload = PyLong_AsLongLong(args[5]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    const char *id_prefix = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t id_plen = PyBytes_GET_SIZE(args[1]);
+    const char *ack_prefix = args[3] == Py_None ? NULL : PyBytes_AS_STRING(args[3]);
+    Py_ssize_t ack_plen = args[3] == Py_None ? 0 : PyBytes_GET_SIZE(args[3]);
+    static const char name[] = "Nats-Msg-Id: ";
+    static const char head[] = "NATS/1.0\r\n";
+    const Py_ssize_t name_len = (Py_ssize_t)sizeof(name) - 1;
+    const Py_ssize_t head_len = (Py_ssize_t)sizeof(head) - 1;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    PyObject *subject = NULL; /* the last subject, shared by the messages that repeat it */
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        const unsigned char *p = buf + pos;
+        Py_ssize_t avail = n - pos;
+        int hpub;
+        const unsigned char *q;
+        if (avail >= 4 && p[0] == 'P' && p[1] == 'U' && p[2] == 'B' && (p[3] == ' ' || p[3] == '\t')) {
+            hpub = 0;
+            q = p + 4;
+        }
+        else if (avail >= 5 && p[0] == 'H' && p[1] == 'P' && p[2] == 'U' && p[3] == 'B' &&
+                 (p[4] == ' ' || p[4] == '\t')) {
+            hpub = 1;
+            q = p + 5;
+        }
+        else {
+            goto decline;
+        }
+        const unsigned char *toks[4];
+        Py_ssize_t lens[4];
+        int ntok = split_args(q, buf + n, 1, toks, lens, &q);
+        long long size, hdr = 0;
+        if (ntok != 2 + hpub || !parse_digits(toks[ntok - 1], lens[ntok - 1], 9, &size) ||
+            (hpub && (!parse_digits(toks[1], lens[1], 9, &hdr) || hdr > size))) {
+            goto decline;
+        }
+        Py_ssize_t line_len = (q + 2) - p;
+        Py_ssize_t frame_len = line_len + (Py_ssize_t)size + 2;
+        if (frame_len > avail) {
+            goto decline;
+        }
+        const unsigned char *block = p + line_len;
+        if (hpub) {
+            if (hdr < 4 || memcmp(block + hdr - 4, "\r\n\r\n", 4) != 0 || has_msg_id(block, (Py_ssize_t)hdr)) {
+                goto decline;
+            }
+        }
+        char id[24], token[24], hdr_s[24], total_s[24];
+        int id_len = snprintf(id, sizeof id, "%lld", next_id);
+        /* The block less its final CRLF (or the version line), the new line, the final CRLF. */
+        Py_ssize_t kept = hpub ? (Py_ssize_t)hdr - 2 : head_len;
+        Py_ssize_t new_hdr = kept + name_len + id_plen + id_len + 4;
+        Py_ssize_t payload = (Py_ssize_t)(size - hdr);
+        Py_ssize_t total = new_hdr + payload;
+        if (total > max_payload) {
+            goto decline;
+        }
+        int token_len = ack_prefix != NULL ? snprintf(token, sizeof token, "%lld", next_token) : 0;
+        int hdr_len = snprintf(hdr_s, sizeof hdr_s, "%zd", new_hdr);
+        int total_len = snprintf(total_s, sizeof total_s, "%zd", total);
+        Py_ssize_t line = 5 + lens[0] + 1 + (ack_prefix != NULL ? ack_plen + token_len + 1 : 0) + hdr_len + 1 +
+                          total_len + 2;
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, line + total + 2);
+        if (frame == NULL) {
+            goto error;
+        }
+        char *d = PyBytes_AS_STRING(frame);
+        memcpy(d, "HPUB ", 5);
+        d += 5;
+        memcpy(d, toks[0], (size_t)lens[0]);
+        d += lens[0];
+        *d++ = ' ';
+        if (ack_prefix != NULL) {
+            memcpy(d, ack_prefix, (size_t)ack_plen);
+            d += ack_plen;
+            memcpy(d, token, (size_t)token_len);
+            d += token_len;
+            *d++ = ' ';
+        }
+        memcpy(d, hdr_s, (size_t)hdr_len);
+        d += hdr_len;
+        *d++ = ' ';
+        memcpy(d, total_s, (size_t)total_len);
+        d += total_len;
+        *d++ = '\r';
+        *d++ = '\n';
+        if (hpub) {
+            memcpy(d, block, (size_t)kept);
+        }
+        else {
+            memcpy(d, head, (size_t)head_len);
+        }
+        d += kept;
+        memcpy(d, name, (size_t)name_len);
+        d += name_len;
+        memcpy(d, id_prefix, (size_t)id_plen);
+        d += id_plen;
+        memcpy(d, id, (size_t)id_len);
+        d += id_len;
+        memcpy(d, "\r\n\r\n", 4);
+        d += 4;
+        memcpy(d, block + hdr, (size_t)payload);
+        d += payload;
+        *d++ = '\r';
+        *d++ = '\n';
+        if (subject == NULL || PyBytes_GET_SIZE(subject) != lens[0] ||
+            memcmp(PyBytes_AS_STRING(subject), toks[0], (size_t)lens[0]) != 0) {
+            Py_XDECREF(subject);
+            subject = PyBytes_FromStringAndSize((const char *)toks[0], lens[0]);
+            if (subject == NULL) {
+                Py_DECREF(frame);
+                goto error;
+            }
+        }
+        PyObject *item = Py_BuildValue("(ONn)", subject, frame, total);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            goto error;
+        }
+        Py_DECREF(item);
+        next_id++;
+        next_token++;
+        pos += frame_len;
+    }
+    Py_XDECREF(subject);
+    return out;
+decline:
+    Py_XDECREF(subject);
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(subject);
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"scan_pubs", (PyCFunction)(void (*)(void))scan_pubs, METH_FASTCALL, scan_pubs_doc},
     {"scan_msgs", (PyCFunction)(void (*)(void))scan_msgs, METH_FASTCALL, scan_msgs_doc},
     {"select_frames", (PyCFunction)(void (*)(void))select_frames, METH_FASTCALL, select_frames_doc},
     {"route_msgs", (PyCFunction)(void (*)(void))route_msgs, METH_FASTCALL, route_msgs_doc},
     {"settle_acks", (PyCFunction)(void (*)(void))settle_acks, METH_FASTCALL, settle_acks_doc},
+    {"stamp_critical", (PyCFunction)(void (*)(void))stamp_critical, METH_FASTCALL, stamp_critical_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,14 +14,25 @@ ScanMsgs = Callable[[bytes, int, int], int]
 RouteMsgs = Callable[[bytes, int, dict, dict], int]
 SelectFrames = Callable[[bytes, list], "tuple[bytes, bytes] | None"]
 SettleAcks = Callable[[bytes, int, bytes, bytes, dict, "list | None"], int]
+StampCritical = Callable[
+    [bytes, bytes, int, "bytes | None", int, int], "list[tuple[bytes, bytes, int]] | None"
+]
 scan_pubs: ScanPubs | None = None
 scan_msgs: ScanMsgs | None = None
 route_msgs: RouteMsgs | None = None
 select_frames: SelectFrames | None = None
 settle_acks: SettleAcks | None = None
+stamp_critical: StampCritical | None = None
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     try:
-        from proxy.nats._speedups import route_msgs, scan_msgs, scan_pubs, select_frames, settle_acks
+        from proxy.nats._speedups import (
+            route_msgs,
+            scan_msgs,
+            scan_pubs,
+            select_frames,
+            settle_acks,
+            stamp_critical,
+        )
     except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
-        scan_pubs = scan_msgs = route_msgs = select_frames = settle_acks = None
+        scan_pubs = scan_msgs = route_msgs = select_frames = settle_acks = stamp_critical = None
 SPEEDUPS = scan_pubs is not None

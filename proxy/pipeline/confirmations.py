@@ -1,12 +1,13 @@
 """Confirmations: when a written publish counts as delivered, and what happens when it does not.
 
-One job: keep what was written upstream until the server confirms it. Critical messages wait for the
-PONG of a PING written after them (the PING barrier: one batch per PING, resent after a reconnect when
-the PONG never came); `delivery: jetstream` ones wait for their PubAck on the `_KPI_ACK.<server id>.*`
-inbox (resent on the ack timeout); half-open breakers' trials succeed on the next PONG; a publish the
-server refused (permissions) is found among the unconfirmed writes and counted as refused.
-Collaborators: the `Upstream` (PINGs, journal, hold), the `Engine` (breakers, refused counts), and two
-callbacks the sidecar wires to the publish path: `write` (send again) and `schedule_pump`.
+One job: keep what was written upstream until the server confirms it. Critical messages wait for the PONG
+of a PING written after them (the PING barrier: one batch per PING, resent after a reconnect when the PONG
+never came); `delivery: jetstream` ones wait for their PubAck on the `_KPI_ACK.<server id>.*` inbox
+(resent on the ack timeout), at most `maxPendingAcks` at once (the PubAck window: a run that does not fit
+waits, its client not read, while PubAcks come back); half-open breakers' trials succeed on the next PONG;
+a publish the server refused is taken from here by `proxy.pipeline.refusals`. Collaborators: the
+`Upstream` (PINGs, journal, hold), the `Engine` (breakers, refused counts), and two callbacks the sidecar
+wires to the publish path: `write` (send again) and `schedule_pump`.
 """
 
 from __future__ import annotations
@@ -18,28 +19,24 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from policies.circuit_breaker import BreakerState
 from policies.config import Delivery
 from policies.engine import Engine
-from policies.roles import DATA, REPLY, subject_role
 from proxy.config.schema import SidecarConfig
-from proxy.nats.protocol import Msg, encode_err, encode_sub
+from proxy.nats.protocol import Msg, encode_sub
 from proxy.nats.speedups import settle_acks
 from proxy.pipeline.message import OutMsg
-from proxy.upstream.connection import Upstream
-from proxy.upstream.journal import RunEntry
+from proxy.upstream.connection import RTT_QUIET_BYTES, Upstream
 
 if TYPE_CHECKING:
-    from proxy.ports.nats_port import ClientConnection
+    pass
 
 log = logging.getLogger(__name__)
 
-CLOSED = BreakerState.CLOSED
 # The upstream subscription that receives PubAcks for `delivery: jetstream`; application subs start at 1.
 ACK_SID = 0
 _ACK_SID_BYTES = b"%d" % ACK_SID
-# Bound on the subjects whose last upstream failure time is remembered (the breaker table's size).
-MAX_FAILURE_RECORDS = 1000
+# A PubAck is timed only for a message written with at most this many PubAcks awaited ahead of it.
+QUIET_PUBACKS = 16
 
 
 def _unset_write(msg: OutMsg, now: float) -> None:
@@ -64,8 +61,12 @@ class Confirmations:
         # Wired by the sidecar to the publish path.
         self.write: Callable[[OutMsg, float], None] = _unset_write
         self.schedule_pump: Callable[[], None] = lambda: None
-        # Told (now, deadline) of each successful PubAck (the signals' PubAck round trip).
-        self.on_acked: Callable[[float, float], None] = lambda now, deadline: None
+        # Told (now, seconds) of a PubAck round trip (the signals' `puback` RTT source): one message at a
+        # time is timed (the probe), and only one written with the upstream quiet (_quiet) and
+        # at most QUIET_PUBACKS awaited ahead of it: behind thousands of acks in flight the round trip
+        # measures how long JetStream takes to store them, the sidecar's own burst, not its latency.
+        self.on_acked: Callable[[float, float], None] = lambda now, seconds: None
+        self._probe: tuple[str, float] | None = None
         # Other answers on the PubAck inbox, by the token's first letter (the stream monitor's STREAM.INFO
         # replies); PubAck tokens are decimal.
         self.other_replies: dict[str, Callable[[str, Msg], None]] = {}
@@ -83,11 +84,14 @@ class Confirmations:
         self._ack_subscribed = False
         self.ack_subscription_denied = False
         self._acks: dict[str, tuple[OutMsg, float]] = {}
-        self._ack_tokens = itertools.count(1)
-        # Breakers: subjects of half-open trials written in this loop iteration, and last failure times.
+        self.ack_prefix_bytes = self.ack_prefix.encode()
+        self._next_token = 1
+        # When PubAcks last came back, and how many a run held for the window waits to fit (window_wait).
+        self._last_settled = float("-inf")
+        self._window_wanted = 0
+        # Breakers: subjects of half-open trials written in this loop iteration.
         self._trial_subjects: set[str] = set()
         self._trial_ping = -1
-        self.last_failure: dict[str, float] = {}
 
     # -- the PING barrier ----------------------------------------------------------------------------
     def await_confirmation(self, msg: OutMsg) -> None:
@@ -152,15 +156,53 @@ class Confirmations:
     # -- PubAcks -------------------------------------------------------------------------------------
     def new_ack_reply(self) -> tuple[str, str]:
         """A token and the reply subject its PubAck comes back on."""
-        token = str(next(self._ack_tokens))
+        token = str(self._next_token)
+        self._next_token += 1
         return token, self.ack_prefix + token
+
+    @property
+    def next_token(self) -> int:
+        """The token the next message awaiting a PubAck gets."""
+        return self._next_token
+
+    def reserve_tokens(self, count: int) -> int:
+        """`count` consecutive tokens (decimal, from the one returned on) for messages stamped in bulk."""
+        first = self._next_token
+        self._next_token += count
+        return first
 
     def await_ack(self, msg: OutMsg, now: float) -> None:
         """Keep a `delivery: jetstream` message until its PubAck (or resend it on the ack timeout)."""
         acks = self._acks
-        acks[msg.ack_token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)  # type: ignore[index]
+        token: str = msg.ack_token  # type: ignore[assignment]
+        acks[token] = (msg, now + self.config.spool.ack_timeout_ms / 1000)
+        if self._probe is None and len(acks) <= QUIET_PUBACKS and self._quiet:
+            self._probe = (token, now)
         if len(acks) >= self.config.spool.max_pending_acks:
             self.upstream.hold = True  # the queue holds the rest until PubAcks come back
+
+    @property
+    def _quiet(self) -> bool:
+        """At most RTT_QUIET_BYTES written and unconfirmed or unsent: a round trip starting now measures the
+        server's latency, not how long it takes to read what is ahead (as for a PING)."""
+        upstream = self.upstream
+        return upstream.journal.nbytes + upstream.pending_bytes <= RTT_QUIET_BYTES
+
+    def await_acks(self, msgs: list[OutMsg], now: float) -> None:
+        """await_ack for messages written together (their tokens set): one deadline, one probe check."""
+        acks = self._acks
+        if self._probe is None and len(acks) < QUIET_PUBACKS and self._quiet:
+            self._probe = (msgs[0].ack_token, now)  # type: ignore[assignment]
+        entry_deadline = now + self.config.spool.ack_timeout_ms / 1000
+        for msg in msgs:
+            acks[msg.ack_token] = (msg, entry_deadline)  # type: ignore[index]
+        if len(acks) >= self.config.spool.max_pending_acks:
+            self.upstream.hold = True
+
+    def await_confirmations(self, msgs: list[OutMsg]) -> None:
+        """await_confirmation for messages written together: they share the open batch and its PING."""
+        self.await_confirmation(msgs[0])
+        self._unconfirmed_batch.extend(msgs[1:])
 
     @property
     def pending_acks(self) -> dict[str, tuple[OutMsg, float]]:
@@ -173,19 +215,52 @@ class Confirmations:
         (pos if none: a failure, another reader's token, a duplicate go through on_pub_ack)."""
         if settle_acks is None:
             return pos
-        entries: list[tuple[OutMsg, float]] = []
+        engine = self.engine
+        entries: list[tuple[OutMsg, float]] | None = [] if engine.has_breakers else None
         end = settle_acks(frames, pos, self.ack_line, _ACK_SID_BYTES, self._acks, entries)
         if end != pos:
             now = self.clock()
-            engine = self.engine
-            on_acked = self.on_acked
-            breakers = engine.has_breakers
-            for out, deadline in entries:
-                on_acked(now, deadline)
-                if breakers:
+            if entries:
+                for out, _ in entries:
                     engine.breaker_success(out.subject, now)
-            self._release_ack_hold()
+            self._settled(now)
         return end
+
+    def _settled(self, now: float) -> None:
+        """PubAcks came back: time the probe if it was among them, open the window again."""
+        self._last_settled = now
+        probe = self._probe
+        if probe is not None and probe[0] not in self._acks:
+            self._probe = None
+            self.on_acked(now, now - probe[1])
+        self._release_ack_hold()
+        wanted = self._window_wanted
+        if wanted and len(self._acks) + wanted <= self.config.spool.max_pending_acks:
+            self._window_wanted = 0
+            self.schedule_pump()  # which retries the held clients
+
+    # -- the PubAck window ---------------------------------------------------------------------------
+    def window_room(self) -> int:
+        """How many more messages may await their PubAck (maxPendingAcks less those awaited)."""
+        return self.config.spool.max_pending_acks - len(self._acks)
+
+    def window_flowing(self, now: float) -> bool:
+        """The window is full of PubAcks that are coming back: some came back, or the oldest was written,
+        less than `upstream.flowControlMs` ago. Then a run waits for room in the window (its client is not
+        read: TCP pushes back, nothing is queued); otherwise JetStream stopped answering and the run's
+        messages take the queue (and the spool) as while the upstream is away."""
+        budget = self.config.upstream.flow_control_ms / 1000
+        if now - self._last_settled < budget:
+            return True
+        acks = self._acks
+        if not acks:
+            return False
+        oldest_deadline = next(iter(acks.values()))[1]
+        return oldest_deadline - self.config.spool.ack_timeout_ms / 1000 > now - budget
+
+    def window_wait(self, count: int) -> None:
+        """A run of `count` messages waits for that much room: pump (retrying held clients) once it fits."""
+        self._window_wanted = max(self._window_wanted, count)
 
     def on_pub_ack(self, msg: Msg) -> None:
         """A message on the PubAck inbox: confirms (or fails) the message its token names."""
@@ -197,7 +272,7 @@ class Confirmations:
             if handler is not None:
                 handler(token, msg)
             return
-        out, deadline = entry
+        out = entry[0]
         now = self.clock()
         body = msg.body[msg.hdr_size :] if msg.hdr_size > 0 else msg.body
         failed = msg.hdr_size > 0 and not body  # a status message: 503 no stream captures the subject
@@ -212,9 +287,8 @@ class Confirmations:
             self.engine.breaker_failure(out.subject, now)
             self._acks[token] = (out, now + self.config.spool.ack_timeout_ms / 1000)
         else:
-            self.on_acked(now, deadline)
             self.engine.breaker_success(out.subject, now)
-            self._release_ack_hold()
+            self._settled(now)
 
     def _release_ack_hold(self) -> None:
         if self.upstream.hold and len(self._acks) < self.config.spool.max_pending_acks:
@@ -224,6 +298,8 @@ class Confirmations:
     def _expire_acks(self, now: float) -> None:
         expired = [token for token, (_, deadline) in self._acks.items() if deadline <= now]
         msgs = [self._acks.pop(token)[0] for token in expired]
+        if self._probe is not None and self._probe[0] not in self._acks:
+            self._probe = None  # timed out: resent, and a lost answer is no round trip
         self._release_ack_hold()
         for msg in msgs:
             self.engine.breaker_failure(msg.subject, now)
@@ -271,6 +347,7 @@ class Confirmations:
         """A PubAck can no longer arrive on this connection: resend after the reconnect."""
         self.resend.extend(msg for msg, _ in self._acks.values())
         self._acks.clear()
+        self._probe = None
         self.upstream.hold = False
 
     @property
@@ -286,76 +363,23 @@ class Confirmations:
         return msgs
 
     def tick(self, now: float) -> None:
-        """Resend PubAcks past their timeout; forget failures of subjects quiet for recoveryDelayMs."""
+        """Resend PubAcks past their timeout."""
         if self._acks:
             self._expire_acks(now)
-        if self.last_failure:
-            self._forget_quiet_failures(now)
 
-    def _forget_quiet_failures(self, now: float) -> None:
-        # A closed breaker's failure count means "consecutive": a quiet recoveryDelayMs resets it.
-        quiet = self.engine.config.recovery_delay_ms / 1000
-        for subject, last in list(self.last_failure.items()):
-            if now - last >= quiet:
-                del self.last_failure[subject]
-                if self.engine.breaker_state(subject) is CLOSED:
-                    self.engine.breaker_success(subject, now)
-
-    # -- refused publishes ---------------------------------------------------------------------------
-    def on_publish_refused(self, text: str) -> None:
-        """`-ERR 'Permissions Violation for Publish to "<subject>"'`: settle the message, open the breaker."""
-        subject = text.rpartition(" ")[2].strip('"')
-        self._publish_refused(subject, text)
-        now = self.clock()
-        self.engine.breaker_failure(subject, now)
-        if subject not in self.last_failure:
-            # Once per episode (until a quiet recoveryDelayMs), not once per refused message.
-            log.warning("upstream refused a publish: %s", text)
-            if len(self.last_failure) >= MAX_FAILURE_RECORDS:
-                self.last_failure.pop(next(iter(self.last_failure)))
-        self.last_failure[subject] = now
-
-    def _publish_refused(self, subject: str, text: str) -> None:
-        """The upstream refused a publish to `subject` (permissions): find the oldest unconfirmed message
-        to it, tell its application as nats-server would (`-ERR`, the connection stays open), and count
-        it dropped (`permissions`) instead of forwarded. The server answers in order, and the message is
-        unconfirmed until the PONG that follows the -ERR."""
-        client: ClientConnection | None = None
-        found = False
-        journal = self.upstream.journal
-        for entry in journal.entries():
-            if type(entry) is RunEntry:
-                refused = entry.refused or {}
-                if entry.counts.get(subject, 0) > refused.get(subject, 0):
-                    refused[subject] = refused.get(subject, 0) + 1
-                    entry.refused = refused
-                    role = subject_role(subject) or DATA
-                    priority = self.engine.classify(subject, None, role < REPLY)[0]
-                    self.engine.note_refused(subject, priority, role)
-                    client, found = entry.client, True
-                    break
-            elif entry.subject == subject:
-                journal.remove(entry, len(entry.frame))
-                self.engine.note_refused(subject, entry.priority, entry.role)
-                client, found = entry.client, True
-                break
-        if not found:
-            for batch in self.inflight.values():
-                for i, msg in enumerate(batch):
-                    if msg.subject == subject:
-                        del batch[i]
-                        self.engine.note_refused(subject, msg.priority, msg.role)
-                        client, found = msg.client, True
-                        break
-                if found:
-                    break
-        if not found:
-            for token, (msg, _) in self._acks.items():
+    def take_unconfirmed(self, subject: str) -> OutMsg | None:
+        """Remove and return the oldest critical message to `subject` written and not yet confirmed (by a
+        PONG or a PubAck): the upstream refused it (RefusedPublishes)."""
+        for batch in self.inflight.values():
+            for i, msg in enumerate(batch):
                 if msg.subject == subject:
-                    del self._acks[token]
-                    self.engine.note_refused(subject, msg.priority, msg.role)
-                    client, found = msg.client, True
-                    self._release_ack_hold()
-                    break
-        if client is not None and not client.closed:
-            client.send(encode_err(text))
+                    del batch[i]
+                    return msg
+        for token, (msg, _) in self._acks.items():
+            if msg.subject == subject:
+                del self._acks[token]
+                if self._probe is not None and self._probe[0] == token:
+                    self._probe = None
+                self._release_ack_hold()
+                return msg
+        return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 from proxy.config.schema import SidecarConfig
@@ -30,7 +29,9 @@ class FlowControl:
         self.config = config
         self.loop = loop
         self.upstream = upstream
-        self._held_clients: deque[ClientConnection] = deque()
+        # Clients with held ops, in the order they were held, each once (a dict as an ordered set: a
+        # client held again while it is retried keeps its place).
+        self._held_clients: dict[ClientConnection, None] = {}
         # Clients not read while the upstream socket is backed up (flow control, see pause).
         self.paused: set[ClientConnection] = set()
         self.pauses = 0
@@ -39,14 +40,20 @@ class FlowControl:
 
     def hold(self, client: ClientConnection) -> None:
         """The engine had no room for this client's ops: retry them after the next pump."""
-        self._held_clients.append(client)
+        self._held_clients.setdefault(client)
+
+    @property
+    def held_clients(self) -> int:
+        """Clients with ops waiting for room."""
+        return len(self._held_clients)
 
     def resume_held(self) -> None:
         """Retry held clients in order; stop at the first that is still held."""
-        while self._held_clients:
-            client = self._held_clients[0]
+        held = self._held_clients
+        while held:
+            client = next(iter(held))
             if client.closed or client.resume():
-                self._held_clients.popleft()
+                del held[client]
             else:
                 break
 

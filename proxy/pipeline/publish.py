@@ -17,7 +17,6 @@ the same write, confirmation and accounting steps, and splitting them would pass
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,8 +40,9 @@ from proxy.pipeline.confirmations import Confirmations
 from proxy.pipeline.deliveries import Deliveries
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.message import OutMsg
-from proxy.pipeline.runs import run_groups, select_frames
+from proxy.pipeline.runs import run_groups, select_frames, stamp_critical
 from proxy.pipeline.spool_bridge import SpoolBridge
+from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN
 from proxy.upstream.connection import Upstream
 from proxy.upstream.journal import RunEntry
 
@@ -55,6 +55,7 @@ CRITICAL = Priority.CRITICAL
 FORWARD, QUEUE, DROP, BLOCK = Verdict.FORWARD, Verdict.QUEUE, Verdict.DROP, Verdict.BLOCK
 HALF_OPEN = BreakerState.HALF_OPEN
 ENVELOPE = BatchMode.ENVELOPE
+JETSTREAM = Delivery.JETSTREAM
 SPOOLED = Decision(Verdict.QUEUE, "spooled", ())
 TOO_BIG = Decision(Verdict.DROP, "max_payload", ())
 # Messages released from the queue per step of the pump (the upstream also flushes every 256 KiB).
@@ -95,13 +96,17 @@ class Publisher:
         self.shutting_down: Callable[[], bool] = lambda: False
         # The upstream's max_payload (from its INFO; the NATS default until then).
         self.max_payload = DEFAULT_MAX_PAYLOAD
-        self._msg_ids = itertools.count(1)
+        self._next_msg_id = 1
+        self._msg_id_prefix = f"{server_id}-".encode()
         self._pump_scheduled = False
         self._pump_timer: asyncio.TimerHandle | None = None
         # `batchMode: envelope` messages of this loop iteration, by subject.
         self._envelopes: dict[str, list[OutMsg]] = {}
         # Requests refused by policy (answered with a 503 status), by reason.
         self.refused: dict[str, int] = {}
+        # Runs whose client waited for room in the PubAck window (_window_full), and its retry timer.
+        self.window_holds = 0
+        self._window_timer: asyncio.TimerHandle | None = None
 
     def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool:
         """Offer an application's PUB/HPUB to the engine. False: no room, the caller must hold it."""
@@ -118,9 +123,10 @@ class Publisher:
             msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule, role)
         return self.offer(msg, now).verdict is not BLOCK
 
-    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> bool:
-        """Consecutive publishes (PubRun) decided per group and written as one slice; False: the caller
-        offers them one by one (it re-parses the run).
+    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> int:
+        """Consecutive publishes (PubRun) decided per group and written as one slice (RUN_TAKEN); RUN_SPLIT:
+        the caller offers them one by one (it re-parses the run); RUN_HOLD: the caller keeps the run and
+        is not read until the PubAck window has room for its critical messages (`_window_full`).
 
         At level none, when the engine would have forwarded each of them at once, the run goes as it
         came. Otherwise the engine decides each group in bulk (`Engine.decide_run`: shed, sampled, kept),
@@ -129,7 +135,7 @@ class Publisher:
         engine = self.engine
         found = run_groups(op, engine.classify, client.replies if client is not None else None, now)
         if found.enveloped:
-            return False  # packed per subject (_envelope)
+            return RUN_SPLIT  # packed per subject (_envelope)
         upstream = self.upstream
         # can_stream, not can_send: a backed-up socket pauses the client after this read (flow_pause)
         # rather than sending its messages through the queue one by one.
@@ -138,32 +144,115 @@ class Publisher:
             frames = op.frames
             upstream.write(frames)
             upstream.track(RunEntry(client, frames, op.counts), len(frames))
-            return True
-        if found.critical and (
-            (engine.level is Level.NONE and not found.all_critical)
-            or self.spool_bridge.spool_mode
-            or len(self.confirmations.pending_acks) + found.critical_count
-            > self.config.spool.max_pending_acks
-        ):
-            # At none, a mixed run goes in order, message by message, as a leaf node would forward it (a
-            # run of critical messages alone keeps its order); with a spool, critical messages keep their
-            # order behind it; and the PubAcks awaited stay within maxPendingAcks.
-            return False
+            return RUN_TAKEN
+        if found.critical:
+            if (engine.level is Level.NONE and not found.all_critical) or self.spool_bridge.spool_mode:
+                # At none, a mixed run goes in order, message by message, as a leaf node would forward it
+                # (a run of critical messages alone keeps its order); with a spool, critical messages keep
+                # their order behind it.
+                return RUN_SPLIT
+            count, room = found.critical_count, self.confirmations.window_room()
+            if count > room and room < self.config.spool.max_pending_acks:
+                # (A run larger than the whole window goes when the window is empty: one read past it.)
+                return self._window_full(client, count, now)
         # While shedding, only what the socket takes now: no read past maxPendingBytes or the journal's
-        # bound (the level-none fast path above streams one read per client, then pauses it).
-        can_send = upstream.can_send and not self.flow.upstream_stalled
+        # bound (the level-none fast path above streams one read per client, then pauses it). A run of
+        # critical messages alone is not journaled (each awaits its own confirmation): it streams too.
+        can_send = (
+            upstream.can_stream if found.all_critical else upstream.can_send
+        ) and not self.flow.upstream_stalled
         if engine.queue_size and can_send and engine.queue_size < engine.batch_size:
             # A partial batch waits for more messages: this run brings them, so it goes first.
             self.write_all(engine.take(now, batch_due=True), now)
         plan = engine.decide_run(found.groups, now, can_send)
         if plan is None:
-            return False
+            return RUN_SPLIT
         kept, apart = select_frames(op.frames, found.plan_entries(plan))
-        if apart:
+        if apart and not self._write_stamped(apart, found.apart_subjects(plan), client, now):
             self._write_critical(apart, client, now)
         if kept:
             upstream.write(kept)
             upstream.track(RunEntry(client, kept, found.kept_counts(plan)), len(kept))
+        return RUN_TAKEN
+
+    def _window_full(self, client: ClientConnection | None, count: int, now: float) -> int:
+        """A run's critical messages do not fit in the PubAck window (maxPendingAcks). While the PubAcks
+        come back (Confirmations.window_flowing), the client waits, not read, until they fit: TCP pushes
+        back on the application as a JetStream client's own max-pending does, and the backlog costs the
+        sidecar nothing (a run larger than the whole window waits for it to be empty). A JetStream that
+        stopped answering for `upstream.flowControlMs` and the other sources (HTTP ingest) take the queue,
+        one by one, as before: it keeps them in order, holds them until PubAcks return, and spools them
+        when it is full."""
+        confirmations = self.confirmations
+        if client is None or not confirmations.window_flowing(now):
+            return RUN_SPLIT
+        confirmations.window_wait(min(count, self.config.spool.max_pending_acks))
+        if self._window_timer is None:
+            # Looked at again after flowControlMs even if no PubAck comes back (then it takes the queue).
+            budget = self.config.upstream.flow_control_ms / 1000
+            self._window_timer = self.loop.call_later(budget, self._window_retry)
+        self.window_holds += 1
+        return RUN_HOLD
+
+    def _window_retry(self) -> None:
+        self._window_timer = None
+        self.schedule_pump()
+
+    def _write_stamped(
+        self,
+        frames: bytes,
+        subjects: dict[bytes, tuple[str, Any, Role]] | None,
+        client: ClientConnection | None,
+        now: float,
+    ) -> bool:
+        """`_write_critical` in bulk: the frames stamped in C (`stamp_critical`: Nats-Msg-Id and PubAck
+        reply), one OutMsg each, one write, the PubAcks (or the PING barrier) awaited together. False, with
+        nothing done, for a run the per-message path decides: its subjects mix `delivery: jetstream` and
+        not, or a frame has a reply subject, a Nats-Msg-Id, or would grow past max_payload."""
+        if not subjects:
+            return False
+        deliveries = {
+            rule is not None and rule.delivery is Delivery.JETSTREAM for _, rule, _ in subjects.values()
+        }
+        if len(deliveries) != 1:
+            return False
+        jetstream = deliveries.pop()
+        confirmations = self.confirmations
+        first_token = confirmations.next_token
+        ack_prefix = confirmations.ack_prefix_bytes if jetstream else None
+        stamped = stamp_critical(
+            frames, self._msg_id_prefix, self._next_msg_id, ack_prefix, first_token, self.max_payload
+        )
+        if stamped is None:
+            return False
+        self._next_msg_id += len(stamped)
+        if jetstream:
+            confirmations.reserve_tokens(len(stamped))
+        msgs: list[OutMsg] = []
+        counts: dict[bytes, int] = {}
+        token = first_token
+        for wire, frame, size in stamped:
+            subject, rule, role = subjects[wire]
+            msg = OutMsg(subject, None, CRITICAL, size, frame, client, now, rule, role)
+            if jetstream:
+                msg.ack_token = str(token)
+                token += 1
+            msgs.append(msg)
+            counts[wire] = counts.get(wire, 0) + 1
+        self.upstream.write(b"".join([msg.frame for msg in msgs]))
+        if client is not None and not client.echo:
+            for msg in msgs:
+                self.deliveries.expect_echo(client, msg)
+        engine = self.engine
+        for wire, count in counts.items():
+            subject, _, role = subjects[wire]
+            engine.observe_latency(subject, 0.0, role, count)
+            if not jetstream and engine.has_breakers and engine.breaker_state(subject) is HALF_OPEN:
+                confirmations.note_trial(subject)
+        if jetstream:
+            confirmations.await_acks(msgs, now)
+        else:
+            confirmations.await_confirmations(msgs)
         return True
 
     def _write_critical(self, frames: bytes, client: ClientConnection | None, now: float) -> None:
@@ -229,7 +318,8 @@ class Publisher:
         """A critical message gets a Nats-Msg-Id, and a PubAck reply subject under `delivery: jetstream`."""
         token = None
         if headers is None or header_value(headers, "Nats-Msg-Id") is None:
-            headers = add_header(headers, "Nats-Msg-Id", f"{self.server_id}-{next(self._msg_ids)}")
+            headers = add_header(headers, "Nats-Msg-Id", f"{self.server_id}-{self._next_msg_id}")
+            self._next_msg_id += 1
             frame = b""
         wire_reply = reply
         if reply is None and rule is not None and rule.delivery is Delivery.JETSTREAM:

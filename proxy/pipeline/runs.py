@@ -19,7 +19,15 @@ from policies.roles import DATA, REPLY, REQUEST, Role, subject_role
 from policies.sampling import APART, SHARE_ONE, keeps, kept_of
 from proxy.nats import speedups
 from proxy.nats.parser import _header_priority
-from proxy.nats.protocol import PRIORITY_LABELS, ClientParser, Pub, PubRun
+from proxy.nats.protocol import (
+    PRIORITY_LABELS,
+    ClientParser,
+    Pub,
+    PubRun,
+    add_header,
+    encode_pub,
+    header_value,
+)
 
 CRITICAL: Final = Priority.CRITICAL
 ENVELOPE: Final = BatchMode.ENVELOPE
@@ -34,11 +42,12 @@ Classify = Callable[[str, "str | None", bool], tuple[Priority, "PolicyRule | Non
 class RunGroups:
     """The groups of one run, the frame keys each covers, and whether any is critical or enveloped."""
 
-    __slots__ = ("critical", "enveloped", "groups", "keys")
+    __slots__ = ("critical", "enveloped", "groups", "keys", "rules")
 
     def __init__(self) -> None:
         self.groups: list[Group] = []
         self.keys: list[tuple[Key, ...]] = []
+        self.rules: list[PolicyRule | None] = []
         self.critical = False
         self.enveloped = False
 
@@ -55,6 +64,7 @@ class RunGroups:
     def add(self, group: Group, keys: tuple[Key, ...], rule: PolicyRule | None) -> None:
         self.groups.append(group)
         self.keys.append(keys)
+        self.rules.append(rule)
         if group[2] is CRITICAL:
             self.critical = True
         if rule is not None and rule.batch_mode is ENVELOPE:
@@ -75,6 +85,21 @@ class RunGroups:
             for keys, (share, phase) in zip(self.keys, plan, strict=True)
             for subject, code, request in keys
         ]
+
+    def apart_subjects(
+        self, plan: list[tuple[int, int]]
+    ) -> dict[bytes, tuple[str, PolicyRule | None, Role]] | None:
+        """The subjects of the groups the plan sets apart (critical), by wire bytes, with their rule and
+        role; None when one subject has two roles (the per-message path tells them apart)."""
+        apart: dict[bytes, tuple[str, PolicyRule | None, Role]] = {}
+        for (subject, _, _, role), (share, _), rule in zip(self.groups, plan, self.rules, strict=True):
+            if share == APART:
+                wire = _wire(subject)
+                seen = apart.get(wire)
+                if seen is not None and seen[2] is not role:
+                    return None
+                apart[wire] = (subject, rule, role)
+        return apart
 
     def kept_counts(self, plan: list[tuple[int, int]]) -> dict[str, int]:
         """Per subject, how many of the run's messages the plan keeps (the journal's counts)."""
@@ -160,6 +185,59 @@ def select_frames_py(
         elif keeps(j, share, phase):
             kept.append(op.frame)
     return b"".join(kept), b"".join(apart)
+
+
+Stamped = list[tuple[bytes, bytes, int]]
+
+
+def stamp_critical_py(
+    frames: bytes,
+    id_prefix: bytes,
+    first_id: int,
+    ack_prefix: bytes | None,
+    first_token: int,
+    max_payload: int,
+) -> Stamped | None:
+    """The C stamp_critical's reference: each publish of `frames` as `Publisher._critical_msg` writes it
+    (Nats-Msg-Id <id_prefix><n>, the PubAck reply <ack_prefix><t> when ack_prefix is given), one
+    (subject, frame, size) each; None for what only the per-message path decides (a reply subject, a
+    Nats-Msg-Id already there, an empty or unterminated header block, a size over max_payload)."""
+    parser = ClientParser(max_payload=-1)
+    parser.headers = True  # HPUBs in a run were accepted already
+    prefix = id_prefix.decode()
+    reply_prefix = ack_prefix.decode() if ack_prefix is not None else None
+    out: Stamped = []
+    for i, op in enumerate(parser.feed_data(frames)):
+        if type(op) is not Pub or op.reply is not None or op.hdr_size == 0:
+            return None
+        headers = op.headers if op.hdr_size > 0 else None
+        if headers is not None and (
+            header_value(headers, "Nats-Msg-Id") is not None or not headers.endswith(b"\r\n\r\n")
+        ):
+            return None
+        headers = add_header(headers, "Nats-Msg-Id", f"{prefix}{first_id + i}")
+        payload = op.payload
+        size = len(payload) + len(headers)
+        if size > max_payload:
+            return None
+        reply = f"{reply_prefix}{first_token + i}" if reply_prefix is not None else None
+        out.append((_wire(op.subject), encode_pub(op.subject, reply, payload, headers), size))
+    return out
+
+
+def stamp_critical(
+    frames: bytes,
+    id_prefix: bytes,
+    first_id: int,
+    ack_prefix: bytes | None,
+    first_token: int,
+    max_payload: int,
+) -> Stamped | None:
+    """stamp_critical in C when built, else the Python reference (the same frames, tested equal)."""
+    fast = speedups.stamp_critical
+    if fast is not None:
+        return fast(frames, id_prefix, first_id, ack_prefix, first_token, max_payload)
+    return stamp_critical_py(frames, id_prefix, first_id, ack_prefix, first_token, max_payload)
 
 
 def select_frames(frames: bytes, plan: list[tuple[bytes, int, int, int, int]]) -> tuple[bytes, bytes]:

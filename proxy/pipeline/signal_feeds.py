@@ -37,10 +37,9 @@ class SignalFeeds:
         """A new connection, maybe to another server: the baselines start again."""
         self._sidecar.engine.reset_rtt()
 
-    def on_pub_ack(self, now: float, deadline: float) -> None:
-        """A PubAck for a message whose ack deadline was `deadline` (its write + ackTimeoutMs)."""
-        sent = deadline - self._sidecar.config.spool.ack_timeout_ms / 1000
-        self._sidecar.engine.observe_rtt(now, max(0.0, now - sent), PUBACK)
+    def on_pub_ack(self, now: float, rtt_s: float) -> None:
+        """A timed PubAck came back `rtt_s` after its message was written (Confirmations' probe)."""
+        self._sidecar.engine.observe_rtt(now, rtt_s, PUBACK)
 
     def tick_args(self, now: float) -> dict[str, Any]:
         """What the engine's tick takes from here; also hands it the oldest PING's age."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Container
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from proxy.config.schema import SidecarConfig
 from proxy.nats.protocol import Pub, PubRun, Sub
@@ -20,6 +20,11 @@ from proxy.ports.outbound import OutboundBudget
 
 if TYPE_CHECKING:
     from proxy.ports.nats_port import ClientConnection, ClientSub
+
+# What `publish_run` did with a run of publishes.
+RUN_SPLIT: Final = 0  # not taken: the connection offers its messages one by one
+RUN_TAKEN: Final = 1  # decided and written
+RUN_HOLD: Final = 2  # not now: the connection keeps it and is not read until the sidecar has room
 
 
 class UpstreamLink(Protocol):
@@ -59,7 +64,7 @@ class ClientHost(Protocol):
 
     # -- publish path and flow control
     def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool: ...
-    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> bool: ...
+    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> int: ...
     def after_ingest(self) -> None: ...
     def hold_client(self, client: ClientConnection) -> None: ...
     def flow_pause(self, client: ClientConnection) -> None: ...

@@ -40,7 +40,7 @@ class NatsListener:
     """The application connections on the NATS port; implements `ClientHost` for each of them."""
 
     publish: Callable[[ClientConnection | None, Pub, float], bool]
-    publish_run: Callable[..., bool]
+    publish_run: Callable[..., int]
     after_ingest: Callable[[], None]
     hold_client: Callable[[ClientConnection], None]
     flow_pause: Callable[[ClientConnection], None]

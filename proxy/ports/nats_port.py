@@ -33,6 +33,7 @@ from proxy.nats.protocol import (
     is_valid_subject,
     status_message_headers,
 )
+from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN
 from proxy.ports.subscription import ClientSub
 
 if TYPE_CHECKING:
@@ -124,20 +125,23 @@ class ClientConnection(asyncio.Protocol):
         for i, op in enumerate(ops):
             kind = type(op)
             if kind is PubRun:
-                # The fast path for a run of plain PUBs; anything that needs per-message work (verbose
-                # +OKs, pedantic checks, auth, echo suppression, shedding) re-parses it into single PUBs.
-                if (
+                # A run goes whole unless verbose, pedantic, unauthenticated or echo=false (one by one).
+                plain = not (
                     self.verbose
                     or self.pedantic
                     or not self.echo
                     or (not self.connect_received and host.client_auth_required)
-                    or not host.publish_run(op, now, self)
-                ):
-                    split = ClientParser(max_payload=-1)
-                    split.headers = True  # HPUBs in a run were accepted already
-                    self.process(split.feed_data(op.frames) + list(ops[i + 1 :]), now)
-                    return
-                continue
+                )
+                taken = host.publish_run(op, now, self) if plain else RUN_SPLIT
+                if taken == RUN_TAKEN:
+                    continue
+                if taken == RUN_HOLD:  # the PubAck window is full: backpressure, as for a PUB below
+                    self._hold(ops[i:])
+                    break
+                split = ClientParser(max_payload=-1)
+                split.headers = True  # HPUBs in a run were accepted already
+                self.process(split.feed_data(op.frames) + list(ops[i + 1 :]), now)
+                return
             if kind is Pub:
                 if not self.connect_received and host.client_auth_required:
                     self.fatal("Authorization Violation")
@@ -146,10 +150,7 @@ class ClientConnection(asyncio.Protocol):
                     # nats-server reports it and still processes the message.
                     self.reply(encode_err("Invalid Publish Subject"))
                 if not host.publish(self, op, now):
-                    # Backpressure: keep this and the following ops, stop reading until there is room.
-                    self.held = list(ops[i:])
-                    self.sync_reading()
-                    host.hold_client(self)
+                    self._hold(ops[i:])
                     break
                 if self.verbose:
                     self.reply(OK_FRAME)
@@ -183,6 +184,12 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self.reply(encode_err(op.text))
         host.after_ingest()
+
+    def _hold(self, ops: list[Any]) -> None:
+        """Backpressure: keep these ops, not read until the sidecar has room (it retries after a pump)."""
+        self.held = list(ops)
+        self.sync_reading()
+        self.host.hold_client(self)
 
     def resume(self) -> bool:
         """Retry held ops after the sidecar made room; True when nothing is held any more."""

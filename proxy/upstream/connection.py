@@ -209,8 +209,7 @@ class Upstream:
         self._pong_waiters.append(self._pending_callbacks or None)
         self._ping_sent_at.append(time.monotonic())
         # A PING behind megabytes measures throughput (the server reads them first), not latency.
-        ahead = self.journal.nbytes + len(self._out) + proto.transport.get_write_buffer_size()
-        self._ping_quiet.append(ahead <= RTT_QUIET_BYTES)
+        self._ping_quiet.append(self.journal.nbytes + self.pending_bytes <= RTT_QUIET_BYTES)
         self._pending_callbacks = []
         self._ping_requested = False
         self.pings_written += 1

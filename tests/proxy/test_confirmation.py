@@ -43,17 +43,17 @@ async def test_a_message_written_after_a_ping_waits_for_the_next_pong(
 
 async def test_bounds_of_remembered_failures_and_pending_echoes(workdir: Path) -> None:
     from proxy.nats.protocol import encode_pub
-    from proxy.pipeline.confirmations import MAX_FAILURE_RECORDS
     from proxy.pipeline.deliveries import MAX_PENDING_ECHOES
     from proxy.pipeline.message import OutMsg
+    from proxy.pipeline.refusals import MAX_FAILURE_RECORDS
     from proxy.ports.nats_port import ClientConnection, ClientSub
 
     config = build_config(sidecar_config("nats://127.0.0.1:1", spool={"path": None}))
     sidecar = Sidecar(config)  # not started: nothing here needs the network
     for i in range(MAX_FAILURE_RECORDS + 50):
         sidecar.on_upstream_error(f'Permissions Violation for Publish to "deny.{i}"')
-    assert len(sidecar.confirmations.last_failure) == MAX_FAILURE_RECORDS
-    assert "deny.0" not in sidecar.confirmations.last_failure  # the oldest made room
+    assert len(sidecar.refusals.last_failure) == MAX_FAILURE_RECORDS
+    assert "deny.0" not in sidecar.refusals.last_failure  # the oldest made room
     client = ClientConnection(sidecar.listener, 1)
     client.echo = False
     sub = ClientSub(client, "1", "echo.>", None, 1)

@@ -1,0 +1,177 @@
+"""Critical messages under `delivery: jetstream` in bulk, against a real nats-server with JetStream.
+
+A raw application pipelines tens of thousands of PUBs that a `delivery: jetstream` rule makes critical:
+the sidecar stamps each with its Nats-Msg-Id and PubAck reply (in C for a run), keeps at most
+`spool.maxPendingAcks` awaiting their PubAck, and, while the PubAcks come back, leaves the rest in the
+application's socket (its connection is not read: `kpi_sidecar_puback_window_holds_total`) rather than in
+its queue or its disk spool. Its own burst must not read as a slow upstream (`upstream_latency`): only
+PubAcks of messages written with the upstream quiet are round-trip samples. The same flows run with the
+seed's default configuration, alone and while a flood holds the level at high and critical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from tests.conftest import NatsServer, SidecarProcess, sidecar_config
+from tests.flood import Flood
+from tests.integration.test_roles_under_load import FLOODS, level_of
+
+pytestmark = pytest.mark.slow
+
+RULES = [{"subject": "pay.>", "priority": "critical", "delivery": "jetstream"}]
+
+
+def raw_burst(port: int, subject: str, count: int) -> None:
+    """`count` PUBs with payloads "0".."count-1", pipelined in 256 KiB writes, then PING/PONG."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.recv(4096)  # INFO
+    sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+    batch: list[bytes] = []
+    size = 0
+    for i in range(count):
+        payload = b"%d" % i
+        frame = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+        batch.append(frame)
+        size += len(frame)
+        if size >= 256 * 1024:
+            sock.sendall(b"".join(batch))
+            batch, size = [], 0
+    sock.sendall(b"".join(batch) + b"PING\r\n")
+    buf = b""
+    sock.settimeout(60)
+    while b"PONG" not in buf:
+        buf += sock.recv(4096)
+    sock.close()
+
+
+async def stored(url: str, stream: str, want: int, timeout: float) -> int:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = (await js.stream_info(stream)).state.messages
+        if count >= want:
+            break
+        await asyncio.sleep(0.1)
+    await nc.close()
+    return count
+
+
+async def add_stream(url: str) -> None:
+    nc = await nats.connect(url)
+    await nc.jetstream().add_stream(StreamConfig(name="PAY", subjects=["pay.>"]))
+    await nc.close()
+
+
+def transitions(proc: SidecarProcess) -> list[dict[str, Any]]:
+    return proc.get("/api/backpressure/analytics/degradation-history")["data"]["transitions"]
+
+
+@contextlib.contextmanager
+def flooded(proc: SidecarProcess, level: str | None) -> Iterator[None]:
+    """A flood on an unrelated subject that brings the level to `level` first (the critical messages then
+    add to the publish rate: the level may climb further, never below)."""
+    if level is None:
+        yield
+        return
+    with Flood(proc.ports["nats"], "flood.bulk", FLOODS[level]):
+        deadline = time.monotonic() + 15
+        while level_of(proc) != level:
+            assert time.monotonic() < deadline, f"level {level_of(proc)}, wanted {level}"
+            time.sleep(0.1)
+        yield
+
+
+@pytest.fixture
+def js_server(nats_factory: Any) -> NatsServer:
+    return nats_factory(jetstream=True)
+
+
+async def test_a_burst_of_critical_messages_is_not_a_slow_upstream(
+    js_server: NatsServer, sidecar_factory: Any
+) -> None:
+    """50,000 critical messages pipelined by one application: each stored once, and the level stays at none
+    (before: the PubAcks of messages written behind thousands in flight were RTT samples, and the
+    sidecar's own burst raised the level to critical through upstream_latency, shedding everyone else)."""
+    await add_stream(js_server.url)
+    # Only the rate and CPU thresholds raised (the burst is far past the seed's 1,000 msg/s, and one core
+    # saturates on purpose): what is left to react is the latency signal, the queue and memory.
+    config = sidecar_config(js_server.url, policies=RULES)
+    config["backpressure"] = {"maxPublishRate": 10_000_000, "maxCpuUsagePercent": 1000}
+    proc = sidecar_factory(config)
+    total = 50_000
+    await asyncio.to_thread(raw_burst, proc.ports["nats"], "pay.in", total)
+    assert await stored(js_server.url, "PAY", total, timeout=60) == total
+    await asyncio.sleep(1.5)  # a tick or two: the level follows the signals once a second
+    assert [t for t in transitions(proc) if t["dominantSignal"] == "upstream_latency"] == []
+    status = proc.status()
+    assert status["degradationLevel"] == "none", (
+        status["dominantSignal"],
+        status["currentMemoryMB"],
+        [(t["to"], t["loadPercent"], t["dominantSignal"]) for t in transitions(proc)],
+    )
+    assert status["signalDetail"]["rtt"]["puback"]["samples"] >= 1
+
+
+async def test_the_puback_window_holds_the_application_not_the_queue(
+    js_server: NatsServer, sidecar_factory: Any
+) -> None:
+    """A burst ten times the PubAck window: the application waits in its socket while PubAcks come back;
+    nothing goes to the queue or the disk spool (before: past the window every message was queued one by
+    one, and past maxQueueSize spooled), and every message is stored once."""
+    await add_stream(js_server.url)
+    config = sidecar_config(js_server.url, policies=RULES)
+    config["backpressure"] = {"maxPublishRate": 10_000_000, "maxCpuUsagePercent": 1000, "maxQueueSize": 2000}
+    config["spool"] = {**config.get("spool", {}), "maxPendingAcks": 2000}
+    proc = sidecar_factory(config)
+    total = 20_000
+    await asyncio.to_thread(raw_burst, proc.ports["nats"], "pay.in", total)
+    assert await stored(js_server.url, "PAY", total, timeout=60) == total
+    assert await payloads(js_server.url, total) == sorted(b"%d" % i for i in range(total))
+    status = proc.status()
+    assert status["spooledMessages"] == 0 and status["droppedMessages"] == 0, status
+    assert [t for t in transitions(proc) if t["dominantSignal"] == "queue"] == []
+    assert proc.metric("kpi_sidecar_puback_window_holds_total") > 0
+    assert proc.metric("kpi_sidecar_pending_acks") == 0
+
+
+@pytest.mark.parametrize("level", [None, "high", "critical"])
+async def test_critical_jetstream_messages_at_every_level(
+    js_server: NatsServer, sidecar_factory: Any, level: str | None
+) -> None:
+    """The seed's default configuration: 3,000 critical messages from an unmodified nats-py application,
+    alone and while a flood holds the level at high or critical: all stored, none twice."""
+    await add_stream(js_server.url)
+    config = sidecar_config(js_server.url, policies=RULES)
+    config["backpressure"] = {}  # the seed's values: maxPublishRate 1000, maxQueueSize 10000, ...
+    proc = sidecar_factory(config)
+    total = 3000
+    with flooded(proc, level):
+        app = await nats.connect(proc.nats_url)
+        for i in range(total):
+            await app.publish("pay.in", str(i).encode())
+        await app.flush(timeout=30)
+        assert await stored(js_server.url, "PAY", total, timeout=60) == total
+        await app.close()
+    assert await payloads(js_server.url, total) == sorted(str(i).encode() for i in range(total))
+
+
+async def payloads(url: str, count: int) -> list[bytes]:
+    """The stream's payloads (it holds `count`), sorted: each once means none lost and none twice."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    assert (await js.stream_info("PAY")).state.messages == count
+    got = [(await js.get_msg("PAY", seq)).data for seq in range(1, count + 1)]
+    await nc.close()
+    return sorted(got)  # type: ignore[arg-type]
