@@ -200,6 +200,7 @@ class Engine:
         "_escalate_queue_at",
         "_handed",
         "_hold",
+        "_hold_critical",
         "_last_now",
         "_levels",
         "_load_percent",
@@ -269,6 +270,7 @@ class Engine:
         self._next_check = now
         self._escalate_queue_at = 0
         self._hold = False
+        self._hold_critical = False
         self._transitions: deque[Transition] = deque(maxlen=PENDING_TRANSITIONS)
         # Critical messages dropped, by reason (must stay 0: an alert fires on any increase).
         self._critical_dropped: dict[str, int] = dict.fromkeys(CRITICAL_DROP_REASONS, 0)
@@ -317,7 +319,13 @@ class Engine:
         if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
             self._acc.sampled += 1
             return self._drop(item, _DROP_SAMPLING)
-        if can_send and self._batch_size == 1 and not self._queue.size and self._bucket.try_take(now):
+        if (
+            can_send
+            and self._batch_size == 1
+            and not self._queue.size
+            and not (self._hold_critical and item.priority >= CRITICAL)
+            and self._bucket.try_take(now)
+        ):
             acc = self._acc
             acc.receive(item.priority, role)
             acc.forward(item.subject, item.priority, role)
@@ -335,7 +343,13 @@ class Engine:
         if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
             self._acc.sampled += 1
             return self._drop(item, _DROP_SAMPLING)
-        if can_send and self._batch_size == 1 and not self._queue.size and self._bucket.try_take(now):
+        if (
+            can_send
+            and self._batch_size == 1
+            and not self._queue.size
+            and not (self._hold_critical and item.priority >= CRITICAL)
+            and self._bucket.try_take(now)
+        ):
             return self._forward_now(item)
         return self._enqueue(item, priority, now)
 
@@ -348,7 +362,13 @@ class Engine:
         """
         queue = self._queue
         if priority >= CRITICAL:
-            if can_send and self._batch_size == 1 and not queue.size and self._bucket.try_take(now):
+            if (
+                can_send
+                and self._batch_size == 1
+                and not queue.size
+                and not self._hold_critical
+                and self._bucket.try_take(now)
+            ):
                 return self._forward_now(item)
             return self._enqueue(item, priority, now)
         if can_send and not queue.lane_size(FINISH_LANE):
@@ -374,7 +394,7 @@ class Engine:
         if (
             not can_send
             or self._batch_size != 1
-            or self._queue.size
+            or self._unheld_queued
             or self._breaker_records
             or self._shed_low
             or self._sampling_rate < 1.0
@@ -415,7 +435,7 @@ class Engine:
         fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
         batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
         """
-        if not can_send or self._queue.size or self._breaker_records or self._ceiling is not None:
+        if not can_send or self._unheld_queued or self._breaker_records or self._ceiling is not None:
             # A fleet share in force (set_rate_ceiling) is spent through the queue, message by message:
             # deciding runs in bulk there forwarded about 20 % under the share (tests/integration/
             # test_fleet.py), a limit still to remove.
@@ -429,6 +449,8 @@ class Engine:
         kept = finishing = 0
         for _, count, priority, role in groups:
             p = priority if prioritize else MEDIUM
+            if priority >= CRITICAL and self._hold_critical:
+                return None  # queued (held) until PubAcks come back
             if p >= CRITICAL:
                 plan.append((APART, 0))
                 if role >= REPLY:
@@ -572,7 +594,10 @@ class Engine:
                 if limit <= 0:
                     return self._forward_all(out)
         size = queue.lane_size(CRITICAL_LANE) if self._hold else queue.size - queue.lane_size(FINISH_LANE)
-        if not size:
+        if self._hold_critical:
+            # Critical messages wait for PubAcks; without prioritization they are not told apart: all do.
+            size = size - queue.lane_size(CRITICAL_LANE) if self._prioritize else 0
+        if size <= 0:
             return self._forward_all(out)
         size_target = self._batch_size
         delay_expired = True
@@ -592,6 +617,8 @@ class Engine:
             self._bucket.take(count)
             if self._hold:
                 out.extend(queue.pop_lane(CRITICAL_LANE) for _ in range(count))
+            elif self._hold_critical:
+                out.extend(queue.pop_below(CRITICAL_LANE) for _ in range(count))
             else:
                 out.extend(queue.pop() for _ in range(count))
         return self._forward_all(out)
@@ -614,6 +641,8 @@ class Engine:
             return bucket.stamp  # never after now: the last refill
         if self._hold and not queue.lane_size(CRITICAL_LANE):
             return None  # the spool replay lifts the hold and pumps again
+        if self._hold_critical and (not self._prioritize or queue.size == queue.lane_size(CRITICAL_LANE)):
+            return None  # PubAcks coming back lift the hold and pump again
         size_target = self._batch_size
         if size_target <= 1 or queue.has_requests:
             return bucket.time_for(1)
@@ -623,6 +652,24 @@ class Engine:
         if queue.size >= size_target:
             return min(by_delay, bucket.time_for(size_target))
         return by_delay
+
+    @property
+    def _unheld_queued(self) -> int:
+        """Queued messages that may leave now: all but the critical ones while hold_critical."""
+        queue = self._queue
+        if self._hold_critical and self._prioritize:
+            return queue.size - queue.lane_size(CRITICAL_LANE)
+        return queue.size
+
+    @property
+    def hold_critical(self) -> bool:
+        """While True, critical messages are queued, not forwarded, and take() releases the others: the
+        PubAck window (spool.maxPendingAcks) is full. Without prioritization nothing is released."""
+        return self._hold_critical
+
+    @hold_critical.setter
+    def hold_critical(self, hold: bool) -> None:
+        self._hold_critical = hold
 
     @property
     def hold_below_critical(self) -> bool:

@@ -103,6 +103,14 @@ class PriorityQueue:
                 return self._popleft(lane)
         raise IndexError("pop from an empty PriorityQueue")
 
+    def pop_below(self, lane: int) -> Any:
+        """Remove and return the oldest item of the highest non-empty lane below `lane` (there is one)."""
+        items = self._items
+        for lower in _LANES_DESC:
+            if lower < lane and items[lower]:
+                return self._popleft(lower)
+        raise IndexError(f"pop_below({lane}): no item below that lane")
+
     def pop_lane(self, lane: int) -> Any | None:
         """Remove and return the oldest item of `lane`, or None when it is empty."""
         return self._popleft(lane) if self._items[lane] else None

@@ -179,7 +179,7 @@ class Confirmations:
         if self._probe is None and len(acks) <= QUIET_PUBACKS and self._quiet:
             self._probe = (token, now)
         if len(acks) >= self.config.spool.max_pending_acks:
-            self.upstream.hold = True  # the queue holds the rest until PubAcks come back
+            self.engine.hold_critical = True  # the queue holds critical messages until PubAcks come back
 
     @property
     def _quiet(self) -> bool:
@@ -197,7 +197,7 @@ class Confirmations:
         for msg in msgs:
             acks[msg.ack_token] = (msg, entry_deadline)  # type: ignore[index]
         if len(acks) >= self.config.spool.max_pending_acks:
-            self.upstream.hold = True
+            self.engine.hold_critical = True
 
     def await_confirmations(self, msgs: list[OutMsg]) -> None:
         """await_confirmation for messages written together: they share the open batch and its PING."""
@@ -254,7 +254,7 @@ class Confirmations:
             return True
         acks = self._acks
         if not acks:
-            return False
+            return True  # nothing awaited: nothing says JetStream stopped answering
         oldest_deadline = next(iter(acks.values()))[1]
         return oldest_deadline - self.config.spool.ack_timeout_ms / 1000 > now - budget
 
@@ -291,8 +291,8 @@ class Confirmations:
             self._settled(now)
 
     def _release_ack_hold(self) -> None:
-        if self.upstream.hold and len(self._acks) < self.config.spool.max_pending_acks:
-            self.upstream.hold = False
+        if self.engine.hold_critical and len(self._acks) < self.config.spool.max_pending_acks:
+            self.engine.hold_critical = False
             self.schedule_pump()
 
     def _expire_acks(self, now: float) -> None:
@@ -348,7 +348,7 @@ class Confirmations:
         self.resend.extend(msg for msg, _ in self._acks.values())
         self._acks.clear()
         self._probe = None
-        self.upstream.hold = False
+        self.engine.hold_critical = False
 
     @property
     def settled(self) -> bool:

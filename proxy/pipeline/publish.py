@@ -40,7 +40,7 @@ from proxy.pipeline.confirmations import Confirmations
 from proxy.pipeline.deliveries import Deliveries
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.message import OutMsg
-from proxy.pipeline.runs import run_groups, select_frames, stamp_critical
+from proxy.pipeline.runs import run_groups, select_frames, split_run, stamp_critical
 from proxy.pipeline.spool_bridge import SpoolBridge
 from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN
 from proxy.upstream.connection import Upstream
@@ -123,10 +123,11 @@ class Publisher:
             msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule, role)
         return self.offer(msg, now).verdict is not BLOCK
 
-    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> int:
+    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> int | PubRun:
         """Consecutive publishes (PubRun) decided per group and written as one slice (RUN_TAKEN); RUN_SPLIT:
         the caller offers them one by one (it re-parses the run); RUN_HOLD: the caller keeps the run and
-        is not read until the PubAck window has room for its critical messages (`_window_full`).
+        is not read until the PubAck window has room for its critical messages (`_window_full`); a PubRun:
+        the part of the run that did not fit, which the caller keeps in the same way.
 
         At level none, when the engine would have forwarded each of them at once, the run goes as it
         came. Otherwise the engine decides each group in bulk (`Engine.decide_run`: shed, sampled, kept),
@@ -152,9 +153,8 @@ class Publisher:
                 # their order behind it.
                 return RUN_SPLIT
             count, room = found.critical_count, self.confirmations.window_room()
-            if count > room and room < self.config.spool.max_pending_acks:
-                # (A run larger than the whole window goes when the window is empty: one read past it.)
-                return self._window_full(client, count, now)
+            if count > room:
+                return self._window_full(op, found.all_critical, client, count, room, now)
         # While shedding, only what the socket takes now: no read past maxPendingBytes or the journal's
         # bound (the level-none fast path above streams one read per client, then pauses it). A run of
         # critical messages alone is not journaled (each awaits its own confirmation): it streams too.
@@ -175,24 +175,41 @@ class Publisher:
             upstream.track(RunEntry(client, kept, found.kept_counts(plan)), len(kept))
         return RUN_TAKEN
 
-    def _window_full(self, client: ClientConnection | None, count: int, now: float) -> int:
-        """A run's critical messages do not fit in the PubAck window (maxPendingAcks). While the PubAcks
-        come back (Confirmations.window_flowing), the client waits, not read, until they fit: TCP pushes
-        back on the application as a JetStream client's own max-pending does, and the backlog costs the
-        sidecar nothing (a run larger than the whole window waits for it to be empty). A JetStream that
-        stopped answering for `upstream.flowControlMs` and the other sources (HTTP ingest) take the queue,
-        one by one, as before: it keeps them in order, holds them until PubAcks return, and spools them
-        when it is full."""
+    def _window_full(
+        self,
+        op: PubRun,
+        all_critical: bool,
+        client: ClientConnection | None,
+        count: int,
+        room: int,
+        now: float,
+    ) -> int | PubRun:
+        """A run's `count` critical messages do not fit in the PubAck window (spool.maxPendingAcks, `room`
+        left). While the PubAcks come back (Confirmations.window_flowing), the client waits, not read:
+        TCP pushes back on the application as a JetStream client's own max-pending does, and the backlog
+        costs the sidecar nothing. A run of critical messages alone is cut: what fits goes now, the rest
+        waits (returned, for the client to keep). It is retried once half the window (or the run) fits.
+        A JetStream that stopped answering for `upstream.flowControlMs` and the other sources (HTTP
+        ingest) take the queue, one by one, as before: there critical messages wait for PubAcks
+        (Engine.hold_critical) while everything else goes on, and are spooled when it is full."""
         confirmations = self.confirmations
         if client is None or not confirmations.window_flowing(now):
             return RUN_SPLIT
-        confirmations.window_wait(min(count, self.config.spool.max_pending_acks))
+        rest: int | PubRun = RUN_HOLD
+        if all_critical and room > 0:
+            head, tail = split_run(op, room)
+            if self.publish_run(head, now, client) != RUN_TAKEN:
+                return RUN_SPLIT
+            rest, count = tail, tail.n
+        window = self.config.spool.max_pending_acks
+        confirmations.window_wait(min(count, max(1, window // 2)))
         if self._window_timer is None:
             # Looked at again after flowControlMs even if no PubAck comes back (then it takes the queue).
-            budget = self.config.upstream.flow_control_ms / 1000
-            self._window_timer = self.loop.call_later(budget, self._window_retry)
+            self._window_timer = self.loop.call_later(
+                self.config.upstream.flow_control_ms / 1000, self._window_retry
+            )
         self.window_holds += 1
-        return RUN_HOLD
+        return rest
 
     def _window_retry(self) -> None:
         self._window_timer = None

@@ -187,6 +187,27 @@ def select_frames_py(
     return b"".join(kept), b"".join(apart)
 
 
+def split_run(op: PubRun, k: int) -> tuple[PubRun, PubRun]:
+    """The first `k` publishes of a run (0 < k < op.n) and the rest, each a PubRun as the parser makes it
+    (its frames read again: counts per subject, requests, priorities)."""
+    frames = op.frames
+    pos = 0
+    for _ in range(k):
+        eol = frames.index(b"\r\n", pos)
+        size = int(frames[pos:eol].split()[-1])  # PUB/HPUB: the last token is the total size
+        pos = eol + 2 + size + 2
+    return _run_of(frames[:pos]), _run_of(frames[pos:])
+
+
+def _run_of(frames: bytes) -> PubRun:
+    parser = ClientParser(max_payload=-1)
+    parser.headers = True  # HPUBs in a run were accepted already
+    parser.batch = True
+    (op,) = parser.feed_data(frames)
+    assert type(op) is PubRun, "the frames of a run read again are a run"
+    return op
+
+
 Stamped = list[tuple[bytes, bytes, int]]
 
 

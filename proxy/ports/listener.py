@@ -19,7 +19,7 @@ from typing import Any
 from policies.engine import Engine
 from proxy import __version__
 from proxy.config.schema import SidecarConfig
-from proxy.nats.protocol import Pub, Sub
+from proxy.nats.protocol import Pub, PubRun, Sub
 from proxy.pipeline.deliveries import Deliveries
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.publish import Publisher
@@ -40,7 +40,7 @@ class NatsListener:
     """The application connections on the NATS port; implements `ClientHost` for each of them."""
 
     publish: Callable[[ClientConnection | None, Pub, float], bool]
-    publish_run: Callable[..., int]
+    publish_run: Callable[..., int | PubRun]
     after_ingest: Callable[[], None]
     hold_client: Callable[[ClientConnection], None]
     flow_pause: Callable[[ClientConnection], None]

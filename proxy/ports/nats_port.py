@@ -135,8 +135,8 @@ class ClientConnection(asyncio.Protocol):
                 taken = host.publish_run(op, now, self) if plain else RUN_SPLIT
                 if taken == RUN_TAKEN:
                     continue
-                if taken == RUN_HOLD:  # the PubAck window is full: backpressure, as for a PUB below
-                    self._hold(ops[i:])
+                if taken != RUN_SPLIT:  # the PubAck window is full: hold it (or its rest), as a PUB below
+                    self._hold(ops[i:] if taken == RUN_HOLD else [taken, *ops[i + 1 :]])
                     break
                 split = ClientParser(max_payload=-1)
                 split.headers = True  # HPUBs in a run were accepted already

@@ -51,8 +51,6 @@ class Upstream:
         self.handler = handler
         self.loop = asyncio.get_running_loop()
         self.connected = False
-        # Set by the sidecar to stop handing over publishes (e.g. too many PubAcks outstanding).
-        self.hold = False
         # PINGs written (confirmations and keepalives): what is written after one is not covered by its
         # PONG. PONGs received on this connection, counted from pings_written at connect, so that the
         # k-th PONG confirms everything written before PING number k.
@@ -98,7 +96,6 @@ class Upstream:
             self.connected
             and proto is not None
             and not proto.paused
-            and not self.hold
             and not self.moving
             and self.journal.nbytes < self.journal.limit
         )
@@ -108,7 +105,7 @@ class Upstream:
         """True when a client's read may be written even while the socket is backed up (`paused`): the
         caller then pauses that client's reading (flow control), so at most one read per client goes past
         `maxPendingBytes`."""
-        return self.connected and self._proto is not None and not self.hold and not self.moving
+        return self.connected and self._proto is not None and not self.moving
 
     @property
     def paused(self) -> bool:

@@ -175,3 +175,43 @@ async def payloads(url: str, count: int) -> list[bytes]:
     got = [(await js.get_msg("PAY", seq)).data for seq in range(1, count + 1)]
     await nc.close()
     return sorted(got)  # type: ignore[arg-type]
+
+
+async def test_a_stream_that_stops_answering_holds_only_its_own_messages(
+    js_server: NatsServer, sidecar_factory: Any
+) -> None:
+    """No stream captures the critical subject (every PubAck is a 503): its messages wait, resent on the
+    ack timeout, never dropped; the same application's other messages, and another application's, still
+    go through (the PubAck window holds critical messages, not the whole upstream connection)."""
+    config = sidecar_config(js_server.url, policies=RULES)
+    config["spool"] = {**config.get("spool", {}), "maxPendingAcks": 100, "ackTimeoutMs": 1000}
+    proc = sidecar_factory(config)
+    watcher = await nats.connect(js_server.url)
+    got: list[bytes] = []
+
+    async def on(msg: Any) -> None:
+        got.append(msg.data)
+
+    await watcher.subscribe("data.>", cb=on)
+    await watcher.flush()
+    app = await nats.connect(proc.nats_url)
+    other = await nats.connect(proc.nats_url)
+    for i in range(500):
+        await app.publish("pay.in", str(i).encode())
+    for i in range(50):
+        await app.publish("data.same", str(i).encode())
+        await other.publish("data.other", str(i).encode())
+    await app.flush(timeout=10)
+    await other.flush(timeout=10)
+    deadline = time.monotonic() + 10
+    while len(got) < 100 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert len(got) == 100, f"{len(got)} of 100 other messages went through"
+    status = proc.status()
+    assert status["droppedMessages"] == 0
+    assert (
+        proc.metric("kpi_sidecar_pending_acks") + status["currentQueueSize"] + status["spooledMessages"]
+        >= 500
+    )
+    for nc in (app, other, watcher):
+        await nc.close()

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.nats import speedups
-from proxy.nats.protocol import ClientParser, add_header, encode_pub
-from proxy.pipeline.runs import stamp_critical_py
+from proxy.nats.protocol import ClientParser, PubRun, add_header, encode_pub
+from proxy.pipeline.runs import split_run, stamp_critical_py
 
 STAMP = speedups.stamp_critical
 needs_c = pytest.mark.skipif(
@@ -115,3 +115,24 @@ def test_sizes_and_subjects() -> None:
     if STAMP is not None:
         assert STAMP(frames, b"S-", 41, ACK, 9, 1 << 20) == stamped
         assert STAMP(frames, b"S-", 41, ACK, 9, 40) is None  # the second grows past max_payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=parts_st, cut=st.integers(1, 39))
+def test_a_run_cut_in_two_is_the_same_run(parts: list, cut: int) -> None:
+    # What fits in the PubAck window goes now, the rest waits (Publisher._window_full): the two parts are
+    # the parser's own runs of the same frames.
+    frames = build(parts)
+    parser = ClientParser(max_payload=-1)
+    parser.headers = parser.batch = True
+    (op,) = parser.feed_data(frames)
+    assert type(op) is PubRun
+    if not 0 < cut < op.n:
+        return
+    head, tail = split_run(op, cut)
+    assert (head.n, tail.n) == (cut, op.n - cut)
+    assert head.frames + tail.frames == op.frames
+    merged = dict(head.counts)
+    for subject, k in tail.counts.items():
+        merged[subject] = merged.get(subject, 0) + k
+    assert merged == op.counts

@@ -14,9 +14,9 @@ PAYLOAD = b"x" * 1000
 
 
 async def test_a_released_queue_stops_at_the_journal_bound(nats_server: NatsServer, workdir: Path) -> None:
-    # 3,000 medium messages of 1 KB queue while the upstream holds writes, and the server answers no
-    # PONG: released, they may fill the journal of unconfirmed writes up to its bound and one slice's last
-    # frame, not by a whole slice (1,024 frames, about 1 MB, before the fix).
+    # 3,000 medium messages of 1 KB queue while the upstream takes no writes (it is moving: lame duck),
+    # and the server answers no PONG: released, they may fill the journal of unconfirmed writes up to its
+    # bound and one slice's last frame, not by a whole slice (1,024 frames, about 1 MB, before the fix).
     config = build_config(
         sidecar_config(
             nats_server.url,
@@ -30,11 +30,11 @@ async def test_a_released_queue_stops_at_the_journal_bound(nats_server: NatsServ
     upstream = sidecar.upstream
     try:
         nats_server.pause()
-        upstream.hold = True
+        upstream.moving = True
         for _ in range(3000):
             decision = sidecar.publisher.publish_message("pump.a", None, PAYLOAD, None, sidecar.clock())
             assert decision.verdict is Verdict.QUEUE
-        upstream.hold = False
+        upstream.moving = False
         sidecar.publisher.pump()
         assert 0 < upstream.journal.nbytes <= LIMIT + len(PAYLOAD) + 64
         assert sidecar.engine.queue_size > 0  # the rest waits for the PONG that confirms the first
