@@ -438,6 +438,38 @@ def test_the_c_router_and_the_python_path_write_the_same_bytes(
         conn.close()
 
 
+def test_many_connections_with_the_same_subscriptions_are_one_upstream_subscription_each(
+    seed_sidecar: SidecarProcess,
+) -> None:
+    # The issue's measure at a smaller scale: N connections x M identical subscriptions are M upstream
+    # subscriptions (a leaf node's count), and every application subscription gets every message.
+    hub: NatsServer = seed_sidecar.upstream  # type: ignore[attr-defined]
+    conns, subjects = 200, [f"sc.{i}" for i in range(10)]
+    setup = b"".join(b"SUB %s %d\r\n" % (s.encode(), i + 1) for i, s in enumerate(subjects))
+    apps = [Raw(seed_sidecar.ports["nats"]) for _ in range(conns)]
+    for conn in apps:
+        conn.send(b'CONNECT {"verbose":false}\r\n' + setup + b"PING\r\n")
+    for conn in apps:
+        conn.until_pongs(1)
+    assert upstream_subs(hub, "sc.") == sorted(subjects)  # before merging: 2,000
+    assert seed_sidecar.metric("kpi_sidecar_subscriptions") == conns * len(subjects)
+    publisher = Raw(hub.port)
+    publisher.send(
+        b'CONNECT {"verbose":false}\r\n'
+        + b"".join(b"PUB %s 2\r\nhi\r\n" % s.encode() for s in subjects)
+        + b"PING\r\n"
+    )
+    publisher.until_pongs(1)
+    want = {b"%d" % (i + 1): [s.encode() + b" hi"] for i, s in enumerate(subjects)}
+    for conn in apps:
+        conn.send(b"PING\r\n")
+        got = by_sid(conn.until_pongs(1))
+        assert got.pop(b"") == [b"PONG"]
+        assert got == want
+    for conn in [*apps, publisher]:
+        conn.close()
+
+
 # ------------------------------------------------------------------------------------ a stuck member
 
 
