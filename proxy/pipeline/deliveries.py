@@ -365,6 +365,7 @@ class Deliveries:
         # A custom inbox prefix: what the application publishes there is a reply (policies.roles).
         custom = reply is not None and not reply.startswith(ROLE_PREFIXES)
         members = interest.members
+        client = None
         for sub in members if len(members) == 1 else tuple(members):
             if not sub.joined or (sub.echoes and self._is_echo(sub, msg)):
                 continue
@@ -377,6 +378,8 @@ class Deliveries:
                 if interest.upstream_max:
                     interest.unsubscribed = True  # the upstream removes it itself at the same count
                 self._forget_sub(sub)  # the last member out UNSUBs upstream (see _release)
+        if client is not None and self.flow is not None:
+            self.flow.check(client)  # one member for all: they were given the same bytes
 
     def on_upstream_msgs(self, run: MsgRun) -> None:
         """A run of plain MSGs: routed in C where `routes` allows, the others one by one, in order."""

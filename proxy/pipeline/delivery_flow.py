@@ -16,7 +16,7 @@ holds the upstream by itself (until it has drained) and grows until the per-clie
 before merging; only three quarters of the total bound, counting the slow, still hold everyone (the
 bound itself would cut the slowest). So one slow member costs the others one hold. Collaborators: the
 `Upstream` (`hold_reading`), the `OutboundBudget` (what each application has waiting, `on_pending` at
-each flush), `Deliveries` (`check` for each application a run was routed to).
+each flush), `Deliveries` (`check` as it routes: each member of a run, one member per message).
 """
 
 from __future__ import annotations

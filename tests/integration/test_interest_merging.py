@@ -481,8 +481,9 @@ def test_many_connections_with_the_same_subscriptions_are_one_upstream_subscript
 # ------------------------------------------------------------------------------------ a stuck member
 
 
+@pytest.mark.parametrize("headers", [None, {"h": "1"}], ids=["msg_c_router", "hmsg_python_path"])
 async def test_a_member_that_stops_reading_is_cut_and_the_others_get_everything(
-    nats_server: NatsServer, sidecar_factory: Any
+    nats_server: NatsServer, sidecar_factory: Any, headers: dict[str, str] | None
 ) -> None:
     # The upstream is read no faster than the applications read (merged interest fans one upstream
     # message out to all of them); a member that reads nothing holds it for one hold at most, is cut at its
@@ -501,7 +502,11 @@ async def test_a_member_that_stops_reading_is_cut_and_the_others_get_everything(
     assert upstream_subs(nats_server, "sl.") == ["sl.x"]
     direct = await nats.connect(nats_server.url)
     count, body = 20_000, b"x" * 1000
-    await publish(direct, "sl.x", [b"%d:" % i + body for i in range(count)])
+    for i in range(count):
+        await direct.publish("sl.x", b"%d:" % i + body, headers=headers)
+        if i % 200 == 199:
+            await direct.flush()
+    await direct.flush()
     await eventually(lambda: all(len(g) >= count for g in got), timeout=30)
     assert got == [[b"%d:" % i + body for i in range(count)]] * 2
     await eventually(lambda: proc.metric("kpi_sidecar_slow_consumers_total") >= 1, timeout=10)
