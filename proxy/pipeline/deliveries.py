@@ -1,7 +1,9 @@
 """Deliveries: application subscriptions, and the upstream messages routed to them.
 
 One job: the routing table from upstream subscription ids (`usid`) to application subscriptions, as
-nats-server's `sublist.go` and `client.go` deliver. Subscribe, unsubscribe (with max counts, and the
+nats-server's `sublist.go` and `client.go` deliver, with identical non-queue subscriptions merged into one
+upstream subscription as a leaf node merges interest (docs/architecture.md, "Merged interest"). Subscribe
+(joining a merged subscription), unsubscribe (with max counts, and the
 in-flight messages a retired subscription still gets), the C router's `routes`, reply subjects
 remembered per client, echo suppression for `echo=false` clients (one shared upstream connection cannot
 ask the server not to echo one application), subscriptions the upstream refused, and the SUBs replayed on
@@ -32,6 +34,7 @@ from proxy.nats.protocol import (
     split_pub,
 )
 from proxy.pipeline.confirmations import ACK_SID, Confirmations
+from proxy.pipeline.interest import Interest
 from proxy.pipeline.message import OutMsg
 from proxy.ports.subscription import ClientSub
 from proxy.upstream.connection import Upstream
@@ -48,26 +51,6 @@ ROLE_PREFIXES = tuple(prefix.encode() for prefix, _ in roles.ROLE_PREFIXES)
 _SUB_DENIED = re.compile(r'subscription to "(.*?)"(?: using queue "(.*?)")?\s*$', re.IGNORECASE)
 # Bound on the echoes one echo=false subscription waits for (its client's own in-flight messages).
 MAX_PENDING_ECHOES = 10_000
-
-
-class Interest:
-    """One upstream subscription and the application subscriptions it stands for (its members).
-
-    Non-queue subscriptions to the same subject string share one (merged interest, as a leaf node does);
-    a queue subscription has its own. Members stay, in the order they subscribed, until forgotten:
-    a retiring member (`closing`) still gets what is in flight, see `Deliveries._retire`.
-    """
-
-    __slots__ = ("live", "members", "queue", "subject", "unsubscribed", "upstream_max", "usid")
-
-    def __init__(self, usid: int, subject: str, queue: str | None) -> None:
-        self.usid = usid
-        self.subject = subject
-        self.queue = queue
-        self.members: list[ClientSub] = []
-        self.live = 0  # members not retiring
-        self.unsubscribed = False  # its UNSUB was written upstream (or the upstream removes it itself)
-        self.upstream_max = False  # the upstream was given a max count (queue subscriptions only)
 
 
 class Deliveries:
@@ -126,6 +109,8 @@ class Deliveries:
             # takes part from the PONG of a PING written here, ahead of what the client does next.
             sub.joined = False
             self.upstream.confirm_here(lambda _ok: self._joined(sub))
+        else:
+            self._route(interest)  # the reconnect replays the one SUB
 
     def _joined(self, sub: ClientSub) -> None:
         sub.joined = True
@@ -133,8 +118,8 @@ class Deliveries:
         if interest is None or sub not in interest.members:
             return  # gone before the PONG
         route = self.routes.get(interest.usid)
-        if route is not None and self._routable(sub):
-            self.routes[interest.usid] = (*route, (sub.client, sub.sid_bytes))
+        if route is not None and self._routable(sub) and interest.members[-1] is sub:
+            self.routes[interest.usid] = (*route, (sub.client, sub.sid_bytes))  # the members' order
         else:
             self._route(interest)
 

@@ -270,6 +270,31 @@ async def _replayed_after_restart(seed_sidecar: SidecarProcess, hub: NatsServer)
         await nc.close()
 
 
+async def test_members_that_join_while_the_hub_is_down_get_every_message_after_it_is_back(
+    seed_sidecar: SidecarProcess,
+) -> None:
+    hub: NatsServer = seed_sidecar.upstream  # type: ignore[attr-defined]
+    hub.stop()
+    await eventually(lambda: not seed_sidecar.status()["upstreamConnected"], timeout=10)
+    conns = [Raw(seed_sidecar.ports["nats"]) for _ in range(3)]
+    for i, conn in enumerate(conns):  # the first creates the subscription, the others join it
+        conn.send(b'CONNECT {"verbose":false}\r\nSUB dj.x %d\r\nPING\r\n' % (i + 1))
+        conn.until_pongs(1)
+    hub.start()
+    await eventually(lambda: seed_sidecar.status()["upstreamConnected"], timeout=10)
+    await eventually(lambda: upstream_subs(hub, "dj.") == ["dj.x"])
+    publisher = Raw(hub.port)
+    frames = b"".join(b"PUB dj.x 3\r\nm%02d\r\n" % i for i in range(50))
+    publisher.send(b'CONNECT {"verbose":false}\r\n' + frames + b"PING\r\n")
+    publisher.until_pongs(1)
+    for i, conn in enumerate(conns):
+        conn.send(b"PING\r\n")
+        got = by_sid(conn.until_pongs(1))
+        assert got[b"%d" % (i + 1)] == [b"dj.x m%02d" % n for n in range(50)]
+    for conn in [*conns, publisher]:
+        conn.close()
+
+
 PERMISSIONS = """
 authorization {
   users = [
