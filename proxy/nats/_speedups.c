@@ -70,30 +70,24 @@ subject_ok(const unsigned char *s, Py_ssize_t len)
     return 1;
 }
 
-/* The priority a header block gives its message, as ClientParser's Python loop reads it
- * (proxy/nats/parser.py _header_priority, after header_value() and Engine.classify()): the value of the first
- * header line named KPI-Priority (any case), trimmed of blanks and tabs: 1-4 for low, medium, high,
- * critical in any case, 0 for no such header or another word (the subject's rule decides), and -1 when
- * the value holds anything but ASCII letters: the Python code decides that message on its own. The block
- * is read once, in place, never lowercased into a copy. */
-static int
-header_priority(const unsigned char *h, Py_ssize_t len)
+/* Where the value of the first header line named by `key` begins in the block h (its name in any case;
+ * `key` in lowercase with the CRLF before it and the colon: "\r\nname:"), as header_value() finds it; -1
+ * when there is none. The block is read in place, never lowercased into a copy. */
+static Py_ssize_t
+header_find(const unsigned char *h, Py_ssize_t len, const char *key, Py_ssize_t klen)
 {
-    static const char key[] = "\r\nkpi-priority:";
-    const Py_ssize_t klen = (Py_ssize_t)sizeof(key) - 1;
-    Py_ssize_t i = 0;
-    for (;; i++) {
+    for (Py_ssize_t i = 0;; i++) {
         if (i + klen > len) {
-            return 0;
+            return -1;
         }
         if (h[i] != '\r') {
             const void *cr = memchr(h + i, '\r', (size_t)(len - i));
             if (cr == NULL) {
-                return 0;
+                return -1;
             }
             i = (const unsigned char *)cr - h;
             if (i + klen > len) {
-                return 0;
+                return -1;
             }
         }
         Py_ssize_t j = 1;
@@ -108,10 +102,24 @@ header_priority(const unsigned char *h, Py_ssize_t len)
             j++;
         }
         if (j == klen) {
-            break;
+            return i + klen;
         }
     }
-    Py_ssize_t start = i + klen;
+}
+
+/* The priority a header block gives its message, as ClientParser's Python loop reads it
+ * (proxy/nats/parser.py _header_priority, after header_value() and Engine.classify()): the value of the first
+ * header line named KPI-Priority (any case), trimmed of blanks and tabs: 1-4 for low, medium, high,
+ * critical in any case, 0 for no such header or another word (the subject's rule decides), and -1 when
+ * the value holds anything but ASCII letters: the Python code decides that message on its own. */
+static int
+header_priority(const unsigned char *h, Py_ssize_t len)
+{
+    static const char key[] = "\r\nkpi-priority:";
+    Py_ssize_t start = header_find(h, len, key, (Py_ssize_t)sizeof(key) - 1);
+    if (start < 0) {
+        return 0;
+    }
     Py_ssize_t stop = start;
     while (stop + 1 < len && !(h[stop] == '\r' && h[stop + 1] == '\n')) {
         stop++;
@@ -418,6 +426,48 @@ scan_pubs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(pos);
 }
 
+/* A PUB or HPUB frame of a run (accepted by the parser already) at p, with avail bytes to the buffer's end:
+ * its tokens ("PUB <subject> [reply] <size>", "HPUB <subject> [reply] <hdr> <size>"), sizes and length. */
+typedef struct {
+    const unsigned char *toks[4];
+    Py_ssize_t lens[4];
+    int ntok;
+    int hpub;
+    long long size;
+    long long hdr; /* -1 for a PUB */
+    Py_ssize_t line_len;
+    Py_ssize_t frame_len;
+} pub_frame;
+
+/* Fill f and return 1, or 0 when the bytes at p are not such a frame whole. */
+static int
+parse_pub(const unsigned char *p, Py_ssize_t avail, pub_frame *f)
+{
+    const unsigned char *q;
+    if (avail >= 4 && p[0] == 'P' && p[1] == 'U' && p[2] == 'B' && (p[3] == ' ' || p[3] == '\t')) {
+        f->hpub = 0;
+        q = p + 4;
+    }
+    else if (avail >= 5 && p[0] == 'H' && p[1] == 'P' && p[2] == 'U' && p[3] == 'B' &&
+             (p[4] == ' ' || p[4] == '\t')) {
+        f->hpub = 1;
+        q = p + 5;
+    }
+    else {
+        return 0;
+    }
+    int ntok = split_args(q, p + avail, 1, f->toks, f->lens, &q);
+    f->ntok = ntok;
+    f->hdr = -1;
+    if (ntok < 2 + f->hpub || ntok > 3 + f->hpub || !parse_digits(f->toks[ntok - 1], f->lens[ntok - 1], 9, &f->size) ||
+        (f->hpub && (!parse_digits(f->toks[ntok - 2], f->lens[ntok - 2], 9, &f->hdr) || f->hdr > f->size))) {
+        return 0;
+    }
+    f->line_len = (q + 2) - p;
+    f->frame_len = f->line_len + (Py_ssize_t)f->size + 2;
+    return f->frame_len <= avail;
+}
+
 /* ---- deciding a run in bulk: the kept frames of each group copied into one buffer ---- */
 
 #define SELECT_GROUPS 64
@@ -498,34 +548,15 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int last = -1;
     while (pos < n) {
         const unsigned char *p = buf + pos;
-        Py_ssize_t avail = n - pos;
-        int hpub;
-        const unsigned char *q;
-        if (avail >= 4 && p[0] == 'P' && p[1] == 'U' && p[2] == 'B' && (p[3] == ' ' || p[3] == '\t')) {
-            hpub = 0;
-            q = p + 4;
-        }
-        else if (avail >= 5 && p[0] == 'H' && p[1] == 'P' && p[2] == 'U' && p[3] == 'B' &&
-                 (p[4] == ' ' || p[4] == '\t')) {
-            hpub = 1;
-            q = p + 5;
-        }
-        else {
+        pub_frame f;
+        if (!parse_pub(p, n - pos, &f)) {
             goto refuse;
         }
-        const unsigned char *toks[4];
-        Py_ssize_t lens[4];
-        int ntok = split_args(q, buf + n, 1, toks, lens, &q);
-        long long size, hdr = -1;
-        if (ntok < 2 + hpub || ntok > 3 + hpub || !parse_digits(toks[ntok - 1], lens[ntok - 1], 9, &size) ||
-            (hpub && (!parse_digits(toks[ntok - 2], lens[ntok - 2], 9, &hdr) || hdr > size))) {
-            goto refuse;
-        }
-        Py_ssize_t line_len = (q + 2) - p;
-        Py_ssize_t frame_len = line_len + (Py_ssize_t)size + 2;
-        if (frame_len > avail) {
-            goto refuse;
-        }
+        const unsigned char *const *toks = f.toks;
+        const Py_ssize_t *lens = f.lens;
+        Py_ssize_t line_len = f.line_len, frame_len = f.frame_len;
+        long long hdr = f.hdr;
+        int hpub = f.hpub, ntok = f.ntok;
         int code = hpub ? header_priority(p + line_len, (Py_ssize_t)hdr) : 0;
         if (code < 0) {
             goto refuse;
@@ -994,27 +1025,7 @@ static int
 has_msg_id(const unsigned char *h, Py_ssize_t len)
 {
     static const char key[] = "\r\nnats-msg-id:";
-    const Py_ssize_t klen = (Py_ssize_t)sizeof(key) - 1;
-    for (Py_ssize_t i = 0; i + klen <= len; i++) {
-        if (h[i] != '\r') {
-            continue;
-        }
-        Py_ssize_t j = 1;
-        while (j < klen) {
-            unsigned char c = h[i + j];
-            if (c >= 'A' && c <= 'Z') {
-                c = (unsigned char)(c + 32);
-            }
-            if (c != (unsigned char)key[j]) {
-                break;
-            }
-            j++;
-        }
-        if (j == klen) {
-            return 1;
-        }
-    }
-    return 0;
+    return header_find(h, len, key, (Py_ssize_t)sizeof(key) - 1) >= 0;
 }
 
 PyDoc_STRVAR(stamp_critical_doc,
@@ -1059,34 +1070,15 @@ stamp_critical(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos = 0;
     while (pos < n) {
         const unsigned char *p = buf + pos;
-        Py_ssize_t avail = n - pos;
-        int hpub;
-        const unsigned char *q;
-        if (avail >= 4 && p[0] == 'P' && p[1] == 'U' && p[2] == 'B' && (p[3] == ' ' || p[3] == '\t')) {
-            hpub = 0;
-            q = p + 4;
+        pub_frame f;
+        if (!parse_pub(p, n - pos, &f) || f.ntok != 2 + f.hpub) {
+            goto decline; /* not a frame of a run, or one with a reply subject */
         }
-        else if (avail >= 5 && p[0] == 'H' && p[1] == 'P' && p[2] == 'U' && p[3] == 'B' &&
-                 (p[4] == ' ' || p[4] == '\t')) {
-            hpub = 1;
-            q = p + 5;
-        }
-        else {
-            goto decline;
-        }
-        const unsigned char *toks[4];
-        Py_ssize_t lens[4];
-        int ntok = split_args(q, buf + n, 1, toks, lens, &q);
-        long long size, hdr = 0;
-        if (ntok != 2 + hpub || !parse_digits(toks[ntok - 1], lens[ntok - 1], 9, &size) ||
-            (hpub && (!parse_digits(toks[1], lens[1], 9, &hdr) || hdr > size))) {
-            goto decline;
-        }
-        Py_ssize_t line_len = (q + 2) - p;
-        Py_ssize_t frame_len = line_len + (Py_ssize_t)size + 2;
-        if (frame_len > avail) {
-            goto decline;
-        }
+        const unsigned char *const *toks = f.toks;
+        const Py_ssize_t *lens = f.lens;
+        Py_ssize_t line_len = f.line_len, frame_len = f.frame_len;
+        long long size = f.size, hdr = f.hpub ? f.hdr : 0;
+        int hpub = f.hpub;
         const unsigned char *block = p + line_len;
         if (hpub) {
             if (hdr < 4 || memcmp(block + hdr - 4, "\r\n\r\n", 4) != 0 || has_msg_id(block, (Py_ssize_t)hdr)) {

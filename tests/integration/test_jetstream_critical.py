@@ -12,10 +12,8 @@ seed's default configuration, alone and while a flood holds the level at high an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import nats
@@ -23,8 +21,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from tests.conftest import NatsServer, SidecarProcess, sidecar_config
-from tests.flood import Flood
-from tests.integration.test_roles_under_load import FLOODS, level_of
+from tests.integration.test_roles_under_load import flood_at
 
 pytestmark = pytest.mark.slow
 
@@ -76,21 +73,6 @@ async def add_stream(url: str) -> None:
 
 def transitions(proc: SidecarProcess) -> list[dict[str, Any]]:
     return proc.get("/api/backpressure/analytics/degradation-history")["data"]["transitions"]
-
-
-@contextlib.contextmanager
-def flooded(proc: SidecarProcess, level: str | None) -> Iterator[None]:
-    """A flood on an unrelated subject that brings the level to `level` first (the critical messages then
-    add to the publish rate: the level may climb further, never below)."""
-    if level is None:
-        yield
-        return
-    with Flood(proc.ports["nats"], "flood.bulk", FLOODS[level]):
-        deadline = time.monotonic() + 15
-        while level_of(proc) != level:
-            assert time.monotonic() < deadline, f"level {level_of(proc)}, wanted {level}"
-            time.sleep(0.1)
-        yield
 
 
 @pytest.fixture
@@ -157,7 +139,7 @@ async def test_critical_jetstream_messages_at_every_level(
     config["backpressure"] = {}  # the seed's values: maxPublishRate 1000, maxQueueSize 10000, ...
     proc = sidecar_factory(config)
     total = 3000
-    with flooded(proc, level):
+    with flood_at(proc, level, held=False):  # the critical messages add to the publish rate
         app = await nats.connect(proc.nats_url)
         for i in range(total):
             await app.publish("pay.in", str(i).encode())

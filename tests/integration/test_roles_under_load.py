@@ -41,8 +41,9 @@ def level_of(proc: SidecarProcess) -> str:
 
 
 @contextlib.contextmanager
-def flood_at(proc: SidecarProcess, level: str | None) -> Iterator[None]:
-    """Hold the sidecar at `level` with a flood on an unrelated subject (nothing when level is None)."""
+def flood_at(proc: SidecarProcess, level: str | None, held: bool = True) -> Iterator[None]:
+    """Hold the sidecar at `level` with a flood on an unrelated subject (nothing when level is None);
+    `held` False: the flood brings it there first, then the block's own traffic may raise it further."""
     if level is None:
         yield
         return
@@ -52,7 +53,7 @@ def flood_at(proc: SidecarProcess, level: str | None) -> Iterator[None]:
             assert time.monotonic() < deadline, f"level {level_of(proc)}, wanted {level}"
             time.sleep(0.1)
         yield
-        assert level_of(proc) == level, "the flood no longer held the level"
+        assert not held or level_of(proc) == level, "the flood no longer held the level"
 
 
 async def fill_stream(direct: nats.NATS, subject: str, count: int) -> None:
