@@ -6,10 +6,12 @@ as aiohttp's `Application` wires handlers and `cleanup_ctx` resources. The work 
 - `proxy.ports.listener.NatsListener`: the NATS port, the client registry and auth (the `ClientHost`
   each `proxy.ports.nats_port.ClientConnection` talks to);
 - `proxy.pipeline.publish.Publisher`: classify, offer, write, pump, envelopes, refusals, take-back;
-- `proxy.pipeline.deliveries.Deliveries`: subscriptions, routing of upstream messages, echo suppression;
+- `proxy.pipeline.deliveries.Deliveries`: subscriptions (merged interest), routing of upstream messages,
+  echo suppression;
 - `proxy.pipeline.confirmations.Confirmations`: the PING barrier, PubAcks, breaker trials;
 - `proxy.pipeline.refusals.RefusedPublishes`: publishes the upstream refused (permissions);
 - `proxy.pipeline.flow.FlowControl`: paused and held clients;
+- `proxy.pipeline.delivery_flow.DeliveryFlow`: the upstream not read while applications are behind;
 - `proxy.pipeline.spool_bridge.SpoolBridge`: spool mode and the replay loop;
 - `proxy.upstream.connection.Upstream`, whose `UpstreamHandler` the sidecar is (each event is passed on
   to the collaborators it concerns).
@@ -38,6 +40,7 @@ from proxy.fleet.member import FleetMember
 from proxy.nats.protocol import DEFAULT_MAX_PAYLOAD, Msg, MsgRun
 from proxy.pipeline.confirmations import Confirmations
 from proxy.pipeline.deliveries import Deliveries
+from proxy.pipeline.delivery_flow import DeliveryFlow
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.publish import Publisher
 from proxy.pipeline.refusals import RefusedPublishes
@@ -119,6 +122,15 @@ class Sidecar:
             deliveries=self.deliveries,
             flow=self.flow,
         )
+        self.delivery_flow = DeliveryFlow(
+            loop,
+            upstream,
+            self.listener.outbound,
+            lambda: self.config.clients.max_pending_bytes,
+            lambda: len(self.listener.clients),
+        )
+        self.listener.outbound.on_pending = self.delivery_flow.on_pending
+        self.deliveries.flow = self.delivery_flow
         self.on_upstream_msg = self.deliveries.on_upstream_msg
         self.on_upstream_msgs = self.deliveries.on_upstream_msgs
         publisher = self.publisher
@@ -203,6 +215,7 @@ class Sidecar:
         if self.shutting_down:
             return
         self.shutting_down = True
+        self.delivery_flow.close()
         grace = self.config.shutdown.grace_ms / 1000
         deadline = self.clock() + grace
         log.info("shutting down: draining for up to %.1fs", grace)

@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from policies.accounting import LATENCY_BUCKETS, OTHER_LABEL
 from policies.config import Level, Priority
-from proxy.admin import signals_view
+from proxy.admin import delivery_metrics, signals_view
 from proxy.admin.subject_labels import SubjectLabels
 
 if TYPE_CHECKING:
@@ -139,6 +139,7 @@ class SidecarCollector:
         yield reconnects
         yield flow_pauses
         yield window_holds
+        yield from delivery_metrics.metric_families(sidecar)
         yield taken_back
         yield _critical_dropped(v)
         monitor = sidecar.stream_monitor.stats() if sidecar is not None else None

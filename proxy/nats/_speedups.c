@@ -3,7 +3,8 @@
  * scan_pubs() walks a run of PUB frames (and HPUBs not classified by a KPI-Priority header) the way
  * ClientParser._parse's fast path does, counting them per subject without a Python object per frame.
  * scan_msgs() does the same for the plain MSG frames the upstream sends, and route_msgs() writes each of
- * them into its application's output buffer with the application's sid. The scanners only consume frames
+ * them into the output buffer of each application subscription it is for (one upstream subscription can
+ * stand for several: merged interest), with that subscription's sid. The scanners only consume frames
  * they are sure about and stop at the first byte they are not: the Python parser then handles that op
  * exactly as it would have without this module (same ops, same errors), so the two implementations are
  * interchangeable and the tests run both (tests/protocol). KPI_SIDECAR_NO_EXTENSIONS=1 runs without it.
@@ -728,11 +729,59 @@ add_delivered(PyObject *delivered, PyObject *sid, Py_ssize_t count)
 PyDoc_STRVAR(route_msgs_doc,
 "route_msgs(frames, pos, routes, delivered) -> int\n\n"
 "For each plain MSG frame of frames from pos on (frames as scan_msgs takes them), while its sid is a\n"
-"key of routes ({sid: (client, client_sid)}): append the frame with client_sid in place of the sid to\n"
-"client._out (a bytearray) and add one to delivered[sid]. A frame whose reply subject has none of the\n"
-"prefixes that name a role by themselves (_INBOX., $JS.ACK., $JS.FC.) is not routed: the caller remembers\n"
-"it as a reply subject of that client. Return the position of the first frame not routed (len(frames)\n"
-"when all were).");
+"key of routes ({sid: ((client, client_sid), ...)}: the members of one upstream subscription): append\n"
+"the frame with client_sid in place of the sid to each member's client._out (a bytearray), in the\n"
+"order of the tuple, and add one to delivered[sid]. A frame whose reply subject has none of the\n"
+"prefixes that name a role by themselves (_INBOX., $JS.ACK., $JS.FC.) is not routed: the caller\n"
+"remembers it as a reply subject of each client. Return the position of the first frame not routed\n"
+"(len(frames) when all were).");
+
+/* One member of the route being written: its client's output buffer (owned) and its sid (borrowed). */
+typedef struct {
+    PyObject *out;
+    const char *sid;
+    Py_ssize_t sid_len;
+} route_member;
+
+#define ROUTE_STACK_MEMBERS 8
+
+static void
+release_members(route_member *members, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(members[i].out);
+    }
+}
+
+/* Fill members (room for at least PyTuple_GET_SIZE(route)) from a route tuple; -1 with an exception set. */
+static int
+load_members(PyObject *route, route_member *members)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(route);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(route, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+            release_members(members, i);
+            PyErr_SetString(PyExc_TypeError,
+                            "route_msgs(): a route is a tuple of (client, client_sid: bytes)");
+            return -1;
+        }
+        PyObject *out = PyObject_GetAttr(PyTuple_GET_ITEM(pair, 0), out_name);
+        if (out == NULL || !PyByteArray_CheckExact(out)) {
+            Py_XDECREF(out);
+            release_members(members, i);
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "route_msgs(): client._out must be a bytearray");
+            }
+            return -1;
+        }
+        members[i].out = out;
+        members[i].sid = PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 1));
+        members[i].sid_len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1));
+    }
+    return 0;
+}
 
 static PyObject *
 route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -755,10 +804,11 @@ route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
 
-    PyObject *cur_sid = NULL; /* owned: the sid of the run being counted */
-    PyObject *out = NULL;     /* owned: that route's client._out */
-    const char *csid = NULL;  /* that route's client sid (borrowed from the routes dict's tuple) */
-    Py_ssize_t csid_len = 0;
+    PyObject *cur_sid = NULL;  /* owned: the sid of the run being counted */
+    PyObject *cur_route = NULL; /* owned: its route tuple (keeps the members' sids alive) */
+    route_member stack_members[ROUTE_STACK_MEMBERS];
+    route_member *members = stack_members; /* that route's members (PyMem_Malloc'ed when many) */
+    Py_ssize_t nmembers = 0;
     Py_ssize_t count = 0;
     long long last_sid = -1;
     PyObject *result = NULL;
@@ -782,59 +832,70 @@ route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
                 break; /* not ours to route: the caller handles this frame */
             }
-            if (!PyTuple_CheckExact(route) || PyTuple_GET_SIZE(route) != 2 ||
-                !PyBytes_CheckExact(PyTuple_GET_ITEM(route, 1))) {
+            if (!PyTuple_CheckExact(route) || PyTuple_GET_SIZE(route) == 0) {
                 Py_DECREF(sid);
-                PyErr_SetString(PyExc_TypeError, "route_msgs(): a route is (client, client_sid: bytes)");
-                goto done;
-            }
-            PyObject *new_out = PyObject_GetAttr(PyTuple_GET_ITEM(route, 0), out_name);
-            if (new_out == NULL || !PyByteArray_CheckExact(new_out)) {
-                Py_DECREF(sid);
-                Py_XDECREF(new_out);
-                if (!PyErr_Occurred()) {
-                    PyErr_SetString(PyExc_TypeError, "route_msgs(): client._out must be a bytearray");
-                }
+                PyErr_SetString(PyExc_TypeError,
+                                "route_msgs(): a route is a tuple of (client, client_sid: bytes)");
                 goto done;
             }
             if (cur_sid != NULL && add_delivered(delivered, cur_sid, count) < 0) {
                 Py_DECREF(sid);
-                Py_DECREF(new_out);
                 goto done;
             }
+            release_members(members, nmembers);
+            nmembers = 0;
+            Py_ssize_t want = PyTuple_GET_SIZE(route);
+            if (want > ROUTE_STACK_MEMBERS) {
+                route_member *grown = members == stack_members
+                                          ? PyMem_Malloc((size_t)want * sizeof(route_member))
+                                          : PyMem_Realloc(members, (size_t)want * sizeof(route_member));
+                if (grown == NULL) {
+                    Py_DECREF(sid);
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                members = grown;
+            }
+            if (load_members(route, members) < 0) {
+                Py_DECREF(sid);
+                goto done;
+            }
+            nmembers = want;
+            Py_INCREF(route);
+            Py_XDECREF(cur_route);
+            cur_route = route;
             Py_XDECREF(cur_sid);
-            Py_XDECREF(out);
             cur_sid = sid;
-            out = new_out;
-            csid = PyBytes_AS_STRING(PyTuple_GET_ITEM(route, 1));
-            csid_len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(route, 1));
             count = 0;
             last_sid = f.sid;
         }
-        Py_ssize_t need = 4 + f.subj_len + 1 + csid_len + (f.reply ? 1 + f.reply_len : 0) + 1 + f.size_len + 2 +
-                          f.size + 2;
-        Py_ssize_t old = PyByteArray_GET_SIZE(out);
-        if (PyByteArray_Resize(out, old + need) < 0) {
-            goto done;
-        }
-        char *d = PyByteArray_AS_STRING(out) + old;
-        memcpy(d, "MSG ", 4);
-        d += 4;
-        memcpy(d, f.subj, (size_t)f.subj_len);
-        d += f.subj_len;
-        *d++ = ' ';
-        memcpy(d, csid, (size_t)csid_len);
-        d += csid_len;
-        if (f.reply) {
+        /* The line without its sid, in two pieces around it; CRLF, body, CRLF as received. */
+        Py_ssize_t head = 4 + f.subj_len + 1;
+        Py_ssize_t tail = (f.reply ? 1 + f.reply_len : 0) + 1 + f.size_len;
+        for (Py_ssize_t i = 0; i < nmembers; i++) {
+            route_member *m = &members[i];
+            Py_ssize_t old = PyByteArray_GET_SIZE(m->out);
+            if (PyByteArray_Resize(m->out, old + head + m->sid_len + tail + f.size + 4) < 0) {
+                goto done;
+            }
+            char *d = PyByteArray_AS_STRING(m->out) + old;
+            memcpy(d, "MSG ", 4);
+            d += 4;
+            memcpy(d, f.subj, (size_t)f.subj_len);
+            d += f.subj_len;
             *d++ = ' ';
-            memcpy(d, f.reply, (size_t)f.reply_len);
-            d += f.reply_len;
+            memcpy(d, m->sid, (size_t)m->sid_len);
+            d += m->sid_len;
+            if (f.reply) {
+                *d++ = ' ';
+                memcpy(d, f.reply, (size_t)f.reply_len);
+                d += f.reply_len;
+            }
+            *d++ = ' ';
+            memcpy(d, f.size_tok, (size_t)f.size_len);
+            d += f.size_len;
+            memcpy(d, buf + pos + f.line_len - 2, (size_t)(f.size + 4));
         }
-        *d++ = ' ';
-        memcpy(d, f.size_tok, (size_t)f.size_len);
-        d += f.size_len;
-        /* CRLF, body, CRLF: as received */
-        memcpy(d, buf + pos + f.line_len - 2, (size_t)(f.size + 4));
         count++;
         pos += len;
     }
@@ -843,8 +904,12 @@ route_msgs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     result = PyLong_FromSsize_t(pos);
 done:
+    release_members(members, nmembers);
+    if (members != stack_members) {
+        PyMem_Free(members);
+    }
+    Py_XDECREF(cur_route);
     Py_XDECREF(cur_sid);
-    Py_XDECREF(out);
     return result;
 }
 

@@ -34,6 +34,7 @@ from proxy.nats.protocol import (
     status_message_headers,
 )
 from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN
+from proxy.ports.subscription import ClientSub
 
 if TYPE_CHECKING:
     from proxy.ports.host import ClientHost
@@ -43,40 +44,6 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT_S = 2.0
 # The description of a refusal's status line: "NATS/1.0 503 refused by kpi-sidecar: <reason>".
 REFUSED_BY = "refused by kpi-sidecar:"
-
-
-class ClientSub:
-    """An application subscription and the upstream subscription id (`usid`) it maps to."""
-
-    __slots__ = (
-        "client",
-        "closing",
-        "delivered",
-        "echoes",
-        "max_msgs",
-        "queue",
-        "sid",
-        "sid_bytes",
-        "subject",
-        "usid",
-    )
-
-    def __init__(
-        self, client: ClientConnection, sid: str, subject: str, queue: str | None, usid: int
-    ) -> None:
-        self.client = client
-        self.sid = sid
-        self.sid_bytes = sid.encode()
-        self.subject = subject
-        self.queue = queue
-        self.usid = usid
-        self.max_msgs = 0
-        self.delivered = 0
-        # For a client connected with echo=false: its own messages still to come back on this sub, to skip,
-        # each with the number of upstream PINGs written before it (its echo comes before that PONG).
-        self.echoes: deque[tuple[tuple[bytes, bytes | None, bytes], int]] | None = None
-        # Unsubscribed by the application; still routed until the upstream has processed the UNSUB.
-        self.closing = False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -334,6 +301,12 @@ class ClientConnection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.host.loop.call_soon(self.flush)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting for the application: not yet written, and in the transport's buffer."""
+        transport = self.transport
+        return len(self._out) + (transport.get_write_buffer_size() if transport is not None else 0)
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -50,6 +50,13 @@ class OutboundBudget:
         self.cuts = 0
         self._pending: set[Any] = set()
         self._trim: asyncio.TimerHandle | None = None
+        # Told of each flush that leaves bytes waiting (or none any more): the delivery flow's hook.
+        self.on_pending: Callable[[Any, int], None] | None = None
+
+    @property
+    def waiting(self) -> set[Any]:
+        """The connections with bytes waiting at their last flush or recount."""
+        return self._pending
 
     @property
     def limit(self) -> int:
@@ -66,6 +73,8 @@ class OutboundBudget:
             self._pending.discard(client)
         if self.total > self.limit:
             self._enforce()
+        if self.on_pending is not None:
+            self.on_pending(client, size)
 
     def forget(self, client: Any) -> None:
         """The connection is gone: its bytes no longer count."""

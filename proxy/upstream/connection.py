@@ -8,6 +8,9 @@ critical messages. See docs/architecture.md.
 Collaborators: `proxy.upstream.protocol` (the socket's asyncio Protocol and the `UpstreamHandler` the
 sidecar implements), `proxy.upstream.auth` (CONNECT credentials and TLS), `proxy.upstream.journal`
 (non-critical writes awaiting a PONG).
+
+Size: one class on purpose, the whole life of the one connection (handshake, writes, confirmations,
+keepalive, lame duck, reconnect, reading held for deliveries); its collaborators are the modules above.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class Upstream:
         # for PINGs written with at most RTT_QUIET_BYTES unconfirmed ahead of them (one flag per PING).
         self.on_rtt: Callable[[float, float], None] | None = None
         self._ping_quiet: deque[bool] = deque()
+        # Where the last PING of confirm_here ends in _out (-1: none since the last flush).
+        self._ping_end = -1
         self._pings_out = 0
         self._closing = False
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -114,6 +119,15 @@ class Upstream:
         proto = self._proto
         buffered = proto.transport.get_write_buffer_size() if proto and proto.transport else 0
         return len(self._out) + buffered
+
+    def hold_reading(self, hold: bool) -> bool:
+        """Stop (True) or resume reading the socket, so that TCP pushes back on the server while the
+        applications are behind (proxy/pipeline/delivery_flow.py); False when not connected."""
+        proto = self._proto
+        if not self.connected or proto is None or proto.transport is None:
+            return False
+        proto.hold_reading(hold)
+        return True
 
     # -- writing -------------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -167,6 +181,36 @@ class Upstream:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
+    def confirm_here(self, callback: PongCallback) -> None:
+        """Like `confirm`, with its PING placed now: ahead of whatever is written after this call (the cut
+        between what an application did before and after joining or leaving a merged subscription).
+        Consecutive calls with nothing written between them share one PING."""
+        proto = self._proto
+        if not self.connected or proto is None or proto.transport is None:
+            callback(False)
+            return
+        waiters = self._pong_waiters[-1] if self._pong_waiters else None
+        if self._ping_end == len(self._out) and waiters is not None:
+            waiters.append(callback)
+            return
+        self._pending_callbacks.append(callback)
+        self._append_ping(proto)
+        self._ping_end = len(self._out)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def _append_ping(self, proto: UpstreamProtocol) -> None:
+        assert proto.transport is not None
+        self._out += PING_FRAME
+        self._pong_waiters.append(self._pending_callbacks or None)
+        self._ping_sent_at.append(time.monotonic())
+        # A PING behind megabytes measures throughput (the server reads them first), not latency.
+        self._ping_quiet.append(self.journal.nbytes + self.pending_bytes <= RTT_QUIET_BYTES)
+        self._pending_callbacks = []
+        self._ping_requested = False
+        self.pings_written += 1
+
     def flush(self) -> None:
         """Write what is buffered, followed by a PING when someone waits for a confirmation."""
         self._flush_scheduled = False
@@ -174,14 +218,8 @@ class Upstream:
         if not self.connected or proto is None or proto.transport is None:
             return
         if self._pending_callbacks or self._ping_requested:
-            self._out += PING_FRAME
-            self._pong_waiters.append(self._pending_callbacks or None)
-            self._ping_sent_at.append(time.monotonic())
-            # A PING behind megabytes measures throughput (the server reads them first), not latency.
-            self._ping_quiet.append(self.journal.nbytes + self.pending_bytes <= RTT_QUIET_BYTES)
-            self._pending_callbacks = []
-            self._ping_requested = False
-            self.pings_written += 1
+            self._append_ping(proto)
+        self._ping_end = -1
         if self._out:
             data, self._out = self._out, bytearray()
             proto.transport.write(data)
@@ -393,6 +431,7 @@ class Upstream:
     def _reset_pings(self) -> None:
         """A new connection or a lost one: no PING is outstanding and nothing is buffered."""
         self._out = bytearray()
+        self._ping_end = -1
         self._pong_waiters.clear()
         self._ping_sent_at.clear()
         self._ping_quiet.clear()

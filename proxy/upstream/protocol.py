@@ -55,6 +55,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.handshake: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.paused = False
+        self.reading_held = False
         # Non-fatal -ERRs (permission violations) answered to the handshake's SUBs: handed to the sidecar
         # once connected, never a reason to fail the handshake (nats-server keeps the connection open).
         self.deferred_errors: list[str] = []
@@ -112,6 +113,16 @@ class UpstreamProtocol(asyncio.Protocol):
                 fut.set_exception(err)
         if not self.lost.done():
             self.lost.set_result(None)
+
+    def hold_reading(self, hold: bool) -> None:
+        """Stop or resume reading the socket (see proxy/pipeline/delivery_flow.py)."""
+        transport = self.transport
+        if hold != self.reading_held and transport is not None and not transport.is_closing():
+            self.reading_held = hold
+            if hold:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     def pause_writing(self) -> None:
         self.paused = True

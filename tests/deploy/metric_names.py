@@ -47,6 +47,11 @@ CATALOGUE: dict[str, str] = {
     "kpi_upstream_unconfirmed_bytes": "gauge",
     "kpi_upstream_taken_back": "counter",
     "kpi_sidecar_client_pending_bytes": "gauge",
+    "kpi_sidecar_upstream_subscriptions": "gauge",
+    "kpi_sidecar_subscriptions": "gauge",
+    "kpi_sidecar_upstream_read_held": "gauge",
+    "kpi_sidecar_upstream_read_holds": "counter",
+    "kpi_sidecar_upstream_read_held_seconds": "counter",
     # What the operations alerts read: the maxima in force, critical traffic, the configuration's state.
     "kpi_backpressure_memory_max_mb": "gauge",
     "kpi_spool_max_bytes": "gauge",

@@ -97,14 +97,22 @@ replies = st.none() | tokens | st.builds(lambda p, t: p + t, st.sampled_from(ROL
 msgs = st.tuples(st.integers(min_value=1, max_value=6), tokens, replies, st.binary(max_size=64))
 
 
+# Each routed upstream sid's members: (client index, application sid) pairs; several members of one
+# client (one connection, several sids on a subject) and more members than the C code keeps on its stack.
+members = st.lists(st.tuples(st.integers(min_value=0, max_value=3), tokens), min_size=1, max_size=12)
+
+
 @settings(max_examples=300, deadline=None)
-@given(frames=st.lists(msgs, min_size=1, max_size=40), routed=st.sets(st.integers(min_value=1, max_value=6)))
+@given(
+    frames=st.lists(msgs, min_size=1, max_size=40),
+    routed=st.dictionaries(st.integers(min_value=1, max_value=6), members),
+)
 def test_route_msgs_writes_what_the_python_path_would(
-    frames: list[tuple[int, str, str | None, bytes]], routed: set[int]
+    frames: list[tuple[int, str, str | None, bytes]], routed: dict[int, list[tuple[int, str]]]
 ) -> None:
-    clients = {sid: Client() for sid in routed}
-    routes = {sid: (clients[sid], b"c%d" % sid) for sid in routed}
-    expected = {sid: bytearray() for sid in routed}
+    clients = [Client() for _ in range(4)]
+    routes = {usid: tuple((clients[c], sid.encode()) for c, sid in pairs) for usid, pairs in routed.items()}
+    expected = [bytearray() for _ in clients]
     data = b"".join(
         encode_msg(subject.encode(), b"%d" % sid, reply and reply.encode(), -1, body)
         for sid, subject, reply, body in frames
@@ -114,17 +122,19 @@ def test_route_msgs_writes_what_the_python_path_would(
     pos = ROUTE(data, 0, routes, delivered)  # type: ignore[misc]
     count: dict[int, int] = {}
     offset = 0
-    for sid, subject, reply, body in frames:
-        if sid not in routed or (reply is not None and not reply.startswith(ROLE_PREFIXES)):
+    for usid, subject, reply, body in frames:
+        if usid not in routed or (reply is not None and not reply.startswith(ROLE_PREFIXES)):
             break
-        expected[sid] += encode_msg(subject.encode(), b"c%d" % sid, reply and reply.encode(), -1, body)
-        count[sid] = count.get(sid, 0) + 1
+        # What Deliveries.on_upstream_msg writes: client.deliver -> encode_msg, member by member.
+        for c, sid in routed[usid]:
+            expected[c] += encode_msg(subject.encode(), sid.encode(), reply and reply.encode(), -1, body)
+        count[usid] = count.get(usid, 0) + 1
         offset = next_msg(data, offset)[1]
     # It stops at the first frame for a sid it does not route, or with a reply subject under a custom
     # prefix (the Python path remembers it for the reply's role), and not before.
     assert pos == offset
     assert delivered == count
-    assert {sid: bytes(c._out) for sid, c in clients.items()} == {s: bytes(b) for s, b in expected.items()}
+    assert [bytes(c._out) for c in clients] == [bytes(b) for b in expected]
 
 
 def test_route_msgs_appends_to_what_is_buffered_and_rejects_bad_routes() -> None:
@@ -132,22 +142,37 @@ def test_route_msgs_appends_to_what_is_buffered_and_rejects_bad_routes() -> None
     client._out += b"PONG\r\n"
     data = b"MSG a 7 2\r\nhi\r\nMSG b 7 _INBOX.r 0\r\n\r\n"
     delivered = {7: 1}
-    assert ROUTE(data, 0, {7: (client, b"x")}, delivered) == len(data)  # type: ignore[misc]
+    assert ROUTE(data, 0, {7: ((client, b"x"),)}, delivered) == len(data)  # type: ignore[misc]
     assert bytes(client._out) == b"PONG\r\nMSG a x 2\r\nhi\r\nMSG b x _INBOX.r 0\r\n\r\n"
     assert delivered == {7: 3}
     with pytest.raises(AttributeError):
-        ROUTE(data, 0, {7: (object(), b"x")}, {})  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        ROUTE(data, 0, {7: (client, "x")}, {})  # type: ignore[misc]
+        ROUTE(data, 0, {7: ((object(), b"x"),)}, {})  # type: ignore[misc]
+    for bad in ((client, "x"), ((client, "x"),), (), ((client, b"x"), (client,)), (client, b"x")):
+        with pytest.raises(TypeError):
+            ROUTE(data, 0, {7: bad}, {})  # type: ignore[misc]
     with pytest.raises(ValueError):
         ROUTE(data, len(data) + 1, {}, {})  # type: ignore[misc]
+    assert bytes(client._out) == b"PONG\r\nMSG a x 2\r\nhi\r\nMSG b x _INBOX.r 0\r\n\r\n"
+
+
+def test_route_msgs_fans_out_to_each_member_in_order() -> None:
+    first, second = Client(), Client()
+    data = b"MSG a 7 2\r\nhi\r\nMSG a 8 1\r\nx\r\nMSG b 7 _INBOX.r 0\r\n\r\n"
+    members = (*((first, b"%d" % i) for i in range(20)), (second, b"s"))
+    delivered: dict[int, int] = {}
+    assert ROUTE(data, 0, {7: members, 8: ((second, b"t"),)}, delivered) == len(data)  # type: ignore[misc]
+    assert delivered == {7: 2, 8: 1}
+    assert bytes(first._out) == b"".join(b"MSG a %d 2\r\nhi\r\n" % i for i in range(20)) + b"".join(
+        b"MSG b %d _INBOX.r 0\r\n\r\n" % i for i in range(20)
+    )
+    assert bytes(second._out) == b"MSG a s 2\r\nhi\r\nMSG a t 1\r\nx\r\nMSG b s _INBOX.r 0\r\n\r\n"
 
 
 @pytest.mark.skipif(ROUTE is None, reason="no C scanner")
 def test_route_msgs_leaves_custom_prefix_replies_to_the_python_path() -> None:
     client = Client()
     data = b"MSG a 7 _INBOX.x 0\r\n\r\nMSG a 7 $JS.ACK.s.c.1 0\r\n\r\nMSG a 7 my.inbox.1 0\r\n\r\n"
-    assert ROUTE(data, 0, {7: (client, b"x")}, {}) == data.index(b"MSG a 7 my")  # type: ignore[misc]
+    assert ROUTE(data, 0, {7: ((client, b"x"),)}, {}) == data.index(b"MSG a 7 my")  # type: ignore[misc]
 
 
 def test_next_msg() -> None:
