@@ -290,18 +290,20 @@ class Engine:
         if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
             self._acc.sampled += 1
             return self._drop(item, _DROP_SAMPLING)
-        if (
+        if self._goes_now(item, now, can_send):
+            return self._forward_now(item)
+        return self._enqueue(item, priority, now)
+
+    def _goes_now(self, item: Item, now: float, can_send: bool) -> bool:
+        """Forwarded at once: the upstream takes writes, no batching, nothing queued, a rate token (and
+        not a critical message while the PubAck window holds them)."""
+        return (
             can_send
             and self._batch_size == 1
             and not self._queue.size
             and not (self._hold_critical and item.priority >= CRITICAL)
             and self._bucket.try_take(now)
-        ):
-            acc = self._acc
-            acc.receive(item.priority, role)
-            acc.forward(item.subject, item.priority, role)
-            return _FORWARD
-        return self._enqueue(item, priority, now)
+        )
 
     def _offer_raised(
         self, item: Item, priority: Priority, role: Role, now: float, can_send: bool
@@ -314,13 +316,7 @@ class Engine:
         if rate < 1.0 and priority <= MEDIUM and role is DATA and self._rng.random() >= rate:
             self._acc.sampled += 1
             return self._drop(item, _DROP_SAMPLING)
-        if (
-            can_send
-            and self._batch_size == 1
-            and not self._queue.size
-            and not (self._hold_critical and item.priority >= CRITICAL)
-            and self._bucket.try_take(now)
-        ):
+        if self._goes_now(item, now, can_send):
             return self._forward_now(item)
         return self._enqueue(item, priority, now)
 

@@ -8,12 +8,18 @@ It answers the server's PINGs, so the connection stays up for as long as the flo
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.conftest import SidecarProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK_S = 0.01
@@ -72,6 +78,31 @@ class Flood:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+# Flood rates that hold the publish-rate signal of the seed's configuration (maxPublishRate 1000) in a
+# level's band (150-200 %: high, >= 200 %: critical).
+FLOODS = {"high": 1750, "critical": 3000}
+
+
+def level_of(proc: SidecarProcess) -> str:
+    return proc.status()["degradationLevel"]
+
+
+@contextlib.contextmanager
+def flood_at(proc: SidecarProcess, level: str | None, held: bool = True) -> Iterator[None]:
+    """Hold the sidecar at `level` with a flood on an unrelated subject (nothing when level is None);
+    `held` False: the flood brings it there first, then the block's own traffic may raise it further."""
+    if level is None:
+        yield
+        return
+    with Flood(proc.ports["nats"], "flood.bulk", FLOODS[level]):
+        deadline = time.monotonic() + 15
+        while level_of(proc) != level:
+            assert time.monotonic() < deadline, f"level {level_of(proc)}, wanted {level}"
+            time.sleep(0.1)
+        yield
+        assert not held or level_of(proc) == level, "the flood no longer held the level"
 
 
 if __name__ == "__main__":

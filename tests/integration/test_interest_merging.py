@@ -8,10 +8,8 @@ nats-server processes, unmodified nats-py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +18,11 @@ import pytest
 
 from proxy.nats import protocol as nats_protocol
 from tests.conftest import NatsServer, SidecarProcess, eventually, settle, sidecar_config
-from tests.flood import Flood
+from tests.flood import flood_at
 
 pytestmark = pytest.mark.slow
 
-# Flood rates that hold the publish-rate signal of the seed's configuration (maxPublishRate 1000) in the
-# band of a level, as in test_roles_under_load.py.
-FLOODS = {"high": 1750, "critical": 3000}
 LEVELS = [None, "high", "critical"]
-
-
-@pytest.fixture
-def seed_sidecar(nats_server: NatsServer, sidecar_factory: Any) -> SidecarProcess:
-    """A sidecar with the seed's backpressure configuration (so that a flood can hold a level)."""
-    config = sidecar_config(nats_server.url)
-    config["backpressure"] = {}
-    proc: SidecarProcess = sidecar_factory(config)
-    proc.upstream = nats_server  # type: ignore[attr-defined]
-    return proc
-
-
-def level_of(proc: SidecarProcess) -> str:
-    return proc.status()["degradationLevel"]
-
-
-@contextlib.contextmanager
-def flood_at(proc: SidecarProcess, level: str | None, *, held: bool = True) -> Iterator[None]:
-    """Hold the sidecar at `level` with a flood on an unrelated subject (nothing when level is None); with
-    `held`, the level must still be `level` at the end."""
-    if level is None:
-        yield
-        return
-    with Flood(proc.ports["nats"], "flood.bulk", FLOODS[level]):
-        deadline = time.monotonic() + 15
-        while level_of(proc) != level:
-            assert time.monotonic() < deadline, f"level {level_of(proc)}, wanted {level}"
-            time.sleep(0.1)
-        yield
-        assert not held or level_of(proc) == level, "the flood no longer held the level"
 
 
 def upstream_subs(hub: NatsServer, prefix: str) -> list[str]:

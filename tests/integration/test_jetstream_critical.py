@@ -21,7 +21,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from tests.conftest import NatsServer, SidecarProcess, sidecar_config
-from tests.integration.test_roles_under_load import flood_at
+from tests.flood import flood_at
 
 pytestmark = pytest.mark.slow
 

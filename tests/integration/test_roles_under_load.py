@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import nats
@@ -16,44 +15,12 @@ import pytest
 from nats.js.api import ConsumerConfig
 
 from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
-from tests.flood import Flood
+from tests.flood import Flood, flood_at, level_of
 
 pytestmark = pytest.mark.slow
 
 CEILING = 1000  # the seed's maxPublishRate
-# Flood rates that hold the publish-rate signal in a level's band (150-200 %: high, >= 200 %: critical).
-FLOODS = {"high": 1750, "critical": 3000}
 MESSAGES = 4000
-
-
-@pytest.fixture
-def seed_sidecar(nats_server: NatsServer, sidecar_factory: Any) -> SidecarProcess:
-    """A sidecar with the seed's default backpressure configuration, in front of a JetStream nats-server."""
-    config = sidecar_config(nats_server.url)
-    config["backpressure"] = {}  # the seed's values: maxPublishRate 1000, maxQueueSize 10000, ...
-    proc = sidecar_factory(config)
-    proc.upstream = nats_server  # type: ignore[attr-defined]
-    return proc
-
-
-def level_of(proc: SidecarProcess) -> str:
-    return proc.status()["degradationLevel"]
-
-
-@contextlib.contextmanager
-def flood_at(proc: SidecarProcess, level: str | None, held: bool = True) -> Iterator[None]:
-    """Hold the sidecar at `level` with a flood on an unrelated subject (nothing when level is None);
-    `held` False: the flood brings it there first, then the block's own traffic may raise it further."""
-    if level is None:
-        yield
-        return
-    with Flood(proc.ports["nats"], "flood.bulk", FLOODS[level]):
-        deadline = time.monotonic() + 15
-        while level_of(proc) != level:
-            assert time.monotonic() < deadline, f"level {level_of(proc)}, wanted {level}"
-            time.sleep(0.1)
-        yield
-        assert not held or level_of(proc) == level, "the flood no longer held the level"
 
 
 async def fill_stream(direct: nats.NATS, subject: str, count: int) -> None:

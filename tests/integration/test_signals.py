@@ -14,7 +14,7 @@ import pytest
 from nats.js.api import DiscardPolicy, StreamConfig
 
 from tests.conftest import NatsServer, SidecarProcess, eventually, free_port, sidecar_config
-from tests.integration.test_roles_under_load import flood_at
+from tests.flood import flood_at
 
 
 class DelayingRelay:
