@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, NamedTuple
 
+from policies.circuit_breaker import BreakerState
 from policies.config import Priority
 from policies.roles import DATA, REPLY, Role
 from policies.sampling import APART, SHARE_ONE, kept_of, phase_of, share_of
-from policies.verdicts import REASON_LOW_PRIORITY, REASON_SAMPLING
+from policies.verdicts import REASON_CIRCUIT_BREAKER, REASON_LOW_PRIORITY, REASON_SAMPLING
+
+CLOSED: Final = BreakerState.CLOSED
+OPEN: Final = BreakerState.OPEN
 
 if TYPE_CHECKING:
     from policies.engine import Engine
@@ -78,13 +82,17 @@ def decide_run(
     everything else kept (SHARE_ONE); critical groups APART: kept too, but the shell writes each on its
     own (Nats-Msg-Id, confirmation), ahead of the others. The kept messages are counted forwarded: the
     shell writes them at once. None, with nothing counted, when the run needs the per-message path:
-    the upstream does not take writes, messages are queued (they go first), a breaker has records, a
-    request would be shed (its 503 is sent one by one), the tokens do not cover the kept messages, or
+    the upstream does not take writes, messages are queued (they go first), a group's breaker is not
+    closed and not simply open on data (an open breaker sheds a data group at once, as gate() drops each
+    of its messages; critical messages park, half-open ones draw trials, requests get a 503: one by one),
+    a request would be shed (its 503 is sent one by one), the tokens do not cover the kept messages, or
     fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
     batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
     """
-    if not can_send or self._unheld_queued or self._breaker_records:
+    if not can_send or self._unheld_queued:
         return None
+    records = self._breaker_records
+    broken: set[int] = set()
     prioritize = self._prioritize
     shed_low = self._shed_low
     share = share_of(self._sampling_rate)
@@ -92,10 +100,19 @@ def decide_run(
     rng = self._rng
     plan: list[tuple[int, int]] = []
     kept = finishing = 0
-    for _, count, priority, role in groups:
+    for subject, count, priority, role in groups:
         p = priority if prioritize else MEDIUM
         if priority >= CRITICAL and self._hold_critical:
             return None  # queued (held) until PubAcks come back
+        if records and role < REPLY:
+            breaker = records.get(subject)
+            if breaker is not None and breaker.state is not CLOSED:
+                due = breaker.next_attempt_at
+                if breaker.state is OPEN and (due is None or now < due) and p < CRITICAL and role is DATA:
+                    broken.add(len(plan))
+                    plan.append((0, 0))
+                    continue
+                return None
         if p >= CRITICAL:
             plan.append((APART, 0))
             if role >= REPLY:
@@ -133,7 +150,9 @@ def decide_run(
     written: list[_Written] = []
     offered = 0
     track = self._track_traffic
-    for (subject, count, priority, role), (group_share, phase) in zip(groups, plan, strict=True):
+    for i, ((subject, count, priority, role), (group_share, phase)) in enumerate(
+        zip(groups, plan, strict=True)
+    ):
         if role < REPLY:
             offered += count
             if track and priority < CRITICAL:
@@ -143,7 +162,10 @@ def decide_run(
             forwarded.append((subject, k, priority, role))
             written.append(_Written(subject, role))
         if k < count:
-            reason = REASON_LOW_PRIORITY if group_share == 0 else REASON_SAMPLING
+            if i in broken:
+                reason = REASON_CIRCUIT_BREAKER
+            else:
+                reason = REASON_LOW_PRIORITY if group_share == 0 else REASON_SAMPLING
             acc.drop_many(subject, priority, reason, role, count - k)
             if reason == REASON_SAMPLING:
                 acc.sampled += count - k
