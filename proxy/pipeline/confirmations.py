@@ -156,8 +156,7 @@ class Confirmations:
     # -- PubAcks -------------------------------------------------------------------------------------
     def new_ack_reply(self) -> tuple[str, str]:
         """A token and the reply subject its PubAck comes back on."""
-        token = str(self._next_token)
-        self._next_token += 1
+        token = str(self.reserve_tokens(1))
         return token, self.ack_prefix + token
 
     @property

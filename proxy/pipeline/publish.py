@@ -228,12 +228,10 @@ class Publisher:
         not, or a frame has a reply subject, a Nats-Msg-Id, or would grow past max_payload."""
         if not subjects:
             return False
-        deliveries = {
-            rule is not None and rule.delivery is Delivery.JETSTREAM for _, rule, _ in subjects.values()
-        }
-        if len(deliveries) != 1:
+        kinds = {rule is not None and rule.delivery is JETSTREAM for _, rule, _ in subjects.values()}
+        if len(kinds) != 1:
             return False
-        jetstream = deliveries.pop()
+        (jetstream,) = kinds
         confirmations = self.confirmations
         first_token = confirmations.next_token
         ack_prefix = confirmations.ack_prefix_bytes if jetstream else None
@@ -339,7 +337,7 @@ class Publisher:
             self._next_msg_id += 1
             frame = b""
         wire_reply = reply
-        if reply is None and rule is not None and rule.delivery is Delivery.JETSTREAM:
+        if reply is None and rule is not None and rule.delivery is JETSTREAM:
             token, wire_reply = self.confirmations.new_ack_reply()
             frame = b""
         if not frame:
