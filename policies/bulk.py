@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from policies.circuit_breaker import BreakerState
 from policies.config import Priority
 from policies.roles import DATA, REPLY, Role
-from policies.sampling import APART, SHARE_ONE, kept_of, phase_of, share_of
+from policies.sampling import APART, PARKED, SHARE_ONE, kept_of, phase_of, share_of
 from policies.verdicts import REASON_CIRCUIT_BREAKER, REASON_LOW_PRIORITY, REASON_SAMPLING
 
 CLOSED: Final = BreakerState.CLOSED
-OPEN: Final = BreakerState.OPEN
 
 if TYPE_CHECKING:
     from policies.engine import Engine
@@ -79,20 +78,25 @@ def decide_run(
 
     Returns one (share, phase) per group (policies.sampling: kept_of, keeps): low messages shed at high
     and critical (share 0), sampled data (a share of the level's rate, the phase drawn from the rng),
-    everything else kept (SHARE_ONE); critical groups APART: kept too, but the shell writes each on its
-    own (Nats-Msg-Id, confirmation), ahead of the others. The kept messages are counted forwarded: the
-    shell writes them at once. None, with nothing counted, when the run needs the per-message path:
-    the upstream does not take writes, messages are queued (they go first), a group's breaker is not
-    closed and not simply open on data (an open breaker sheds a data group at once, as gate() drops each
-    of its messages; critical messages park, half-open ones draw trials, requests get a 503: one by one),
-    a request would be shed (its 503 is sent one by one), the tokens do not cover the kept messages, or
-    fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
-    batch is written whole, its last partial batch included, instead of waiting maxBatchDelayMs.
+    everything else kept (SHARE_ONE); a data group whose breaker is open is shed, and one whose breaker
+    is half-open keeps its trials, a `halfOpenFraction` share (BreakerBoard.gate_group: what gate()
+    passes, the rest counted circuit_breaker), then sampled or shed as any other; critical groups APART:
+    kept too, but the shell writes each on its own (Nats-Msg-Id, confirmation), ahead of the others. The
+    kept messages are counted forwarded: the shell writes them at once (and notes a half-open breaker's
+    trials). None, with nothing counted, when the run needs the per-message path: the upstream does not
+    take writes, messages are queued (they go first), a request's breaker is not closed or a request
+    would be shed (its 503 is sent one by one), critical messages for an open breaker have no room beside
+    the queue (with room, their group is PARKED: set apart, not counted, and the shell offers each, which
+    parks it), the tokens do not cover the kept messages, or fewer are kept than one batch (offer() would
+    queue them until a batch fills). A run that fills a batch is written whole, its last
+    partial batch included, instead of waiting maxBatchDelayMs.
     """
     if not can_send or self._unheld_queued:
         return None
     records = self._breaker_records
-    broken: set[int] = set()
+    # Groups of a breaker's subject: their index -> the share its gate passes (0 open, else trials).
+    gated: dict[int, int] = {}
+    parking = 0
     prioritize = self._prioritize
     shed_low = self._shed_low
     share = share_of(self._sampling_rate)
@@ -104,15 +108,27 @@ def decide_run(
         p = priority if prioritize else MEDIUM
         if priority >= CRITICAL and self._hold_critical:
             return None  # queued (held) until PubAcks come back
+        trial = SHARE_ONE
         if records and role < REPLY:
             breaker = records.get(subject)
             if breaker is not None and breaker.state is not CLOSED:
-                due = breaker.next_attempt_at
-                if breaker.state is OPEN and (due is None or now < due) and p < CRITICAL and role is DATA:
-                    broken.add(len(plan))
-                    plan.append((0, 0))
+                if role is not DATA:
+                    return None  # a request it sheds gets its 503 from the per-message path
+                gate = self._breakers.gate_group(breaker, now, p >= CRITICAL)
+                if gate is None:
+                    # Critical messages for an open breaker: the shell offers each (offer() parks it),
+                    # when there is room for all of them beside the queue (else, one by one).
+                    parking += count
+                    if self._queue.size + self._parked_count + parking > self._capacity:
+                        return None
+                    plan.append((PARKED, 0))
                     continue
-                return None
+                if gate < SHARE_ONE:
+                    gated[len(plan)] = gate
+                    if gate == 0:
+                        plan.append((0, 0))
+                        continue
+                    trial = gate
         if p >= CRITICAL:
             plan.append((APART, 0))
             if role >= REPLY:
@@ -131,8 +147,13 @@ def decide_run(
             if group_shed and p <= LOW:
                 if role is not DATA:
                     return None  # a shed request gets its 503 from the per-message path
-                plan.append((0, 0))
-            elif group_share < SHARE_ONE and p <= MEDIUM and role is DATA:
+                plan.append((0, 0) if trial == SHARE_ONE else (0, phase_of(rng)))
+                continue
+            if group_share < SHARE_ONE and p <= MEDIUM and role is DATA:
+                group_share = group_share * trial >> 32 if trial < SHARE_ONE else group_share
+            else:
+                group_share = trial
+            if group_share < SHARE_ONE:
                 phase = phase_of(rng)
                 plan.append((group_share, phase))
                 kept += kept_of(count, group_share, phase)
@@ -153,6 +174,8 @@ def decide_run(
     for i, ((subject, count, priority, role), (group_share, phase)) in enumerate(
         zip(groups, plan, strict=True)
     ):
+        if group_share == PARKED:
+            continue  # offered one by one, counted there
         if role < REPLY:
             offered += count
             if track and priority < CRITICAL:
@@ -162,13 +185,18 @@ def decide_run(
             forwarded.append((subject, k, priority, role))
             written.append(_Written(subject, role))
         if k < count:
-            if i in broken:
-                reason = REASON_CIRCUIT_BREAKER
-            else:
+            shed = count - k
+            gate = gated.get(i)
+            if gate is not None:
+                # What the breaker's gate drops first (all when open), then the rest shed the usual way.
+                passed = kept_of(count, gate, phase)
+                acc.drop_many(subject, priority, REASON_CIRCUIT_BREAKER, role, count - passed)
+                shed = passed - k
+            if shed:
                 reason = REASON_LOW_PRIORITY if group_share == 0 else REASON_SAMPLING
-            acc.drop_many(subject, priority, reason, role, count - k)
-            if reason == REASON_SAMPLING:
-                acc.sampled += count - k
+                acc.drop_many(subject, priority, reason, role, shed)
+                if reason == REASON_SAMPLING:
+                    acc.sampled += shed
     self._meter.add_many(now, offered)
     total = sum(k for _, k, _, _ in forwarded)
     if total:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
+from policies.sampling import SHARE_ONE, share_of
+
 if TYPE_CHECKING:
     import random
 
@@ -124,7 +126,9 @@ class BreakerBoard:
     def gate(self, subject: str, now: float, rng: random.Random, critical: bool) -> int:
         """PASS, DROP or HOLD for one message; an open breaker whose delay is over turns half-open here.
 
-        Critical messages are never dropped: HOLD while open, PASS (outside the trial draw) while half-open.
+        Critical messages are never dropped: HOLD while open, PASS (outside the trial draw) while half-open,
+        and PASS through a breaker the critical level opened (it sheds a heavy hitter's load, not a subject
+        the upstream refuses: parking its critical messages would only stall their publishers).
         """
         breaker = self.records.get(subject)
         if breaker is None:
@@ -135,11 +139,31 @@ class BreakerBoard:
         if state is BreakerState.OPEN:
             due = breaker.next_attempt_at
             if due is None or now < due:
-                return HOLD if critical else DROP
+                if not critical:
+                    return DROP
+                return PASS if breaker.reason == REASON_CRITICAL else HOLD
             self._set_state(breaker, BreakerState.HALF_OPEN, now)
         if critical:
             return PASS
         return PASS if rng.random() < self._half_open_fraction else DROP
+
+    def gate_group(self, breaker: Breaker, now: float, critical: bool) -> int | None:
+        """`gate` for a group of messages of `breaker`'s subject decided at once (Engine.decide_run): the
+        share of them that passes (policies.sampling fixed point), or None when they must be offered one by
+        one (critical messages for an open breaker are parked, except behind one the critical level
+        opened: they pass, as in `gate`). An open breaker whose delay is over turns
+        half-open here, as in `gate`; half-open, the group's trials are a share of `halfOpenFraction`."""
+        state = breaker.state
+        if state is BreakerState.OPEN:
+            due = breaker.next_attempt_at
+            if due is None or now < due:
+                if not critical:
+                    return 0
+                return SHARE_ONE if breaker.reason == REASON_CRITICAL else None
+            self._set_state(breaker, BreakerState.HALF_OPEN, now)
+        if critical or state is BreakerState.CLOSED:
+            return SHARE_ONE
+        return share_of(self._half_open_fraction)
 
     # -- outcomes reported by the shell ----------------------------------------------------------------
     def failure(self, subject: str, now: float) -> None:

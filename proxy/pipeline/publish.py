@@ -25,6 +25,7 @@ from policies.circuit_breaker import BreakerState
 from policies.config import BatchMode, Delivery, Level, Priority
 from policies.engine import Decision, Engine, Verdict
 from policies.roles import DATA, REPLY, Role, role_of
+from policies.sampling import APART, PARKED, kept_of
 from proxy.config.schema import SidecarConfig
 from proxy.nats.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
 from proxy.nats.protocol import (
@@ -169,11 +170,29 @@ class Publisher:
             return RUN_SPLIT
         kept, apart = select_frames(op.frames, found.plan_entries(plan))
         if apart and not self._write_stamped(apart, found.apart_subjects(plan), client, now):
-            self._write_critical(apart, client, now)
+            parked = {g[0] for g, (share, _) in zip(found.groups, plan, strict=True) if share == PARKED}
+            self._write_critical(apart, client, now, parked)
         if kept:
             upstream.write(kept)
             upstream.track(RunEntry(client, kept, found.kept_counts(plan)), len(kept))
+            if engine.has_breakers:
+                self._note_trials(found.groups, plan)
         return RUN_TAKEN
+
+    def _note_trials(
+        self, groups: list[tuple[str, int, Priority, Role]], plan: list[tuple[int, int]]
+    ) -> None:
+        """A half-open breaker's kept trials, written in a run: confirmed by the PONG after them (as
+        `_written` notes each one of the per-message path)."""
+        engine = self.engine
+        for (subject, count, _, role), (share, phase) in zip(groups, plan, strict=True):
+            if (
+                role < REPLY
+                and share != APART
+                and kept_of(count, share, phase)
+                and engine.breaker_state(subject) is HALF_OPEN
+            ):
+                self.confirmations.note_trial(subject)
 
     def _window_full(
         self,
@@ -270,10 +289,18 @@ class Publisher:
             confirmations.await_confirmations(msgs)
         return True
 
-    def _write_critical(self, frames: bytes, client: ClientConnection | None, now: float) -> None:
+    def _write_critical(
+        self,
+        frames: bytes,
+        client: ClientConnection | None,
+        now: float,
+        parked: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
         """The critical messages of a run the engine decided in bulk (counted forwarded already), each with
         its Nats-Msg-Id (and PubAck reply subject), written in one slice ahead of the run's other kept
-        messages (the priority queue's order); then each awaits its PubAck or PONG confirmation."""
+        messages (the priority queue's order); then each awaits its PubAck or PONG confirmation. Those of
+        the `parked` subjects (PARKED: their breaker is open, nothing counted yet) are offered one by one:
+        the engine parks them until the breaker is no longer open."""
         parser = ClientParser(max_payload=-1)
         parser.headers = True  # HPUBs in a run were accepted already
         replies = client.replies if client is not None else None
@@ -291,6 +318,9 @@ class Publisher:
             msg = self._critical_msg(
                 subject, op.reply, op.payload, headers, op.frame, client, rule, now, role
             )
+            if parked and role is DATA and subject in parked:
+                self.offer(msg, now)
+                continue
             if msg.size > self.max_payload:
                 # With its Nats-Msg-Id it no longer fits: never written (as offer() decides it).
                 self.engine.note_unforwarded(subject, CRITICAL, role, "max_payload")

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from policies.config import BatchMode, PolicyRule, Priority
 from policies.roles import DATA, REPLY, REQUEST, Role, subject_role
-from policies.sampling import APART, SHARE_ONE, keeps, kept_of
+from policies.sampling import APART, PARKED, SHARE_ONE, keeps, kept_of
 from proxy.nats import speedups
 from proxy.nats.parser import _header_priority
 from proxy.nats.protocol import (
@@ -81,7 +81,7 @@ class RunGroups:
             for keys, (share, _) in zip(self.keys, plan, strict=True)
         ), "a sampled group has a single key"
         return [
-            (_wire(subject), code, request, share, phase)
+            (_wire(subject), code, request, APART if share == PARKED else share, phase)
             for keys, (share, phase) in zip(self.keys, plan, strict=True)
             for subject, code, request in keys
         ]
@@ -93,6 +93,8 @@ class RunGroups:
         role; None when one subject has two roles (the per-message path tells them apart)."""
         apart: dict[bytes, tuple[str, PolicyRule | None, Role]] = {}
         for (subject, _, _, role), (share, _), rule in zip(self.groups, plan, self.rules, strict=True):
+            if share == PARKED:
+                return None  # offered one by one (_write_critical)
             if share == APART:
                 wire = _wire(subject)
                 seen = apart.get(wire)
@@ -105,7 +107,7 @@ class RunGroups:
         """Per subject, how many of the run's messages the plan keeps (the journal's counts)."""
         counts: dict[str, int] = {}
         for (subject, count, _, _), (share, phase) in zip(self.groups, plan, strict=True):
-            if share != APART:  # written on their own, with their own confirmation
+            if share >= 0:  # APART and PARKED: written on their own, with their own confirmation
                 k = kept_of(count, share, phase)
                 if k:
                     counts[subject] = counts.get(subject, 0) + k

@@ -130,3 +130,56 @@ async def test_a_priority_mix_at_high_is_shed_sampled_and_kept_per_group(
     queued = status["receivedMessages"] - status["forwardedMessages"] - dropped - status["spooledMessages"]
     assert queued >= 0 and status["droppedByReason"].get("low_priority", 0) >= sent["low"]
     await direct.close()
+
+
+@pytest.mark.parametrize("level", ["none", "high"])
+async def test_critical_messages_of_a_run_wait_for_an_open_breaker_and_go_when_it_closes(
+    nats_server: NatsServer, sidecar_factory: Any, level: str
+) -> None:
+    # The open breaker's data is shed, its critical messages are parked (not written, not lost) and go
+    # once it is closed; the other subject's messages go at once. At high the run is decided in bulk
+    # (the critical group PARKED), at none message by message: the same outcome.
+    config = sidecar_config(
+        nats_server.url,
+        backpressure={
+            "maxPublishRate": CEILING,
+            "rateBurstSeconds": 10,
+            "maxQueueSize": 100_000,
+            "maxCpuUsagePercent": 1000,
+            "maxMemoryUsageMB": 4096,
+            "breakerCriticalTopSubjects": 0,
+        },
+    )
+    proc: SidecarProcess = sidecar_factory(config)
+    direct = await nats.connect(nats_server.url)
+    _, msgs = await collect(direct, "bulk.>")
+    proc.post("/api/backpressure/circuit-breaker", {"subject": "bulk.broken", "action": "open"})
+    frames = []
+    for i in range(100):
+        frames.append(hpub("bulk.broken", "critical" if i % 10 == 0 else "high", b"b%d" % i))
+        frames.append(hpub("bulk.fine", "high", b"f%d" % i))
+    with Flood(proc.ports["nats"], "flood.bulk", 1600 if level == "high" else 0):
+        deadline = time.monotonic() + 15
+        while proc.status()["degradationLevel"] != level:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # tokens for the run
+        before = proc.status()["droppedByReason"].get("circuit_breaker", 0)
+        sock = raw_client(proc.ports["nats"])
+        sock.sendall(b"".join(frames))
+        finish(sock)
+        await asyncio.sleep(0.5)
+        await settle(direct)
+        assert [m.data for m in msgs] == [b"f%d" % i for i in range(100)]
+        status = proc.status()
+        assert status["droppedByReason"].get("circuit_breaker", 0) - before == 90
+        detailed = proc.get("/api/backpressure/health/detailed")["data"]
+        assert detailed["components"]["queue"]["parked"] == 10
+        assert proc.status()["degradationLevel"] == level
+    proc.post("/api/backpressure/circuit-breaker", {"subject": "bulk.broken", "action": "close"})
+    deadline = time.monotonic() + 5
+    while len(msgs) < 110 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [m.data for m in msgs[100:]] == [b"b%d" % i for i in range(0, 100, 10)]
+    assert all(m.headers.get("Nats-Msg-Id") for m in msgs[100:])
+    await direct.close()

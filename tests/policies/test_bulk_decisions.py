@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from policies.config import Level, Priority
 from policies.roles import Role
-from policies.sampling import APART, SHARE_ONE, keeps, kept_of, share_of
+from policies.sampling import APART, PARKED, SHARE_ONE, keeps, kept_of, share_of
 from tests.policies.fakes import Clock, Msg, make_engine, reconciles, tick_load
 
 LOW, MEDIUM, HIGH, CRITICAL = Priority.LOW, Priority.MEDIUM, Priority.HIGH, Priority.CRITICAL
@@ -91,7 +91,7 @@ def test_over_many_runs_the_kept_share_is_the_sampling_rate() -> None:
         "queued messages",
         "too few tokens",
         "less than a batch",
-        "a breaker parks critical",
+        "a breaker parks more critical messages than there is room for",
         "a shed request",
     ],
 )
@@ -110,9 +110,9 @@ def test_the_per_message_path_when_a_run_cannot_be_decided_at_once(why: str) -> 
         groups = [("s", 19, HIGH, DATA)]  # batches of 20 at high
     if why == "a shed request":
         groups = [("s", 100, HIGH, DATA), ("s", 1, LOW, REQUEST)]  # its requester gets a 503, one by one
-    if why == "a breaker parks critical":
-        engine.open_breaker("s", clock.now)  # its critical messages wait beside the queue, one by one
-        groups = [("s", 100, HIGH, DATA), ("s", 5, CRITICAL, DATA)]
+    if why.startswith("a breaker parks"):
+        engine.open_breaker("s", clock.now)  # its critical messages wait beside the queue (10,000 at most)
+        groups = [("s", 100, HIGH, DATA), ("s", 10_001, CRITICAL, DATA)]
     before = (engine.received, engine.forwarded, engine.dropped)
     assert engine.decide_run(groups, clock.now, can_send) is None
     assert (engine.received, engine.forwarded, engine.dropped) == before
@@ -146,3 +146,92 @@ def test_at_none_everything_is_kept_and_critical_set_apart() -> None:
     plan = engine.decide_run(MIX, clock.now, True)
     assert plan == [(SHARE_ONE, 0)] * 3 + [(APART, 0)] + [(SHARE_ONE, 0)] * 2
     assert engine.forwarded == 1050 and engine.dropped == 0
+
+
+def _half_open(clock: Clock, **overrides: object) -> object:
+    engine = make_engine(
+        clock,
+        max_queue_size=10_000,
+        max_publish_rate=10_000_000,
+        breaker_failure_threshold=1,
+        breaker_half_open_fraction=0.25,
+        recovery_delay_ms=1000,
+        **overrides,
+    )
+    engine.breaker_failure("trial", clock.now)  # open, half-open in 1 s
+    return engine
+
+
+@pytest.mark.parametrize("level", [Level.NONE, Level.HIGH, Level.CRITICAL])
+def test_a_half_open_breaker_keeps_its_trial_share_in_bulk(level: Level) -> None:
+    # Before, a half-open breaker sent every run of its subject to the per-message path ((g) at critical
+    # fell to 0.2 M msg/s while the heavy-hitter breaker was half-open): the same shares, per group.
+    load = {Level.NONE: 0, Level.HIGH: 170, Level.CRITICAL: 250}[level]
+    counts = {}
+    for path in ("bulk", "single"):
+        clock = Clock()
+        engine = _half_open(clock)
+        tick_load(engine, clock.now, load)
+        assert engine.level is level
+        clock.advance(1.5)  # the delay is over: the next message turns the breaker half-open
+        for _ in range(400):
+            clock.advance(0.0005)
+            groups = [("trial", 50, MEDIUM, DATA), ("trial", 5, CRITICAL, DATA), ("fine", 45, HIGH, DATA)]
+            if path == "bulk":
+                plan = engine.decide_run(groups, clock.now, True)
+                assert plan is not None
+                assert plan[1] == (APART, 0)  # critical messages pass a half-open breaker
+            else:
+                for subject, n, priority, _ in groups:
+                    for _ in range(n):
+                        engine.offer(Msg(subject, priority=priority), clock.now, True)
+                engine.take(clock.now, batch_due=True)  # what batching at high queued
+        assert engine.breaker_state("trial").label == "half_open"
+        assert reconciles(engine) and engine.queue_size == 0
+        counts[path] = (engine.forwarded, engine.dropped_by_reason(), engine.dropped_by_subject())
+    rate = {Level.NONE: 1.0, Level.HIGH: 0.5, Level.CRITICAL: 0.2}[level]
+    for forwarded, reasons, by_subject in counts.values():
+        trials = forwarded - 400 * (5 + 45)  # critical and the other subject are all kept
+        assert trials == pytest.approx(400 * 50 * 0.25 * rate, rel=0.1)
+        assert reasons["circuit_breaker"] == pytest.approx(400 * 50 * 0.75, rel=0.05)
+        assert reasons.get("sampling", 0) == pytest.approx(400 * 50 * 0.25 * (1 - rate), rel=0.1, abs=2)
+        assert {subject for _, subject in by_subject} == {"trial"}
+
+
+def test_low_messages_of_a_half_open_breaker_at_high_are_counted_as_offer_counts_them() -> None:
+    clock = Clock()
+    engine = _half_open(clock)
+    tick_load(engine, clock.now, 170)
+    clock.advance(1.5)
+    plan = engine.decide_run([("trial", 1000, LOW, DATA)], clock.now, True)
+    assert plan is not None and plan[0][0] == 0
+    reasons = engine.dropped_by_reason()
+    # The gate drops three in four (circuit_breaker); low priority sheds the trials it passed.
+    assert reasons["circuit_breaker"] == pytest.approx(750, abs=1)
+    assert reasons["low_priority"] == pytest.approx(250, abs=1)
+    assert engine.forwarded == 0 and reconciles(engine)
+
+
+def test_a_request_to_a_half_open_breaker_is_decided_one_by_one() -> None:
+    clock = Clock()
+    engine = _half_open(clock)
+    clock.advance(1.5)
+    assert engine.decide_run([("trial", 3, MEDIUM, REQUEST)], clock.now, True) is None
+
+
+def test_critical_messages_for_an_open_breaker_are_parked_and_the_rest_decided_in_bulk() -> None:
+    # Before, they sent the whole run to the per-message path ((g) at critical: 0.2 M msg/s while the
+    # heavy-hitter breaker was open). Now their group is PARKED: nothing counted, the shell offers each.
+    clock = Clock()
+    engine = make_engine(clock, max_queue_size=10_000, max_publish_rate=1_000_000)
+    engine.open_breaker("s", clock.now)
+    groups = [("s", 100, HIGH, DATA), ("s", 5, CRITICAL, DATA), ("other", 50, HIGH, DATA)]
+    plan = engine.decide_run(groups, clock.now, True)
+    assert plan == [(0, 0), (PARKED, 0), (SHARE_ONE, 0)]
+    assert (engine.received, engine.forwarded, engine.dropped) == (150, 50, 100)
+    for _ in range(5):
+        assert engine.offer(Msg("s", priority=CRITICAL), clock.now, True).verdict.name == "QUEUE"
+    assert engine.critical_queued() == 5 and engine.received == 155 and reconciles(engine)
+    engine.close_breaker("s", clock.now)
+    engine.tick(clock.now, memory_mb=0, cpu_percent=0)
+    assert len(engine.take(clock.now)) == 5  # released once the breaker is no longer open

@@ -10,6 +10,8 @@ import pytest
 from policies.circuit_breaker import BreakerState
 from policies.config import Level, Priority
 from policies.engine import Decision, Engine, Verdict
+from policies.roles import Role
+from policies.sampling import APART, PARKED
 from tests.policies.fakes import Clock, Msg, make_engine, reconciles, tick_load
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
@@ -332,3 +334,31 @@ def test_breaker_table_is_bounded() -> None:
     engine.breaker_failure("kpi.new", clock.now)
     assert engine.breaker_state("kpi.new") is CLOSED
     assert len(engine.breakers()) == 1000
+
+
+def test_critical_messages_pass_a_breaker_the_critical_level_opened_and_wait_behind_others() -> None:
+    # Before, they were parked behind a heavy-hitter breaker too: the queue filled with them and their
+    # publishers stalled (BLOCK) although the upstream took the subject.
+    clock = Clock()
+    engine = _engine(clock, breaker_critical_top_subjects=1, enable_sampling=False, max_publish_rate=1000)
+    for _ in range(3000):
+        engine.offer(Msg("kpi.heavy"), clock.advance(0.0001), True)
+    tick_load(engine, clock.advance(0.1), 250)
+    assert [(b.subject, b.reason) for b in engine.breakers()] == [("kpi.heavy", "critical_level")]
+    _open_by_failures(engine, clock, "kpi.failing")
+    engine.drain(clock.now)  # what the flood queued
+    queued, forwarded = engine.queue_size, engine.forwarded
+    engine.offer(Msg("kpi.heavy", Priority.CRITICAL), clock.now, True)
+    assert engine.offer(Msg("kpi.heavy"), clock.now, True).reason == "circuit_breaker"
+    engine.offer(Msg("kpi.failing", Priority.CRITICAL), clock.now, True)
+    snap = engine.snapshot(clock.now)
+    assert snap.parked == 1 and engine.queue_size == queued + 1  # the failing subject's
+    assert engine.forwarded == forwarded + 1  # the heavy hitter's critical message went
+    # The same in bulk: the heavy hitter's critical group is kept, the failing one's parked.
+    groups = [
+        ("kpi.heavy", 3, Priority.CRITICAL, Role.DATA),
+        ("kpi.failing", 2, Priority.CRITICAL, Role.DATA),
+    ]
+    plan = engine.decide_run(groups, clock.now, True)
+    assert plan == [(APART, 0), (PARKED, 0)]
+    assert reconciles(engine)
