@@ -96,7 +96,7 @@ class Sidecar:
         # The collaborators, then the callbacks between them (none imports another's owner).
         self.confirmations = Confirmations(config, engine, upstream, clock, self.server_id)
         self.refusals = RefusedPublishes(engine, upstream, self.confirmations, clock)
-        self.deliveries = Deliveries(upstream, clock, self.confirmations)
+        self.deliveries = Deliveries(upstream, clock, self.confirmations, lambda: self.config.clients)
         self.flow = FlowControl(config, loop, upstream)
         self.spool_bridge = SpoolBridge(config, engine, upstream, self.spool, loop, clock)
         self.publisher = Publisher(

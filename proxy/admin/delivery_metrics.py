@@ -23,6 +23,10 @@ def metric_families(sidecar: Sidecar | None) -> Iterator[Metric]:
         "kpi_sidecar_subscriptions",
         "Application subscriptions behind those upstream subscriptions (retiring ones included).",
     )
+    refused = CounterMetricFamily(
+        "kpi_sidecar_subscriptions_refused",
+        "SUBs refused at clients.maxSubscriptions (per connection) or clients.maxTotalSubscriptions.",
+    )
     held = GaugeMetricFamily(
         "kpi_sidecar_upstream_read_held",
         "1 while the upstream socket is not read because an application is behind on its deliveries.",
@@ -40,7 +44,8 @@ def metric_families(sidecar: Sidecar | None) -> Iterator[Metric]:
         deliveries, flow = sidecar.deliveries, sidecar.delivery_flow
         upstream_subs.add_metric([], len(deliveries.interests))
         members.add_metric([], deliveries.members)
+        refused.add_metric([], deliveries.refused)
         held.add_metric([], 1.0 if flow.held else 0.0)
         holds.add_metric([], flow.holds)
         held_seconds.add_metric([], flow.held_seconds)
-    yield from (upstream_subs, members, held, holds, held_seconds)
+    yield from (upstream_subs, members, refused, held, holds, held_seconds)

@@ -52,6 +52,8 @@ RELOADABLE: Final[tuple[str, ...]] = (
     "clients.maxConnections",
     "clients.maxPendingBytes",
     "clients.maxPingsOut",
+    "clients.maxSubscriptions",
+    "clients.maxTotalSubscriptions",
     "spool.upstreamDownThresholdMs",
     "spool.ackTimeoutMs",
     "spool.maxPendingAcks",

@@ -226,6 +226,11 @@ class ClientsConfig(Base, frozen=True):
     max_total_pending_bytes: Annotated[int, Meta(ge=65_536)] | None = None
     ping_interval_ms: Milliseconds = 120_000
     max_pings_out: Annotated[int, Meta(ge=1, le=100)] = 2
+    # Like nats-server's max_subscriptions (unlimited there): past it a SUB gets
+    # -ERR 'maximum subscriptions exceeded' and is ignored, the connection stays.
+    max_subscriptions: Annotated[int, Meta(ge=1)] = 65_536
+    # All applications together (each costs the sidecar a few hundred bytes).
+    max_total_subscriptions: Annotated[int, Meta(ge=1)] = 1_000_000
 
 
 class AdminConfig(Base, frozen=True):

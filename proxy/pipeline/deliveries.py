@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from policies import roles
 from policies.subjects import subject_matches
+from proxy.config.schema import ClientsConfig
 from proxy.nats.protocol import (
     Msg,
     MsgRun,
@@ -56,10 +57,20 @@ MAX_PENDING_ECHOES = 10_000
 class Deliveries:
     """The routing table (`interests`, and `routes` for the C router) and delivery of upstream messages."""
 
-    def __init__(self, upstream: Upstream, clock: Callable[[], float], confirmations: Confirmations) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        clock: Callable[[], float],
+        confirmations: Confirmations,
+        limits: Callable[[], ClientsConfig] = ClientsConfig,
+    ) -> None:
         self.upstream = upstream
         self.clock = clock
         self.confirmations = confirmations
+        # clients.maxSubscriptions (per connection) and maxTotalSubscriptions, read at each SUB.
+        self.limits = limits
+        self.members = 0  # application subscriptions, retiring ones included
+        self.refused = 0  # SUBs refused at a limit
         # usid -> the upstream subscription and its members; `merged` finds the live non-queue one of a
         # subject. Both hold at most one entry per application subscription (bounded by the clients').
         self.interests: dict[int, Interest] = {}
@@ -78,17 +89,17 @@ class Deliveries:
         """`count` subscription ids for the sidecar's own subscriptions (route them through `own`)."""
         return tuple(next(self._usids) for _ in range(count))
 
-    @property
-    def members(self) -> int:
-        """Application subscriptions (retiring ones included) behind the upstream subscriptions."""
-        return sum(len(interest.members) for interest in self.interests.values())
-
     # -- subscriptions -------------------------------------------------------------------------------
-    def subscribe(self, client: ClientConnection, op: Sub) -> None:
+    def subscribe(self, client: ClientConnection, op: Sub) -> bool:
         """An application's SUB: a member of the live upstream subscription of that subject (non-queue),
-        or of a new one, SUB written upstream; routed at once."""
+        or of a new one, SUB written upstream; routed at once. False: refused at a limit (the client
+        answers -ERR 'maximum subscriptions exceeded', as nats-server does, and keeps its connection)."""
         if op.sid in client.subs:
-            return  # nats-server ignores a SUB that reuses a live sid
+            return True  # nats-server ignores a SUB that reuses a live sid
+        limits = self.limits()
+        if len(client.subs) >= limits.max_subscriptions or self.members >= limits.max_total_subscriptions:
+            self.refused += 1
+            return False
         interest = self.merged.get(op.subject) if op.queue is None else None
         new = interest is None
         if interest is None:
@@ -99,6 +110,7 @@ class Deliveries:
         sub = ClientSub(client, op.sid, op.subject, op.queue, interest.usid)
         client.subs[op.sid] = sub
         interest.members.append(sub)
+        self.members += 1
         interest.live += 1
         if new:
             self._route(interest)
@@ -111,6 +123,7 @@ class Deliveries:
             self.upstream.confirm_here(lambda _ok: self._joined(sub))
         else:
             self._route(interest)  # the reconnect replays the one SUB
+        return True
 
     def _joined(self, sub: ClientSub) -> None:
         sub.joined = True
@@ -192,6 +205,7 @@ class Deliveries:
             interest.members.remove(sub)
         except ValueError:
             return
+        self.members -= 1
         if not sub.closing:
             interest.live -= 1
             self._release(interest)

@@ -164,7 +164,9 @@ class ClientConnection(asyncio.Protocol):
                 if not is_valid_subject(op.subject) or (op.queue is not None and not op.queue.strip()):
                     self.reply(encode_err("Invalid Subject"))
                     continue
-                host.subscribe(self, op)
+                if not host.subscribe(self, op):
+                    self.reply(encode_err("maximum subscriptions exceeded"))
+                    continue
                 self.sub_generation += 1
                 if self.verbose:
                     self.reply(OK_FRAME)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -116,3 +117,61 @@ def test_garbage_does_not_stop_the_sidecar(servers: tuple) -> None:
     exchange(proc.ports["nats"], os.urandom(200_000), settle=0.05)
     out, closed = exchange(proc.ports["nats"], b'CONNECT {"verbose":false}\r\nPING\r\n')
     assert (out, closed) == (b"PONG\r\n", False)
+
+
+def test_a_sub_past_the_limit_gets_the_same_error_as_from_nats_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # nats-server's max_subscriptions against clients.maxSubscriptions: the SUB past it is refused with
+    # -ERR 'maximum subscriptions exceeded' and ignored, the connection stays; after an UNSUB one fits.
+    from tests.conftest import NatsServer
+
+    workdir = tmp_path_factory.mktemp("max-subs")
+    limited = NatsServer(workdir, extra_conf="max_subscriptions: 2")
+    upstream = NatsServer(workdir)
+    proc = SidecarProcess(workdir, sidecar_config(upstream.url, clients={"maxSubscriptions": 2}))
+    # (One PING: the sidecar answers a PING once the upstream has answered its own, so MSGs may come
+    # ahead of an earlier PONG than with nats-server.)
+    data = (
+        b'CONNECT {"verbose":false}\r\nSUB a 1\r\nSUB b 2\r\nSUB c 3\r\nPUB c 1\r\nx\r\nPUB a 1\r\ny\r\n'
+        b"UNSUB 1\r\nSUB d 4\r\nPUB d 1\r\nz\r\nPING\r\n"
+    )
+    try:
+        want = exchange(limited.port, data)
+        assert b"-ERR 'maximum subscriptions exceeded'\r\n" in want[0] and b"MSG d 4 1" in want[0]
+        assert exchange(proc.ports["nats"], data) == want
+        with urllib.request.urlopen(proc.admin_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "\nkpi_sidecar_subscriptions_refused_total 1.0" in text
+    finally:
+        proc.kill()
+        upstream.stop()
+        limited.stop()
+
+
+def test_the_total_subscription_limit_counts_every_application(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.conftest import NatsServer
+
+    workdir = tmp_path_factory.mktemp("max-total-subs")
+    upstream = NatsServer(workdir)
+    proc = SidecarProcess(workdir, sidecar_config(upstream.url, clients={"maxTotalSubscriptions": 3}))
+    try:
+        first = socket.create_connection(("127.0.0.1", proc.ports["nats"]), timeout=3)
+        first.recv(65536)
+        first.sendall(b'CONNECT {"verbose":false}\r\nSUB a 1\r\nSUB b 2\r\nPING\r\n')
+        assert first.recv(65536) == b"PONG\r\n"
+        data = b'CONNECT {"verbose":false}\r\nSUB c 1\r\nSUB d 2\r\nPUB c 1\r\nx\r\nPUB d 1\r\ny\r\nPING\r\n'
+        out, closed = exchange(proc.ports["nats"], data)
+        assert (out, closed) == (
+            b"-ERR 'maximum subscriptions exceeded'\r\nMSG c 1 1\r\nx\r\nPONG\r\n",
+            False,
+        )
+        first.close()
+        time.sleep(0.3)  # its subscriptions go with it: room again
+        out, _ = exchange(proc.ports["nats"], data)
+        assert out == b"MSG c 1 1\r\nx\r\nMSG d 2 1\r\ny\r\nPONG\r\n"
+    finally:
+        proc.kill()
+        upstream.stop()
