@@ -360,6 +360,12 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[_Values], float]], ...]] = (
         lambda v: len(v.sidecar.flow.paused),
     ),
     (
+        "kpi_sidecar_held_clients",
+        "Application connections not read because the engine had no room for their messages (critical "
+        "messages with the queue full and no spool room); each is read again once there is.",
+        lambda v: v.sidecar.flow.held_clients,
+    ),
+    (
         "kpi_upstream_unconfirmed_bytes",
         "Bytes of non-critical publishes written upstream and not yet confirmed by a PONG.",
         lambda v: v.sidecar.upstream.journal.nbytes,

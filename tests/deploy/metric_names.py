@@ -41,6 +41,7 @@ CATALOGUE: dict[str, str] = {
     "kpi_sidecar_clients": "gauge",
     "kpi_sidecar_slow_consumers": "counter",
     "kpi_sidecar_flow_paused_clients": "gauge",
+    "kpi_sidecar_held_clients": "gauge",
     "kpi_upstream_stalled": "gauge",
     "kpi_sidecar_flow_pauses": "counter",
     "kpi_sidecar_requests_refused": "counter",

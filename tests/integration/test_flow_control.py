@@ -177,3 +177,21 @@ async def test_losing_the_upstream_releases_paused_applications_and_nothing_is_l
     # read after the loss was queued, then forwarded to the new server. Every message is accounted for.
     assert status["receivedMessages"] == status["forwardedMessages"] == N
     assert status["droppedMessages"] == 0
+
+
+async def test_critical_messages_with_no_room_hold_their_application_and_arrive_later(
+    nats_server: NatsServer, sidecar_factory: Any
+) -> None:
+    # The queue full of critical messages and no spool: the engine has no room (BLOCK), the application
+    # is held (not read, kpi_sidecar_held_clients), and every message arrives once the hub reads again.
+    config = flow_config(nats_server, 300)
+    config["backpressure"] = {**config["backpressure"], "maxQueueSize": 500}
+    config["policies"] = [{"subject": "flow.critical", "priority": "critical"}]
+    config["spool"] = {"path": None}
+    proc: SidecarProcess = sidecar_factory(config)
+    assert proc.metric("kpi_sidecar_held_clients") == 0
+    async with publishing_to_a_stopped_hub(nats_server, proc, "flow.critical") as (publisher, _sent):
+        await eventually(lambda: proc.metric("kpi_sidecar_held_clients") == 1, timeout=10)
+        assert proc.status()["currentQueueSize"] == 500
+        assert publisher.is_alive()
+    assert proc.metric("kpi_sidecar_held_clients") == 0
