@@ -214,6 +214,10 @@ class Publisher:
         confirmations = self.confirmations
         if client is None or not confirmations.window_flowing(now):
             return RUN_SPLIT
+        if not all_critical and count > self.config.spool.max_pending_acks:
+            # A mixed run is not cut, and this one never fits whole: one by one (its critical messages
+            # wait for PubAcks in the queue, Engine.hold_critical). Held, it was retried at once forever.
+            return RUN_SPLIT
         rest: int | PubRun = RUN_HOLD
         if all_critical and room > 0:
             head, tail = split_run(op, room)
