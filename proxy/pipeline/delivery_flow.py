@@ -70,7 +70,14 @@ class DeliveryFlow:
     def check(self, client: Any) -> None:
         """Deliveries were just written into `client`'s buffer: hold the upstream if it is behind. Called
         as they are routed (one loop iteration can read megabytes from the upstream), not at the flush."""
-        if not self.held and client.backlog > self.high_water() and client not in self.slow:
+        backlog = client.backlog
+        # MIN_HIGH_WATER first: the high water is never below it, and most checks stop there.
+        if (
+            backlog > MIN_HIGH_WATER
+            and not self.held
+            and backlog > self.high_water()
+            and client not in self.slow
+        ):
             self._hold()
 
     def _waiting(self) -> int:
