@@ -112,10 +112,6 @@ async def test_a_half_open_breaker_closes_on_trials_written_in_runs(
         await app.publish("forbidden.x", str(i).encode())
         await settle(app)
     await until(lambda: breakers(proc) == [("forbidden.x", "open")], 5, "the breaker opens")
-    # The upstream allows the subject from now on (nats-server reloads its permissions on SIGHUP).
-    upstream.conf.write_text(upstream.conf.read_text().replace('deny: ["forbidden.>"]', 'allow: [">"]'))
-    assert upstream.proc is not None
-    upstream.proc.send_signal(signal.SIGHUP)
     watcher = await nats.connect(upstream.url, user="watcher", password="w", allow_reconnect=False)
     got: list[bytes] = []
 
@@ -124,6 +120,11 @@ async def test_a_half_open_breaker_closes_on_trials_written_in_runs(
 
     await watcher.subscribe("forbidden.x", cb=on)
     await settle(watcher)
+    # The upstream allows the subject from now on (nats-server reloads its permissions on SIGHUP; a
+    # connection attempt during the reload may be refused, so the watcher connected first).
+    upstream.conf.write_text(upstream.conf.read_text().replace('deny: ["forbidden.>"]', 'allow: [">"]'))
+    assert upstream.proc is not None
+    upstream.proc.send_signal(signal.SIGHUP)
     await asyncio.sleep(0.5)  # the recovery delay is over, the reload done
     dropped_before = proc.status()["droppedMessages"]
     sock = raw_client(proc.ports["nats"])
