@@ -12,6 +12,7 @@ seed's default configuration, alone and while a flood holds the level at high an
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import urllib.request
@@ -218,3 +219,52 @@ async def _others_go_through(js_server: NatsServer, proc: SidecarProcess) -> Non
     )
     for nc in (app, other, watcher):
         await nc.close()
+
+
+@pytest.mark.parametrize("level", [None, "high", "critical"])
+async def test_http_batches_with_critical_items_at_every_level(
+    js_server: NatsServer, sidecar_factory: Any, level: str | None
+) -> None:
+    """The seed's configuration; NDJSON batches of 500 items posted to the HTTP ingest port, one in ten
+    critical (`delivery: jetstream`): every critical item is stored once, whatever the level, and each
+    item's answer says what became of it (the answers add up to what was posted)."""
+    await add_stream(js_server.url)
+    config = sidecar_config(js_server.url, policies=RULES)
+    config["backpressure"] = {}
+    proc = sidecar_factory(config)
+    batches, per = 4, 500
+    with flood_at(proc, level, held=False):
+        summary: dict[str, int] = {}
+        for b in range(batches):
+            lines = [
+                json.dumps(
+                    {"subject": "pay.in", "data": f"{b}.{i}"}
+                    if i % 10 == 0
+                    else {
+                        "subject": "http.mix",
+                        "data": f"{b}.{i}",
+                        "priority": ("low", "medium", "high")[i % 3],
+                    }
+                )
+                for i in range(per)
+            ]
+            req = urllib.request.Request(
+                proc.http_url + "/publish",
+                data="\n".join(lines).encode(),
+                method="POST",
+                headers={"Content-Type": "application/x-ndjson"},
+            )
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                answer = json.loads(resp.read())
+            assert resp.status == 202
+            results = answer["data"]["results"]
+            assert len(results) == per
+            for r in results[::10]:
+                assert r["status"] == 202 and r["result"] in ("forwarded", "queued"), r
+            for key, count in answer["data"]["summary"].items():
+                summary[key] = summary.get(key, 0) + count
+        assert sum(summary.values()) == batches * per
+        total = batches * per // 10
+        assert await stored(js_server.url, "PAY", total, timeout=60) == total
+    want = sorted(f"{b}.{i}".encode() for b in range(batches) for i in range(0, per, 10))
+    assert await payloads(js_server.url, total) == want
