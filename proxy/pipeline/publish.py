@@ -71,6 +71,8 @@ TOO_BIG = Decision(Verdict.DROP, "max_payload", ())
 # Messages released from the queue per step of the pump (the upstream also flushes every 256 KiB).
 PUMP_SLICE = 1024
 PUMP_FIRST_SLICE = 64
+# Bytes of runs queued in bulk after which an emptied queue hands the freed memory back (malloc_trim).
+TRIM_AFTER_BYTES = 16 << 20
 # Room kept in an envelope for its control line and KPI-Batch-* headers under the upstream's max_payload.
 ENVELOPE_HEADER_ROOM = 256
 
@@ -117,9 +119,9 @@ class Publisher:
         # Runs whose client waited for room in the PubAck window (_window_full), and its retry timer.
         self.window_holds = 0
         self._window_timer: asyncio.TimerHandle | None = None
-        # Runs were queued in bulk (one buffer each) since the queue was last empty: once it is, the
-        # freed buffers go back to the system (malloc keeps them otherwise: #14).
-        self._runs_queued = False
+        # Bytes of runs queued in bulk (one buffer each) since the queue was last empty: once it is, past
+        # TRIM_AFTER_BYTES the freed buffers go back to the system (malloc keeps them otherwise: #14).
+        self._runs_queued = 0
 
     def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool:
         """Offer an application's PUB/HPUB to the engine. False: no room, the caller must hold it."""
@@ -208,7 +210,15 @@ class Publisher:
 
     def _queue_run(self, op: PubRun, found: RunGroups, client: ClientConnection | None, now: float) -> bool:
         """A run of data that cannot be written now, queued in bulk (`Engine.queue_run`): its frames kept
-        in one buffer per lane instead of one OutMsg each. False, with nothing done: offer them one by one."""
+        in one buffer per lane instead of one OutMsg each. False, with nothing done: offer them one by one.
+
+        Only while the upstream is away or stalled (past flowControlMs), when a queue builds up: a socket
+        backed up for a moment keeps the per-message path, whose slower intake lets the queue drain
+        sooner (the pump writes queued messages one by one, the level-none fast path only an empty
+        queue's runs: bench (a))."""
+        upstream = self.upstream
+        if upstream.connected and not self.flow.upstream_stalled:
+            return False
         if found.critical or any(group[3] is not DATA for group in found.groups):
             return False
         frames = op.frames
@@ -218,19 +228,21 @@ class Publisher:
         queued = self.engine.queue_run(
             found.groups,
             now,
-            self.upstream.can_send,
+            upstream.can_send,
             lambda lanes: queued_runs(frames, scanned, found, lanes, client, now),
         )
         if queued:
-            self._runs_queued = True
+            self._runs_queued += len(frames)
             self.schedule_pump()
         return queued
 
     def _released(self) -> None:
-        """After messages left the queue: once it is empty of runs queued in bulk, return their memory."""
+        """After messages left the queue: once it is empty of runs queued in bulk, return their memory
+        (only after many: malloc_trim walks the heap, too slow for each short backlog)."""
         if self._runs_queued and not self.engine.queue_size:
-            self._runs_queued = False
-            return_freed_memory()
+            if self._runs_queued >= TRIM_AFTER_BYTES:
+                return_freed_memory()
+            self._runs_queued = 0
 
     def _window_full(
         self,
