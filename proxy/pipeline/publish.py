@@ -229,7 +229,8 @@ class Publisher:
             found.groups,
             now,
             upstream.can_send,
-            lambda lanes: queued_runs(frames, scanned, found, lanes, client, now),
+            lambda lanes, keep: queued_runs(frames, scanned, found, lanes, keep, client, now),
+            scanned[2],
         )
         if queued:
             self._runs_queued += len(frames)

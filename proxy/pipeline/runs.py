@@ -348,18 +348,20 @@ def queued_runs(
     scanned: tuple[array[int], array[int], array[int]],
     found: RunGroups,
     lanes: list[int],
+    keep: bytearray | None,
     client: Any,
     now: float,
 ) -> list[tuple[int, QueuedRun]]:
-    """The run's messages in the lanes the engine gave their groups (0: shed), one QueuedRun per lane,
-    in run order within each: the run's own buffer when one lane takes it all, else a copy per lane."""
+    """The run's messages in the lanes the engine gave their groups (0: shed), those `keep` marks (None:
+    all), one QueuedRun per lane with any, in run order within each: the run's own buffer when one lane
+    takes it all, else a copy per lane."""
     starts, sizes, which = scanned
     metas = [
         (subject, priority, rule)
         for (subject, _, priority, _), rule in zip(found.groups, found.rules, strict=True)
     ]
     used = {lane for lane in lanes if lane}
-    if len(used) == 1 and all(lanes):
+    if len(used) == 1 and all(lanes) and keep is None:
         (lane,) = used
         offsets = array("I", starts)
         offsets.append(len(frames))
@@ -387,7 +389,7 @@ def queued_runs(
         for i in range(n):
             g = which[i]
             j = local.get(g)
-            if j is None:
+            if j is None or (keep is not None and not keep[i]):
                 continue
             stop = starts[i + 1] if i + 1 < n else len(frames)
             parts.append(frames[starts[i] : stop])
@@ -395,6 +397,8 @@ def queued_runs(
             offsets.append(at)
             lane_sizes.append(sizes[i])
             lane_which.append(j)
+        if not lane_sizes:
+            continue  # all sampled out
         lane_metas = [metas[g] for g in lane_groups]
         held = QueuedFrames(
             b"".join(parts),

@@ -1,6 +1,7 @@
 """Engine.queue_run: a run of data queued in bulk as one QueuedRun per lane gives the counts, the queue
 sizes and the messages out, in order, that offer() one by one gives; at the queue limit (eviction of the
-head of a run, full queue), through a partial take by the rate ceiling, take-back, remove and clear."""
+head of a run, full queue), sampled and shed, through a partial take by the rate ceiling, take-back,
+remove and clear."""
 
 from __future__ import annotations
 
@@ -47,14 +48,17 @@ def queue_run(engine: Engine, msgs: list[Msg], now: float, can_send: bool = Fals
     groups = groups_of(msgs)
     index = {(s, p): g for g, (s, _, p, _) in enumerate(groups)}
 
-    def build(lanes: list[int]) -> list[tuple[int, QueuedRun]]:
+    order = [index[(m.subject, m.priority)] for m in msgs]
+
+    def build(lanes: list[int], keep: bytearray | None) -> list[tuple[int, QueuedRun]]:
         out = []
         for lane in sorted({lane for lane in lanes if lane}):
-            mine = [m for m in msgs if lanes[index[(m.subject, m.priority)]] == lane]
-            out.append((lane, QueuedRun(mine.__getitem__, [m.size for m in mine])))
+            mine = [m for i, m in enumerate(msgs) if lanes[order[i]] == lane and (keep is None or keep[i])]
+            if mine:
+                out.append((lane, QueuedRun(mine.__getitem__, [m.size for m in mine])))
         return out
 
-    return engine.queue_run(groups, now, can_send, build)
+    return engine.queue_run(groups, now, can_send, build, order)
 
 
 def offer_all(engine: Engine, msgs: list[Msg], now: float, can_send: bool = False) -> list[Any]:
@@ -236,16 +240,36 @@ def test_at_critical_low_data_is_shed_and_the_rest_queued_up_to_the_limit() -> N
     assert bulk.dropped_by_reason()["queue_full"] == 1
 
 
+@pytest.mark.parametrize(("load", "level"), [(100, Level.MEDIUM), (170, Level.HIGH), (250, Level.CRITICAL)])
+def test_sampled_and_shed_runs_draw_and_count_as_offer_one_by_one(load: int, level: Level) -> None:
+    clock, one, bulk = pair(max_queue_size=10_000)
+    for engine in (one, bulk):
+        tick_load(engine, clock.now, load)
+        assert engine.level is level
+    warm(one, bulk, now=clock.advance(1.0))
+    for _ in range(5):
+        run = interleave(run_of([("m", MEDIUM, 200)]), run_of([("h", HIGH, 50)]), run_of([("l", LOW, 80)]))
+        offer_all(one, run, clock.now)
+        assert queue_run(bulk, run, clock.now)
+        assert state(bulk) == state(one)
+        assert bulk.sampled == one.sampled > 0
+    assert ids(list(bulk._queue)) == ids(list(one._queue))
+    # The same draws: the rngs are in step.
+    assert bulk._rng.random() == one._rng.random()
+    assert ids(bulk.drain(clock.now)) == ids(one.drain(clock.now))
+    assert reconciles(bulk)
+
+
 @pytest.mark.parametrize(
     "why",
-    ["sampling", "critical", "request", "first goes now", "level check due", "breaker"],
+    ["sampling without the order", "critical", "request", "first goes now", "level check due", "breaker"],
 )
 def test_what_offer_decides_on_its_own_is_not_queued_in_bulk(why: str) -> None:
     clock = Clock()
     engine = make_engine(clock, max_queue_size=1000)
     run = run_of([("a", MEDIUM, 5)])
     can_send = False
-    if why == "sampling":
+    if why == "sampling without the order":
         tick_load(engine, clock.now, 100)  # medium: 0.7 of medium data kept
         clock.advance(1.0)
     elif why == "critical":
@@ -260,7 +284,7 @@ def test_what_offer_decides_on_its_own_is_not_queued_in_bulk(why: str) -> None:
         warm(engine, now=clock.advance(1.0))
     groups = [(m.subject, 1, m.priority, m.role) for m in run]
     before = (engine.received, engine.queue_size)
-    assert not engine.queue_run(groups, clock.now, can_send, lambda lanes: pytest.fail("built"))
+    assert not engine.queue_run(groups, clock.now, can_send, lambda lanes, keep: pytest.fail("built"))
     assert (engine.received, engine.queue_size) == before
 
 

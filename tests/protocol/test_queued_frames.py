@@ -1,5 +1,6 @@
 """scan_run and queued_runs: a run of data queued in bulk keeps, per lane, exactly the frames the
-per-message path would have queued there, in order, each made into the OutMsg it would have built."""
+per-message path would have queued there (those sampling kept), in order, each made into the OutMsg it
+would have built."""
 
 from __future__ import annotations
 
@@ -37,9 +38,14 @@ def run_of(frames: bytes) -> PubRun:
     return op
 
 
-@given(parts=frames_st, lane_of=st.lists(st.integers(0, 3), min_size=5, max_size=5))
+@given(
+    parts=frames_st,
+    lane_of=st.lists(st.integers(0, 3), min_size=5, max_size=5),
+    sample=st.booleans(),
+    keep_of=st.lists(st.integers(0, 1), min_size=1, max_size=7),
+)
 def test_queued_runs_hold_each_lanes_messages_as_the_per_message_path_builds_them(
-    parts: list, lane_of: list[int]
+    parts: list, lane_of: list[int], sample: bool, keep_of: list[int]
 ) -> None:
     frames = b"".join(
         encode_pub(s, None, payload, None if block is None else b"NATS/1.0\r\n" + block + b"\r\n")
@@ -52,13 +58,16 @@ def test_queued_runs_hold_each_lanes_messages_as_the_per_message_path_builds_the
     assert scanned is not None
     # A lane per priority, as the engine gives them (0: shed); two groups may share a lane.
     lanes = [lane_of[priority] for _, _, priority, _ in found.groups]
-    runs = queued_runs(op.frames, scanned, found, lanes, "client", 5.0)
+    keep = bytearray(keep_of[i % len(keep_of)] for i in range(op.n)) if sample else None
+    runs = queued_runs(op.frames, scanned, found, lanes, keep, "client", 5.0)
     # The per-message path: each publish parsed, classified, and its group's lane.
     expected: dict[int, list[tuple]] = {}
     parser = ClientParser(max_payload=-1)
     parser.headers = True
-    for msg in parser.feed_data(op.frames):
+    for i, msg in enumerate(parser.feed_data(op.frames)):
         assert type(msg) is Pub
+        if keep is not None and not keep[i]:
+            continue
         header = header_value(msg.headers, "KPI-Priority") if msg.hdr_size > 0 else None
         priority, _ = classify(msg.subject, header, True)
         if lane_of[priority]:
