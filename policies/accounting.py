@@ -162,6 +162,12 @@ class Accounting:
         self.received_by_priority[priority] += 1
         self.received_by_role[role] += 1
 
+    def receive_many(self, priority: Priority, role: Role, k: int) -> None:
+        """Count `k` messages of one priority and role received."""
+        self.received += k
+        self.received_by_priority[priority] += k
+        self.received_by_role[role] += k
+
     def forward(self, subject: str, priority: Priority, role: Role = DATA) -> None:
         """Count one message forwarded upstream."""
         if role < REPLY:

@@ -1,16 +1,18 @@
 """The engine's bulk decisions: a run of messages decided per (subject, count, priority, role) group.
 
-`Engine.forward_batch` and `Engine.decide_run` are these functions, bound as the engine's methods (no
-extra call on the per-run path): they read and update the engine's state as its other methods do, and
-keep the same invariant at their boundary (policies/engine.py).
+`Engine.forward_batch`, `Engine.decide_run` and `Engine.queue_run` are these functions, bound as the
+engine's methods (no extra call on the per-run path): they read and update the engine's state as its
+other methods do, and keep the same invariant at their boundary (policies/engine.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from policies.circuit_breaker import BreakerState
 from policies.config import Priority
+from policies.queue import QueuedRun, lane_of
 from policies.roles import DATA, REPLY, Role
 from policies.sampling import APART, PARKED, SHARE_ONE, kept_of, phase_of, share_of
 from policies.verdicts import REASON_CIRCUIT_BREAKER, REASON_LOW_PRIORITY, REASON_SAMPLING
@@ -205,3 +207,95 @@ def decide_run(
     if now >= self._next_check:
         self._check_level(now)
     return plan
+
+
+def queue_run(
+    self: Engine,
+    groups: list[tuple[str, int, Priority, Role]],
+    now: float,
+    can_send: bool,
+    build: Callable[[list[int], bytearray | None], list[tuple[int, QueuedRun]]],
+    order: Sequence[int] | None = None,
+) -> bool:
+    """Queue a run of data messages given as (subject, count, priority, role) groups in bulk, with the
+    counts offer() one by one would give: each received, low ones shed at high and critical, low and
+    medium ones sampled, the others queued in their lanes. `order`: the group of each message, in run
+    order; while sampling, the messages of sampled groups get one `rng.random()` draw each, in that order,
+    as offer() draws them. `build(lanes, keep)` gets the lane of each group (0: shed) and, when sampling,
+    whether each message is kept (None: all of the lanes' messages are), and returns the run's QueuedRuns,
+    (lane, run) each, the kept messages of each lane in run order, none empty; they are pushed as they are.
+
+    Only when offer() would have queued every kept message without a decision of its own: data only (no
+    requests, replies, control or critical messages), no breaker that is not closed, no raised class, no
+    level check due, not the first message going at once, and room for all of them (sampling aside) below
+    both the queue limit and the length that re-evaluates the level; sampling needs `order`. False:
+    nothing was counted and nothing drawn, offer them one by one.
+    """
+    if self._class_raise or now >= self._next_check:
+        return False
+    records = self._breaker_records
+    prioritize = self._prioritize
+    shed_low = self._shed_low
+    rate = self._sampling_rate
+    sampling = rate < 1.0
+    lanes: list[int] = []
+    sampled: list[bool] = []
+    kept = 0
+    for subject, count, priority, role in groups:
+        if role is not DATA or priority >= CRITICAL:
+            return False
+        if records:
+            breaker = records.get(subject)
+            if breaker is not None and breaker.state is not CLOSED:
+                return False  # its gate decides each message
+        p = priority if prioritize else MEDIUM
+        if shed_low and p <= LOW:
+            lanes.append(0)
+            sampled.append(False)
+            continue
+        draws = sampling and p <= MEDIUM
+        if draws and order is None:
+            return False
+        lanes.append(lane_of(p, DATA))
+        sampled.append(draws)
+        kept += count
+    queue = self._queue
+    if not kept or (can_send and self._batch_size == 1 and not queue.size):
+        return False
+    held = queue.size + self._parked_count + kept
+    if held > self._capacity or held >= self._escalate_queue_at:
+        return False
+    keep: bytearray | None = None
+    out = [0] * len(groups)
+    if any(sampled):
+        assert order is not None
+        draw = self._rng.random
+        keep = bytearray(len(order))
+        for i, g in enumerate(order):
+            if sampled[g] and draw() >= rate:
+                out[g] += 1
+            else:
+                keep[i] = 1
+    acc = self._acc
+    track = self._track_traffic
+    offered = 0
+    for (subject, count, priority, role), lane, k in zip(groups, lanes, out, strict=True):
+        offered += count
+        if track:
+            self._traffic.add_many(subject, count)
+        if not lane:
+            acc.drop_many(subject, priority, REASON_LOW_PRIORITY, role, count)
+            continue
+        if k:
+            acc.drop_many(subject, priority, REASON_SAMPLING, role, k)
+            acc.sampled += k
+            kept -= k
+        if count > k:
+            acc.receive_many(priority, role, count - k)
+    self._meter.add_many(now, offered)
+    before = queue.size
+    if kept:
+        for lane, run in build(lanes, keep):
+            queue.push_run(run, lane, now)
+    assert queue.size == before + kept, "the runs built hold the kept messages"
+    return True

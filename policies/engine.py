@@ -212,6 +212,7 @@ class Engine:
     # -- bound from their own modules (functions of this state, called as methods) ------------------------
     forward_batch = bulk.forward_batch
     decide_run = bulk.decide_run
+    queue_run = bulk.queue_run
     tick = load.tick
     cpu_threshold_percent = property(load.cpu_threshold_percent)
     _check_level = load.check_level
@@ -550,7 +551,8 @@ class Engine:
 
     def hand_over_critical(self) -> list[Any]:
         """Queued and parked critical messages, uncounted, for the shell to spool (settle with note_*)."""
-        items = self._queue.remove_if(lambda item: item.priority >= CRITICAL)
+        # Runs queued in bulk hold no critical message (queue_run).
+        items = self._queue.remove_if(lambda item: item.priority >= CRITICAL, runs=False)
         for subject in list(self._parked):
             items.extend(self._parked.pop(subject))
         self._parked_count = 0

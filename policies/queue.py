@@ -7,6 +7,9 @@ lower priority (they finish admitted work); then for high, medium and low, reque
     2 low request | 1 low data
 
 The reply/control lane and the critical lane are never evicted.
+
+A lane holds items (one message each) and `QueuedRun`s (many messages of one run, kept compactly, made
+into items one at a time as they leave). Sizes, counts and evictions are per message either way.
 """
 
 from __future__ import annotations
@@ -26,6 +29,37 @@ _LANES_DESC = tuple(range(LANES, 0, -1))
 _EVICTABLE = (1, 2, 3, 4, 5, 6)
 
 
+class QueuedRun:
+    """Messages `head..end-1` of one run, all of one lane: their sizes, and `make(i)`, which builds message
+    i as a queue item (the shell keeps the frames: one shared buffer and offsets, not one object each)."""
+
+    __slots__ = ("end", "head", "make", "nbytes", "sizes")
+
+    def __init__(self, make: Callable[[int], Any], sizes: Any) -> None:
+        self.make = make
+        self.sizes = sizes
+        self.head = 0
+        self.end = len(sizes)
+        self.nbytes = sum(sizes)
+
+    def __len__(self) -> int:
+        return self.end - self.head
+
+    def popleft(self) -> Any:
+        """Message `head` as an item; the run keeps the rest."""
+        i = self.head
+        self.head = i + 1
+        self.nbytes -= self.sizes[i]
+        return self.make(i)
+
+    def items(self) -> list[Any]:
+        """Every message left, as items (the run is then empty)."""
+        out = [self.make(i) for i in range(self.head, self.end)]
+        self.head = self.end
+        self.nbytes = 0
+        return out
+
+
 def lane_of(priority: Priority, role: Role) -> int:
     """The lane of a message of (effective) `priority` and `role`."""
     if priority >= Priority.CRITICAL:
@@ -40,9 +74,10 @@ class PriorityQueue:
 
     Items need a `size` attribute (bytes). The capacity is the caller's business (the engine decides
     between evicting, dropping and blocking). Counts by priority are by the priority given to `push`.
+    A `QueuedRun` (push_run) counts as its messages everywhere; what leaves it leaves as items.
     """
 
-    __slots__ = ("_by_priority", "_items", "_prios", "_times", "nbytes", "size")
+    __slots__ = ("_by_priority", "_counts", "_items", "_prios", "_times", "nbytes", "size")
 
     def __init__(self) -> None:
         # Indexed by lane; index 0 is unused so that `_items[lane]` needs no arithmetic.
@@ -51,6 +86,8 @@ class PriorityQueue:
         # The finish lane mixes priorities: theirs, in step with its items.
         self._prios: deque[Priority] = deque()
         self._by_priority = [0] * (len(Priority) + 1)
+        # Messages per lane (a QueuedRun counts as its messages).
+        self._counts = [0] * (LANES + 1)
         self.size = 0
         self.nbytes = 0
 
@@ -65,10 +102,35 @@ class PriorityQueue:
         if lane == FINISH_LANE:
             self._prios.append(priority)
         self._by_priority[priority] += 1
+        self._counts[lane] += 1
         self.size += 1
         self.nbytes += item.size
 
+    def push_run(self, run: QueuedRun, lane: int, now: float) -> None:
+        """Append the messages of `run` (not empty) to `lane` (below the finish lane: data and requests),
+        queued at `now`."""
+        assert 0 < lane < FINISH_LANE and len(run)
+        self._items[lane].append(run)
+        self._times[lane].append(now)
+        n = len(run)
+        self._by_priority[(lane + 1) // 2] += n
+        self._counts[lane] += n
+        self.size += n
+        self.nbytes += run.nbytes
+
     def _popleft(self, lane: int) -> Any:
+        head = self._items[lane][0]
+        if type(head) is QueuedRun:
+            size = head.sizes[head.head]
+            item = head.popleft()
+            if not head:
+                self._items[lane].popleft()
+                self._times[lane].popleft()
+            self._by_priority[(lane + 1) // 2] -= 1
+            self._counts[lane] -= 1
+            self.size -= 1
+            self.nbytes -= size
+            return item
         self._times[lane].popleft()
         item = self._items[lane].popleft()
         if lane == FINISH_LANE:
@@ -78,6 +140,7 @@ class PriorityQueue:
         else:
             priority = (lane + 1) // 2
         self._by_priority[priority] -= 1
+        self._counts[lane] -= 1
         self.size -= 1
         self.nbytes -= item.size
         return item
@@ -92,6 +155,7 @@ class PriorityQueue:
         if lane == FINISH_LANE:
             self._prios.appendleft(priority)
         self._by_priority[priority] += 1
+        self._counts[lane] += 1
         self.size += 1
         self.nbytes += item.size
 
@@ -116,8 +180,8 @@ class PriorityQueue:
         return self._popleft(lane) if self._items[lane] else None
 
     def lane_size(self, lane: int) -> int:
-        """Items queued in `lane`."""
-        return len(self._items[lane])
+        """Messages queued in `lane`."""
+        return self._counts[lane]
 
     @property
     def has_requests(self) -> bool:
@@ -152,48 +216,105 @@ class PriorityQueue:
         """Number of items queued at `priority` (as given to `push`)."""
         return self._by_priority[priority]
 
-    def remove_if(self, predicate: Callable[[Any], bool]) -> list[Any]:
-        """Remove and return every item matching `predicate` (highest lane first, FIFO within)."""
+    def remove_if(self, predicate: Callable[[Any], bool], runs: bool = True) -> list[Any]:
+        """Remove and return every item matching `predicate` (highest lane first, FIFO within).
+
+        A QueuedRun is tested message by message: kept whole when none matches, else what does not match
+        stays as items, in order, with the run's time. `runs=False`: the caller knows that no message of
+        a QueuedRun matches (they are data below critical): runs are kept whole, untested."""
         removed: list[Any] = []
         for lane in _LANES_DESC:
-            if not self._items[lane]:
+            items = self._items[lane]
+            if not items:
                 continue
-            kept: list[tuple[Any, float, Priority | None]] = []
+            times = self._times[lane]
             prios = self._prios if lane == FINISH_LANE else None
-            while self._items[lane]:
-                priority = prios[0] if prios is not None else None
-                stamp = self._times[lane][0]
-                item = self._popleft(lane)
+            lane_priority = Priority.CRITICAL if lane == CRITICAL_LANE else (lane + 1) // 2
+            kept: list[tuple[Any, float, Priority]] = []
+            for i, (item, stamp) in enumerate(zip(items, times, strict=True)):
+                if type(item) is QueuedRun:
+                    if not runs:
+                        kept.append((item, stamp, lane_priority))
+                        continue
+                    messages = [item.make(j) for j in range(item.head, item.end)]
+                    matched = [predicate(message) for message in messages]
+                    if not any(matched):
+                        kept.append((item, stamp, lane_priority))
+                        continue
+                    for message, match in zip(messages, matched, strict=True):
+                        if match:
+                            removed.append(message)
+                        else:
+                            kept.append((message, stamp, lane_priority))
+                    continue
+                priority = prios[i] if prios is not None else lane_priority
                 if predicate(item):
                     removed.append(item)
                 else:
                     kept.append((item, stamp, priority))
+            # Take the lane out of the counts, then put back what stays.
+            self._drop_lane(lane)
             for item, stamp, priority in kept:
-                self._items[lane].append(item)
-                self._times[lane].append(stamp)
-                if prios is not None and priority is not None:
+                items.append(item)
+                times.append(stamp)
+                if type(item) is QueuedRun:
+                    n = len(item)
+                    self._by_priority[priority] += n
+                    self._counts[lane] += n
+                    self.size += n
+                    self.nbytes += item.nbytes
+                    continue
+                if prios is not None:
                     prios.append(priority)
-                    self._by_priority[priority] += 1
-                else:
-                    self._by_priority[Priority.CRITICAL if lane == CRITICAL_LANE else (lane + 1) // 2] += 1
+                self._by_priority[priority] += 1
+                self._counts[lane] += 1
                 self.size += 1
                 self.nbytes += item.size
         return removed
+
+    def _drop_lane(self, lane: int) -> None:
+        """Empty `lane` and take its messages out of the counts."""
+        items = self._items[lane]
+        if lane == FINISH_LANE:
+            for priority in self._prios:
+                self._by_priority[priority] -= 1
+            self._prios.clear()
+        else:
+            self._by_priority[Priority.CRITICAL if lane == CRITICAL_LANE else (lane + 1) // 2] -= (
+                self._counts[lane]
+            )
+        for item in items:
+            self.nbytes -= item.nbytes if type(item) is QueuedRun else item.size
+        self.size -= self._counts[lane]
+        self._counts[lane] = 0
+        items.clear()
+        self._times[lane].clear()
 
     def pop_all(self) -> list[Any]:
         """Remove and return everything, highest lane first, FIFO within a lane."""
         out: list[Any] = []
         for lane in _LANES_DESC:
-            out.extend(self._items[lane])
+            for item in self._items[lane]:
+                if type(item) is QueuedRun:
+                    out.extend(item.items())
+                else:
+                    out.append(item)
             # New deques rather than clear(): a large queue's memory goes back with the old ones.
             self._items[lane] = deque()
             self._times[lane] = deque()
         self._prios = deque()
         self._by_priority = [0] * (len(Priority) + 1)
+        self._counts = [0] * (LANES + 1)
         self.size = 0
         self.nbytes = 0
         return out
 
     def __iter__(self) -> Iterator[Any]:
+        """Every message queued, as items (a QueuedRun's made for the occasion), in pop order."""
         for lane in _LANES_DESC:
-            yield from self._items[lane]
+            for item in self._items[lane]:
+                if type(item) is QueuedRun:
+                    for i in range(item.head, item.end):
+                        yield item.make(i)
+                else:
+                    yield item

@@ -41,9 +41,18 @@ from proxy.pipeline.confirmations import Confirmations
 from proxy.pipeline.deliveries import Deliveries
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.message import OutMsg
-from proxy.pipeline.runs import run_groups, select_frames, split_run, stamp_critical
+from proxy.pipeline.runs import (
+    RunGroups,
+    queued_runs,
+    run_groups,
+    scan_run,
+    select_frames,
+    split_run,
+    stamp_critical,
+)
 from proxy.pipeline.spool_bridge import SpoolBridge
 from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN
+from proxy.ports.outbound import return_freed_memory
 from proxy.upstream.connection import Upstream
 from proxy.upstream.journal import RunEntry
 
@@ -62,6 +71,8 @@ TOO_BIG = Decision(Verdict.DROP, "max_payload", ())
 # Messages released from the queue per step of the pump (the upstream also flushes every 256 KiB).
 PUMP_SLICE = 1024
 PUMP_FIRST_SLICE = 64
+# Bytes of runs queued in bulk after which an emptied queue hands the freed memory back (malloc_trim).
+TRIM_AFTER_BYTES = 16 << 20
 # Room kept in an envelope for its control line and KPI-Batch-* headers under the upstream's max_payload.
 ENVELOPE_HEADER_ROOM = 256
 
@@ -108,6 +119,9 @@ class Publisher:
         # Runs whose client waited for room in the PubAck window (_window_full), and its retry timer.
         self.window_holds = 0
         self._window_timer: asyncio.TimerHandle | None = None
+        # Bytes of runs queued in bulk (one buffer each) since the queue was last empty: once it is, past
+        # TRIM_AFTER_BYTES the freed buffers go back to the system (malloc keeps them otherwise: #14).
+        self._runs_queued = 0
 
     def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool:
         """Offer an application's PUB/HPUB to the engine. False: no room, the caller must hold it."""
@@ -167,7 +181,7 @@ class Publisher:
             self.write_all(engine.take(now, batch_due=True), now)
         plan = engine.decide_run(found.groups, now, can_send)
         if plan is None:
-            return RUN_SPLIT
+            return RUN_TAKEN if self._queue_run(op, found, client, now) else RUN_SPLIT
         kept, apart = select_frames(op.frames, found.plan_entries(plan))
         if apart and not self._write_stamped(apart, found.apart_subjects(plan), client, now):
             parked = {g[0] for g, (share, _) in zip(found.groups, plan, strict=True) if share == PARKED}
@@ -193,6 +207,43 @@ class Publisher:
                 and engine.breaker_state(subject) is HALF_OPEN
             ):
                 self.confirmations.note_trial(subject)
+
+    def _queue_run(self, op: PubRun, found: RunGroups, client: ClientConnection | None, now: float) -> bool:
+        """A run of data that cannot be written now, queued in bulk (`Engine.queue_run`): its frames kept
+        in one buffer per lane instead of one OutMsg each. False, with nothing done: offer them one by one.
+
+        Only while the upstream is away or stalled (past flowControlMs), when a queue builds up: a socket
+        backed up for a moment keeps the per-message path, whose slower intake lets the queue drain
+        sooner (the pump writes queued messages one by one, the level-none fast path only an empty
+        queue's runs: bench (a))."""
+        upstream = self.upstream
+        if upstream.connected and not self.flow.upstream_stalled:
+            return False
+        if found.critical or any(group[3] is not DATA for group in found.groups):
+            return False
+        frames = op.frames
+        scanned = scan_run(frames, found, self.max_payload)
+        if scanned is None:
+            return False
+        queued = self.engine.queue_run(
+            found.groups,
+            now,
+            upstream.can_send,
+            lambda lanes, keep: queued_runs(frames, scanned, found, lanes, keep, client, now),
+            scanned[2],
+        )
+        if queued:
+            self._runs_queued += len(frames)
+            self.schedule_pump()
+        return queued
+
+    def _released(self) -> None:
+        """After messages left the queue: once it is empty of runs queued in bulk, return their memory
+        (only after many: malloc_trim walks the heap, too slow for each short backlog)."""
+        if self._runs_queued and not self.engine.queue_size:
+            if self._runs_queued >= TRIM_AFTER_BYTES:
+                return_freed_memory()
+            self._runs_queued = 0
 
     def _window_full(
         self,
@@ -569,6 +620,7 @@ class Publisher:
                 if len(msgs) < count:
                     break
                 mean = max(1, sum(len(msg.frame) for msg in msgs) // len(msgs))
+        self._released()
         self.flow.resume_held()
         deadline = self.engine.next_deadline()
         if deadline is not None and self.upstream.can_send:
@@ -582,11 +634,14 @@ class Publisher:
         msgs = self.engine.drain(now)
         for msg in msgs:
             self.write(msg, now)
+        self._released()
         return len(msgs)
 
     def clear_queue(self) -> int:
         """Discard non-critical queued messages (admin action), counted as reason="cleared"."""
-        return len(self.engine.clear())
+        cleared = len(self.engine.clear())
+        self._released()
+        return cleared
 
     def take_back(self, entries: list[Any]) -> None:
         """The connection died before a PONG confirmed these publishes: high and medium ones are queued

@@ -40,6 +40,13 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _load_malloc_trim()
 
 
+def return_freed_memory() -> None:
+    """Hand the memory the allocator keeps after large buffers are freed back to the system (glibc's
+    `malloc_trim`; nothing elsewhere)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class OutboundBudget:
     """Bytes pending to applications, in total; cuts the slowest consumer when the bound is passed."""
 
