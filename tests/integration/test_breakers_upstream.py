@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import time
 from typing import Any
 
 import nats
 
 from tests.conftest import NatsServer, SidecarProcess, settle, sidecar_config
+from tests.integration.test_bulk_decisions import finish, raw_client
 
 PERMISSIONS = """
 authorization {
@@ -80,16 +80,6 @@ async def until(predicate: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def raw_client(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.recv(4096)  # INFO
-    sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
-    buf = b""
-    while b"PONG" not in buf:
-        buf += sock.recv(4096)
-    return sock
-
-
 async def test_a_half_open_breaker_closes_on_trials_written_in_runs(
     nats_factory: Any, sidecar_factory: Any
 ) -> None:
@@ -135,11 +125,7 @@ async def test_a_half_open_breaker_closes_on_trials_written_in_runs(
         sent += 200
         await asyncio.sleep(0.1)
     assert breakers(proc) == []
-    sock.sendall(b"PING\r\n")
-    buf = b""
-    while b"PONG" not in buf:
-        buf += sock.recv(4096)
-    sock.close()
+    finish(sock)
     await asyncio.sleep(0.3)
     await settle(watcher)
     dropped = proc.status()["droppedMessages"] - dropped_before

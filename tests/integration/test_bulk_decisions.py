@@ -53,6 +53,22 @@ def finish(sock: socket.socket) -> None:
     sock.close()
 
 
+def flooded_config(server: NatsServer) -> dict[str, Any]:
+    """The publish rate alone sets the level (a Flood at 160 % of CEILING: high); tokens for bursts on
+    top of the flood; no heavy-hitter breakers."""
+    return sidecar_config(
+        server.url,
+        backpressure={
+            "maxPublishRate": CEILING,
+            "rateBurstSeconds": 10,
+            "maxQueueSize": 100_000,
+            "maxCpuUsagePercent": 1000,
+            "maxMemoryUsageMB": 4096,
+            "breakerCriticalTopSubjects": 0,
+        },
+    )
+
+
 async def collect(nc: nats.NATS, subject: str) -> tuple[Counter[str], list[Any]]:
     counts: Counter[str] = Counter()
     msgs: list[Any] = []
@@ -88,18 +104,7 @@ async def test_hpubs_with_a_priority_header_are_forwarded_as_a_run(
 async def test_a_priority_mix_at_high_is_shed_sampled_and_kept_per_group(
     nats_server: NatsServer, sidecar_factory: Any
 ) -> None:
-    config = sidecar_config(
-        nats_server.url,
-        backpressure={
-            "maxPublishRate": CEILING,
-            "rateBurstSeconds": 10,  # tokens for the bursts below on top of the flood
-            "maxQueueSize": 100_000,
-            "maxCpuUsagePercent": 1000,
-            "maxMemoryUsageMB": 4096,
-            "breakerCriticalTopSubjects": 0,
-        },
-    )
-    proc: SidecarProcess = sidecar_factory(config)
+    proc: SidecarProcess = sidecar_factory(flooded_config(nats_server))
     direct = await nats.connect(nats_server.url)
     counts, msgs = await collect(direct, "bulk.mix")
     sent: Counter[str] = Counter()
@@ -139,18 +144,7 @@ async def test_critical_messages_of_a_run_wait_for_an_open_breaker_and_go_when_i
     # The open breaker's data is shed, its critical messages are parked (not written, not lost) and go
     # once it is closed; the other subject's messages go at once. At high the run is decided in bulk
     # (the critical group PARKED), at none message by message: the same outcome.
-    config = sidecar_config(
-        nats_server.url,
-        backpressure={
-            "maxPublishRate": CEILING,
-            "rateBurstSeconds": 10,
-            "maxQueueSize": 100_000,
-            "maxCpuUsagePercent": 1000,
-            "maxMemoryUsageMB": 4096,
-            "breakerCriticalTopSubjects": 0,
-        },
-    )
-    proc: SidecarProcess = sidecar_factory(config)
+    proc: SidecarProcess = sidecar_factory(flooded_config(nats_server))
     direct = await nats.connect(nats_server.url)
     _, msgs = await collect(direct, "bulk.>")
     proc.post("/api/backpressure/circuit-breaker", {"subject": "bulk.broken", "action": "open"})

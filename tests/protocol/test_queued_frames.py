@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from policies.config import Priority
 from policies.roles import DATA
-from proxy.nats.protocol import ClientParser, Pub, PubRun, encode_pub, header_value
+from proxy.nats.protocol import ClientParser, Pub, encode_pub, header_value
 from proxy.pipeline.runs import queued_runs, run_groups, scan_run
+from tests.protocol.test_select import run_of
 
 frames_st = st.lists(
     st.tuples(
@@ -27,15 +28,6 @@ def classify(subject: str, header: str | None, cache: bool) -> tuple[Priority, N
     if header is not None:
         return Priority[header.strip().upper()], None
     return (Priority.HIGH if subject == "a" else Priority.MEDIUM), None
-
-
-def run_of(frames: bytes) -> PubRun:
-    parser = ClientParser(max_payload=-1)
-    parser.headers = True
-    parser.batch = True
-    (op,) = parser.feed_data(frames)
-    assert type(op) is PubRun
-    return op
 
 
 @given(
