@@ -102,7 +102,8 @@ class Sidecar:
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
-        assert self.proc.stdout is not None
+        if self.proc.stdout is None:
+            return  # spawn_run sent the output to the log file: nothing to drain
         for _ in self.proc.stdout:
             pass
 
