@@ -152,7 +152,7 @@ def decide_run(
                 plan.append((0, 0) if trial == SHARE_ONE else (0, phase_of(rng)))
                 continue
             if group_share < SHARE_ONE and p <= MEDIUM and role is DATA:
-                group_share = group_share * trial >> 32 if trial < SHARE_ONE else group_share
+                group_share = group_share * trial >> 32  # trial is SHARE_ONE without a breaker
             else:
                 group_share = trial
             if group_share < SHARE_ONE:

@@ -25,7 +25,7 @@ from policies.circuit_breaker import BreakerState
 from policies.config import BatchMode, Delivery, Level, Priority
 from policies.engine import Decision, Engine, Verdict
 from policies.roles import DATA, REPLY, Role, role_of
-from policies.sampling import APART, PARKED, kept_of
+from policies.sampling import PARKED, kept_of
 from proxy.config.schema import SidecarConfig
 from proxy.nats.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
 from proxy.nats.protocol import (
@@ -202,7 +202,7 @@ class Publisher:
         for (subject, count, _, role), (share, phase) in zip(groups, plan, strict=True):
             if (
                 role < REPLY
-                and share != APART
+                and share >= 0  # not APART or PARKED: those are written one by one
                 and kept_of(count, share, phase)
                 and engine.breaker_state(subject) is HALF_OPEN
             ):
@@ -265,18 +265,24 @@ class Publisher:
         confirmations = self.confirmations
         if client is None or not confirmations.window_flowing(now):
             return RUN_SPLIT
-        if not all_critical and count > self.config.spool.max_pending_acks:
-            # A mixed run is not cut, and this one never fits whole: one by one (its critical messages
-            # wait for PubAcks in the queue, Engine.hold_critical). Held, it was retried at once forever.
-            return RUN_SPLIT
-        rest: int | PubRun = RUN_HOLD
-        if all_critical and room > 0:
-            head, tail = split_run(op, room)
-            if self.publish_run(head, now, client) != RUN_TAKEN:
-                return RUN_SPLIT
-            rest, count = tail, tail.n
         window = self.config.spool.max_pending_acks
-        confirmations.window_wait(min(count, max(1, window // 2)))
+        rest: int | PubRun = RUN_HOLD
+        if all_critical:
+            if room > 0:
+                head, tail = split_run(op, room)
+                if self.publish_run(head, now, client) != RUN_TAKEN:
+                    return RUN_SPLIT
+                rest, count = tail, tail.n
+            wanted = min(count, max(1, window // 2))
+        elif count > window:
+            # A mixed run is not cut, and this one never fits whole: one by one (its critical messages
+            # wait for PubAcks in the queue, Engine.hold_critical).
+            return RUN_SPLIT
+        else:
+            # Not cut: it waits for room for all its critical messages (retried sooner, it would be held
+            # again at once, and again, until that much room came back).
+            wanted = count
+        confirmations.window_wait(wanted)
         if self._window_timer is None:
             # Looked at again after flowControlMs even if no PubAck comes back (then it takes the queue).
             self._window_timer = self.loop.call_later(
