@@ -131,28 +131,22 @@ class BreakerBoard:
         the upstream refuses: parking its critical messages would only stall their publishers).
         """
         breaker = self.records.get(subject)
-        if breaker is None:
+        if breaker is None or breaker.state is BreakerState.CLOSED:
             return PASS
-        state = breaker.state
-        if state is BreakerState.CLOSED:
+        share = self.gate_group(breaker, now, critical)
+        if share is None:
+            return HOLD
+        if share == SHARE_ONE:
             return PASS
-        if state is BreakerState.OPEN:
-            due = breaker.next_attempt_at
-            if due is None or now < due:
-                if not critical:
-                    return DROP
-                return PASS if breaker.reason == REASON_CRITICAL else HOLD
-            self._set_state(breaker, BreakerState.HALF_OPEN, now)
-        if critical:
-            return PASS
-        return PASS if rng.random() < self._half_open_fraction else DROP
+        if share == 0:
+            return DROP
+        return PASS if rng.random() < self._half_open_fraction else DROP  # a trial draw
 
     def gate_group(self, breaker: Breaker, now: float, critical: bool) -> int | None:
-        """`gate` for a group of messages of `breaker`'s subject decided at once (Engine.decide_run): the
-        share of them that passes (policies.sampling fixed point), or None when they must be offered one by
-        one (critical messages for an open breaker are parked, except behind one the critical level
-        opened: they pass, as in `gate`). An open breaker whose delay is over turns
-        half-open here, as in `gate`; half-open, the group's trials are a share of `halfOpenFraction`."""
+        """The share of `breaker`'s messages that pass (policies.sampling fixed point), for a group decided
+        at once (Engine.decide_run) and for `gate`, which draws each trial: 0 while open, SHARE_ONE for
+        critical messages (None, parked, while open, except behind a breaker the critical level opened),
+        `halfOpenFraction` while half-open. An open breaker whose delay is over turns half-open here."""
         state = breaker.state
         if state is BreakerState.OPEN:
             due = breaker.next_attempt_at
