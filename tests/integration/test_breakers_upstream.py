@@ -44,16 +44,8 @@ async def test_permission_violations_open_the_subjects_breaker(
         await app.publish("forbidden.x", str(i).encode())
         await settle(app)
     # The upstream answers each with -ERR 'Permissions Violation ...'; three open the breaker.
-    deadline = time.monotonic() + 5
-    breakers: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        breakers = proc.get("/api/backpressure/circuit-breaker/status")["data"]["breakers"]
-        if any(b["subject"] == "forbidden.x" and b["state"] == "open" for b in breakers):
-            break
-        await asyncio.sleep(0.1)
-    assert [(b["subject"], b["state"], b["reason"]) for b in breakers] == [
-        ("forbidden.x", "open", "failures")
-    ]
+    opened = [("forbidden.x", "open", "failures")]
+    await until(lambda: breakers(proc) == opened, 5, "the breaker opens")
     dropped_before = proc.status()["droppedMessages"]
     for i in range(10):
         await app.publish("forbidden.x", b"shed")
@@ -68,9 +60,9 @@ async def test_permission_violations_open_the_subjects_breaker(
     await watcher.close()
 
 
-def breakers(proc: SidecarProcess) -> list[tuple[str, str]]:
+def breakers(proc: SidecarProcess) -> list[tuple[str, str, str]]:
     data = proc.get("/api/backpressure/circuit-breaker/status")["data"]["breakers"]
-    return [(b["subject"], b["state"]) for b in data]
+    return [(b["subject"], b["state"], b["reason"]) for b in data]
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:
@@ -101,7 +93,7 @@ async def test_a_half_open_breaker_closes_on_trials_written_in_runs(
     for i in range(3):
         await app.publish("forbidden.x", str(i).encode())
         await settle(app)
-    await until(lambda: breakers(proc) == [("forbidden.x", "open")], 5, "the breaker opens")
+    await until(lambda: breakers(proc) == [("forbidden.x", "open", "failures")], 5, "the breaker opens")
     watcher = await nats.connect(upstream.url, user="watcher", password="w", allow_reconnect=False)
     got: list[bytes] = []
 
