@@ -319,7 +319,7 @@ def _details(results: dict[str, Any]) -> list[str]:
 def _profiles(results: dict[str, Any]) -> list[str]:
     profiles = results.get("profiles") or {}
     lines: list[str] = []
-    names = {"raw128": "(a) raw 128 B", "natspy": "(b) nats-py app"}
+    names = {"raw128": "(a) raw 128 B", "natspy": "(b) nats-py app", "http": "(i) HTTP ingest"}
     for key, prof in profiles.items():
         if not prof.get("samples"):
             continue

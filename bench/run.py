@@ -48,6 +48,8 @@ from bench.topology import ROOT, Topology
 
 PATHS = ("direct", "leaf", "sidecar")
 LEVELS = ("none", "low", "medium", "high", "critical")
+# py-spy profiles taken after the measured runs: (profile, the workload letter that asks for it).
+PROFILED = (("raw128", "a"), ("natspy", "b"), ("http", "i"))
 
 
 @dataclass(frozen=True)
@@ -790,19 +792,23 @@ class Bench:
         self.results["distinct"] = points
 
     # profile ----------------------------------------------------------------------------------------
-    def profile(self) -> None:
+    def profile(self, names: tuple[str, ...] = ("raw128", "natspy")) -> None:
         if hotspots.py_spy() is None:
             self.say("  py-spy not installed: no profile (pip install py-spy)")
             return
+        assert self.topo.sidecar is not None
         secs = self.s.profile_seconds
         duration = secs + 1.5
         addr = self.topo.addr("sidecar")
+        http = ["http-pub", "--url", self.topo.sidecar.http_url, "--clients", "4", "--batch", "1000"]
         runs = {
             "raw128": ["pub", "--addr", addr, "--subject", "{subject}", "--end", "{end}", "--size", "128"],
             "natspy": ["natspy-pub", "--url", f"nats://{addr}", "--subject", "{subject}", "--end", "{end}"],
+            "http": [*http, "--subject", "{subject}", "--end", "{end}", "--size", "128"],
         }
         profiles = {}
-        for name, publisher in runs.items():
+        for name in names:
+            publisher = runs[name]
             out = self.workdir / f"profile-{name}.txt"
             self.flow("sidecar", [*publisher, "--duration", str(duration)], duration, profile=out)
             if out.exists():
@@ -1000,9 +1006,10 @@ def main(argv: list[str] | None = None) -> int:
             "poll_errors": watcher.errors,
             "log": [line for line in topo.sidecar.level_changes() if line not in bench.shed_log],
         }
-        if not args.no_profile and ("a" in only or "b" in only):
-            say("profile: py-spy on the sidecar during (a) 128 B and (b)")
-            bench.profile()
+        profiled = tuple(name for name, letter in PROFILED if letter in only)
+        if not args.no_profile and profiled:
+            say(f"profile: py-spy on the sidecar during {', '.join(profiled)}")
+            bench.profile(profiled)
         say("micro-benchmarks: parser and engine")
         results["micro"] = micro(settings.micro_frames, args.sidecar_root.resolve())
     finally:

@@ -1,4 +1,4 @@
-/* kpi-sidecar: optional C accelerator for the NATS codec's hot loops (proxy/nats_protocol.py).
+/* kpi-sidecar: optional C accelerator for the NATS codec's hot loops (proxy/nats/protocol.py).
  *
  * scan_pubs() walks a run of PUB frames (and HPUBs not classified by a KPI-Priority header) the way
  * ClientParser._parse's fast path does, counting them per subject without a Python object per frame.
@@ -7,11 +7,15 @@
  * stand for several: merged interest), with that subscription's sid. The scanners only consume frames
  * they are sure about and stop at the first byte they are not: the Python parser then handles that op
  * exactly as it would have without this module (same ops, same errors), so the two implementations are
- * interchangeable and the tests run both (tests/protocol). KPI_SIDECAR_NO_EXTENSIONS=1 runs without it.
+ * interchangeable and the tests run both (tests/protocol). select_frames(), settle_acks() and
+ * stamp_critical() build a run's outgoing frames from decisions made in policies/; frame_items() and
+ * ndjson_array() do the framing of HTTP ingest's plain batches (proxy/ports/ingest_batch.py). Each has a
+ * Python reference the tests compare it with. KPI_SIDECAR_NO_EXTENSIONS=1 runs without it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <structmember.h>
 
 static int
 add_count(PyObject *counts, const char *subject, Py_ssize_t len, Py_ssize_t count)
@@ -1174,6 +1178,421 @@ error:
     return NULL;
 }
 
+/* ---- HTTP ingest: a batch of plain items framed as PUBs/HPUBs, with their answers ---------------- */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} growbuf;
+
+static int
+gb_reserve(growbuf *b, Py_ssize_t extra)
+{
+    if (b->len + extra <= b->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) {
+        cap *= 2;
+    }
+    char *d = PyMem_Realloc(b->data, (size_t)cap);
+    if (d == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static inline void
+gb_put(growbuf *b, const void *s, Py_ssize_t n)
+{
+    memcpy(b->data + b->len, s, (size_t)n);
+    b->len += n;
+}
+
+static PyObject *name_subject, *name_data, *name_data_base64, *name_headers, *name_priority, *name_reply;
+
+enum { F_SUBJECT, F_DATA, F_DATA_BASE64, F_HEADERS, F_PRIORITY, F_REPLY, N_FIELDS };
+
+/* Where the fields of one Struct type live: the offsets of their slots (msgspec Structs keep fields as
+ * member descriptors, as __slots__ do), or -1 where a field must be read with getattr. */
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t offset[N_FIELDS];
+} item_fields;
+
+static void
+load_fields(item_fields *f, PyTypeObject *type)
+{
+    PyObject *names[N_FIELDS] = {name_subject, name_data, name_data_base64, name_headers, name_priority, name_reply};
+    f->type = type;
+    for (int i = 0; i < N_FIELDS; i++) {
+        PyObject *descr = _PyType_Lookup(type, names[i]);
+        f->offset[i] = -1;
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READ_RESTRICTED)) {
+                f->offset[i] = m->offset;
+            }
+        }
+    }
+}
+
+/* A new reference to field `i` of `item`, or NULL with an exception set. */
+static inline PyObject *
+get_field(item_fields *f, PyObject *item, int i)
+{
+    if (Py_TYPE(item) == f->type && f->offset[i] >= 0) {
+        PyObject *value = *(PyObject **)((char *)item + f->offset[i]);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    static PyObject **const names[N_FIELDS] = {&name_subject, &name_data, &name_data_base64, &name_headers,
+                                               &name_priority, &name_reply};
+    return PyObject_GetAttr(item, *names[i]);
+}
+
+/* 1 when field `i` of `item` is None, 0 when it is not, -1 on error. */
+static int
+field_is_none(item_fields *f, PyObject *item, int i)
+{
+    PyObject *value = get_field(f, item, i);
+    if (value == NULL) {
+        return -1;
+    }
+    int none = value == Py_None;
+    Py_DECREF(value);
+    return none;
+}
+
+/* `v` (>= 0) in decimal at `d`; the number of digits. */
+static inline Py_ssize_t
+put_decimal(char *d, Py_ssize_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (int i = 0; i < n; i++) {
+        d[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
+static inline void
+gb_decimal(growbuf *b, Py_ssize_t v)
+{
+    b->len += put_decimal(b->data + b->len, v);
+}
+
+/* 1 when a and b are both None or equal strings, 0 when not, -1 on error. */
+static inline int
+same_value(PyObject *a, PyObject *b)
+{
+    if (a == b) {
+        return 1;
+    }
+    if (a == Py_None || b == Py_None) {
+        return 0;
+    }
+    return PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
+static int
+add_group(PyObject *groups, PyObject *group, Py_ssize_t count)
+{
+    PyObject *old = PyDict_GetItemWithError(groups, group);
+    if (old == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    Py_ssize_t total = count + (old != NULL ? PyLong_AsSsize_t(old) : 0);
+    PyObject *value = PyLong_FromSsize_t(total);
+    if (value == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(groups, group, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+PyDoc_STRVAR(frame_items_doc,
+             "frame_items(items: list, describe, max_payload: int) -> tuple[bytes, bytes, dict] | None\n\n"
+             "proxy/ports/ingest_batch.frame_items_py in C: each plain item (no reply, headers or dataBase64) "
+             "framed as a PUB, or an HPUB with the block describe(subject, priority) gives, its answer "
+             "written, and the items counted per group; None when an item needs the per-item path.");
+
+static PyObject *
+frame_items(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "frame_items(items: list, describe, max_payload: int)");
+        return NULL;
+    }
+    long long max_payload = PyLong_AsLongLong(args[2]);
+    if (max_payload == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *items = args[0], *describe = args[1];
+    PyObject *cache = PyDict_New(), *groups = PyDict_New(), *result = NULL;
+    PyObject *last_subject = NULL, *last_priority = NULL;
+    PyObject *group = NULL, *block = NULL, *subj = NULL, *head = NULL; /* borrowed from cache */
+    growbuf frames = {NULL, 0, 0}, answers = {NULL, 0, 0};
+    Py_ssize_t run = 0;
+    if (cache == NULL || groups == NULL || gb_reserve(&answers, 1) < 0) {
+        goto error;
+    }
+    gb_put(&answers, "[", 1);
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    item_fields fields;
+    fields.type = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (Py_TYPE(item) != fields.type) {
+            load_fields(&fields, Py_TYPE(item));
+        }
+        int none;
+        if ((none = field_is_none(&fields, item, F_REPLY)) != 1 ||
+            (none = field_is_none(&fields, item, F_HEADERS)) != 1 ||
+            (none = field_is_none(&fields, item, F_DATA_BASE64)) != 1) {
+            if (none < 0) {
+                goto error;
+            }
+            goto decline;
+        }
+        PyObject *subject = get_field(&fields, item, F_SUBJECT);
+        if (subject == NULL) {
+            goto error;
+        }
+        PyObject *priority = get_field(&fields, item, F_PRIORITY);
+        if (priority == NULL) {
+            Py_DECREF(subject);
+            goto error;
+        }
+        int same = 0;
+        if (last_subject != NULL) {
+            same = same_value(subject, last_subject);
+            if (same == 1) {
+                same = same_value(priority, last_priority);
+            }
+            if (same < 0) {
+                Py_DECREF(subject);
+                Py_DECREF(priority);
+                goto error;
+            }
+        }
+        if (!same) {
+            if (run > 0 && add_group(groups, group, run) < 0) {
+                Py_DECREF(subject);
+                Py_DECREF(priority);
+                goto error;
+            }
+            run = 0;
+            Py_XSETREF(last_subject, subject);
+            Py_XSETREF(last_priority, priority);
+            PyObject *key = PyTuple_Pack(2, subject, priority);
+            if (key == NULL) {
+                goto error;
+            }
+            PyObject *known = PyDict_GetItemWithError(cache, key);
+            if (known == NULL) {
+                if (PyErr_Occurred()) {
+                    Py_DECREF(key);
+                    goto error;
+                }
+                PyObject *made = PyObject_CallFunctionObjArgs(describe, subject, priority, NULL);
+                if (made == NULL) {
+                    Py_DECREF(key);
+                    goto error;
+                }
+                if (made == Py_None) {
+                    Py_DECREF(made);
+                    Py_DECREF(key);
+                    goto decline;
+                }
+                if (!PyTuple_CheckExact(made) || PyTuple_GET_SIZE(made) != 4 ||
+                    (PyTuple_GET_ITEM(made, 1) != Py_None && !PyBytes_CheckExact(PyTuple_GET_ITEM(made, 1))) ||
+                    !PyBytes_CheckExact(PyTuple_GET_ITEM(made, 2)) || !PyBytes_CheckExact(PyTuple_GET_ITEM(made, 3))) {
+                    Py_DECREF(made);
+                    Py_DECREF(key);
+                    PyErr_SetString(PyExc_TypeError, "describe() returns (group, bytes | None, bytes, bytes) or None");
+                    goto error;
+                }
+                int rc = PyDict_SetItem(cache, key, made);
+                Py_DECREF(made); /* the cache holds it */
+                if (rc < 0) {
+                    Py_DECREF(key);
+                    goto error;
+                }
+                known = made;
+            }
+            Py_DECREF(key);
+            group = PyTuple_GET_ITEM(known, 0);
+            block = PyTuple_GET_ITEM(known, 1);
+            subj = PyTuple_GET_ITEM(known, 2);
+            head = PyTuple_GET_ITEM(known, 3);
+        }
+        else {
+            Py_DECREF(subject);
+            Py_DECREF(priority);
+        }
+        PyObject *data = get_field(&fields, item, F_DATA);
+        if (data == NULL) {
+            goto error;
+        }
+        const char *payload = "";
+        Py_ssize_t plen = 0;
+        if (data != Py_None) {
+            payload = PyUnicode_Check(data) ? PyUnicode_AsUTF8AndSize(data, &plen) : NULL;
+            if (payload == NULL) { /* a lone surrogate: the per-item path encodes it its way */
+                PyErr_Clear();
+                Py_DECREF(data);
+                goto decline;
+            }
+        }
+        Py_ssize_t hdr = block != Py_None ? PyBytes_GET_SIZE(block) : 0;
+        Py_ssize_t size = plen + hdr;
+        if (size > max_payload) {
+            Py_DECREF(data);
+            goto decline;
+        }
+        Py_ssize_t slen = PyBytes_GET_SIZE(subj);
+        if (gb_reserve(&frames, 64 + slen + size) < 0) {
+            Py_DECREF(data);
+            goto error;
+        }
+        if (block == Py_None) {
+            gb_put(&frames, "PUB ", 4);
+            gb_put(&frames, PyBytes_AS_STRING(subj), slen);
+        }
+        else {
+            gb_put(&frames, "HPUB ", 5);
+            gb_put(&frames, PyBytes_AS_STRING(subj), slen);
+            gb_put(&frames, " ", 1);
+            gb_decimal(&frames, hdr);
+        }
+        gb_put(&frames, " ", 1);
+        gb_decimal(&frames, size);
+        gb_put(&frames, "\r\n", 2);
+        if (hdr > 0) {
+            gb_put(&frames, PyBytes_AS_STRING(block), hdr);
+        }
+        gb_put(&frames, payload, plen);
+        gb_put(&frames, "\r\n", 2);
+        Py_DECREF(data);
+        static const char tail[] = ",\"reason\":null,\"result\":\"forwarded\"}";
+        Py_ssize_t hlen = PyBytes_GET_SIZE(head);
+        if (gb_reserve(&answers, 128 + hlen + (Py_ssize_t)sizeof tail) < 0) {
+            goto error;
+        }
+        static const char index_key[] = "{\"index\":", status_key[] = ",\"status\":202,", size_key[] = ",\"size\":";
+        if (i > 0) {
+            gb_put(&answers, ",", 1);
+        }
+        gb_put(&answers, index_key, (Py_ssize_t)sizeof index_key - 1);
+        gb_decimal(&answers, i);
+        gb_put(&answers, status_key, (Py_ssize_t)sizeof status_key - 1);
+        gb_put(&answers, PyBytes_AS_STRING(head), hlen);
+        gb_put(&answers, size_key, (Py_ssize_t)sizeof size_key - 1);
+        gb_decimal(&answers, size);
+        gb_put(&answers, tail, (Py_ssize_t)sizeof tail - 1);
+        run++;
+    }
+    if (run > 0 && add_group(groups, group, run) < 0) {
+        goto error;
+    }
+    if (gb_reserve(&answers, 1) < 0) {
+        goto error;
+    }
+    gb_put(&answers, "]", 1);
+    PyObject *frames_b = PyBytes_FromStringAndSize(frames.data, frames.len);
+    PyObject *answers_b = frames_b != NULL ? PyBytes_FromStringAndSize(answers.data, answers.len) : NULL;
+    if (answers_b == NULL) {
+        Py_XDECREF(frames_b);
+        goto error;
+    }
+    result = PyTuple_Pack(3, frames_b, answers_b, groups);
+    Py_DECREF(frames_b);
+    Py_DECREF(answers_b);
+    goto done;
+decline:
+    result = Py_NewRef(Py_None);
+    goto done;
+error:
+    result = NULL;
+done:
+    Py_XDECREF(last_subject);
+    Py_XDECREF(last_priority);
+    Py_XDECREF(cache);
+    Py_XDECREF(groups);
+    PyMem_Free(frames.data);
+    PyMem_Free(answers.data);
+    return result;
+}
+
+static inline int
+ascii_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+PyDoc_STRVAR(ndjson_array_doc,
+             "ndjson_array(text: bytes) -> tuple[bytes, int] | None\n\n"
+             "proxy/ports/ingest_batch.ndjson_array_py in C: the non-blank lines of `text`, stripped, joined "
+             "into one JSON array, and their number; None when a line does not start with '{' and end with "
+             "'}'.");
+
+static PyObject *
+ndjson_array(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "ndjson_array(text: bytes)");
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n + 2);
+    if (out == NULL) {
+        return NULL;
+    }
+    char *d = PyBytes_AS_STRING(out);
+    Py_ssize_t len = 0, count = 0, pos = 0;
+    d[len++] = '[';
+    while (pos < n) {
+        const unsigned char *nl = memchr(buf + pos, '\n', (size_t)(n - pos));
+        Py_ssize_t end = nl != NULL ? nl - buf : n;
+        Py_ssize_t a = pos, b = end;
+        while (a < b && ascii_space(buf[a])) {
+            a++;
+        }
+        while (b > a && ascii_space(buf[b - 1])) {
+            b--;
+        }
+        if (b > a) {
+            if (buf[a] != '{' || buf[b - 1] != '}') {
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            if (count > 0) {
+                d[len++] = ',';
+            }
+            memcpy(d + len, buf + a, (size_t)(b - a));
+            len += b - a;
+            count++;
+        }
+        pos = end + 1;
+    }
+    d[len++] = ']';
+    if (_PyBytes_Resize(&out, len) < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nn)", out, count);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"scan_pubs", (PyCFunction)(void (*)(void))scan_pubs, METH_FASTCALL, scan_pubs_doc},
     {"scan_msgs", (PyCFunction)(void (*)(void))scan_msgs, METH_FASTCALL, scan_msgs_doc},
@@ -1181,6 +1600,8 @@ static PyMethodDef speedups_methods[] = {
     {"route_msgs", (PyCFunction)(void (*)(void))route_msgs, METH_FASTCALL, route_msgs_doc},
     {"settle_acks", (PyCFunction)(void (*)(void))settle_acks, METH_FASTCALL, settle_acks_doc},
     {"stamp_critical", (PyCFunction)(void (*)(void))stamp_critical, METH_FASTCALL, stamp_critical_doc},
+    {"frame_items", (PyCFunction)(void (*)(void))frame_items, METH_FASTCALL, frame_items_doc},
+    {"ndjson_array", (PyCFunction)(void (*)(void))ndjson_array, METH_FASTCALL, ndjson_array_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1196,7 +1617,14 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     out_name = PyUnicode_InternFromString("_out");
-    if (out_name == NULL) {
+    name_subject = PyUnicode_InternFromString("subject");
+    name_data = PyUnicode_InternFromString("data");
+    name_data_base64 = PyUnicode_InternFromString("data_base64");
+    name_headers = PyUnicode_InternFromString("headers");
+    name_priority = PyUnicode_InternFromString("priority");
+    name_reply = PyUnicode_InternFromString("reply");
+    if (out_name == NULL || name_subject == NULL || name_data == NULL || name_data_base64 == NULL ||
+        name_headers == NULL || name_priority == NULL || name_reply == NULL) {
         return NULL;
     }
     return PyModule_Create(&speedups_module);

@@ -17,15 +17,21 @@ SettleAcks = Callable[[bytes, int, bytes, bytes, dict, "list | None"], int]
 StampCritical = Callable[
     [bytes, bytes, int, "bytes | None", int, int], "list[tuple[bytes, bytes, int]] | None"
 ]
+FrameItems = Callable[[list, Callable, int], "tuple[bytes, bytes, dict] | None"]
+NdjsonArray = Callable[[bytes], "tuple[bytes, int] | None"]
 scan_pubs: ScanPubs | None = None
 scan_msgs: ScanMsgs | None = None
 route_msgs: RouteMsgs | None = None
 select_frames: SelectFrames | None = None
 settle_acks: SettleAcks | None = None
 stamp_critical: StampCritical | None = None
+frame_items: FrameItems | None = None
+ndjson_array: NdjsonArray | None = None
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     try:
         from proxy.nats._speedups import (
+            frame_items,
+            ndjson_array,
             route_msgs,
             scan_msgs,
             scan_pubs,
@@ -35,4 +41,5 @@ if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
         )
     except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
         scan_pubs = scan_msgs = route_msgs = select_frames = settle_acks = stamp_critical = None
+        frame_items = ndjson_array = None
 SPEEDUPS = scan_pubs is not None

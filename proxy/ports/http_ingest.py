@@ -88,8 +88,12 @@ def canonical_name(name: str) -> str:
     return name
 
 
-class BatchItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel", kw_only=True):
-    """One message of POST /publish."""
+class BatchItem(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel", kw_only=True, gc=False
+):
+    """One message of POST /publish. Untracked by the garbage collector (gc=False): it holds strings,
+    and dicts and lists of strings, so it can be in no reference cycle, and a batch of 1,000 would
+    otherwise trigger a collection."""
 
     subject: str
     data: str | None = None

@@ -12,12 +12,14 @@ decoding refuses, `post_publish_batch` takes the batch message by message as bef
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from policies.config import BatchMode, Priority
 from policies.roles import DATA, subject_role
+from proxy.nats import speedups
 from proxy.nats.protocol import add_header
 from proxy.upstream.journal import RunEntry
 
@@ -73,15 +75,28 @@ def decode_items(raw: bytes, item_type: type[BatchItem]) -> list[BatchItem] | No
     # the per-item path reads it: it starts with "{" and ends with "}", and the array has one item per
     # line (an object cut over two lines would otherwise be read whole; BatchItem has no field an object
     # could continue in).
+    joined = ndjson_array(text)
+    if joined is None:
+        return None
+    array, count = joined
+    try:
+        items = decoder.decode(array)
+    except msgspec.DecodeError:
+        return None
+    return items if len(items) == count else None
+
+
+def ndjson_array_py(text: bytes) -> tuple[bytes, int] | None:
+    """The non-blank lines of `text`, stripped, as one JSON array, and their number; None when a line
+    does not start with "{" and end with "}". The reference of the C `ndjson_array`."""
     lines = [line.strip() for line in text.split(b"\n")]
     lines = [line for line in lines if line]
     if not all(line[:1] == b"{" and line[-1:] == b"}" for line in lines):
         return None
-    try:
-        items = decoder.decode(b"[" + b",".join(lines) + b"]")
-    except msgspec.DecodeError:
-        return None
-    return items if len(items) == len(lines) else None
+    return b"[" + b",".join(lines) + b"]", len(lines)
+
+
+ndjson_array: Callable[[bytes], tuple[bytes, int] | None] = speedups.ndjson_array or ndjson_array_py
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}
@@ -94,21 +109,24 @@ def _decoder(item_type: type) -> msgspec.json.Decoder:
     return decoder
 
 
-def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> msgspec.Raw | None:
-    """Forward a batch of plain, non-critical messages in one engine call and one write; their results
-    (already encoded: a JSON array, as the per-item path would answer), or None (nothing done) when the
-    batch needs the per-message path."""
-    engine = sidecar.engine
-    classify = engine.classify
-    max_payload = sidecar.max_payload
+Group = tuple[str, Priority]
+# What every item of one (subject, priority field) shares: its group, header block, wire subject and
+# the start of its answer (`_describe`).
+Described = tuple[Group, bytes | None, bytes, bytes]
+Describe = Callable[[str, "str | None"], "Described | None"]
+
+
+def frame_items_py(
+    items: list[BatchItem], describe: Describe, max_payload: int
+) -> tuple[bytes, bytes, dict[Group, int]] | None:
+    """The frames of a batch of plain items (PUBs, or HPUBs with a KPI-Priority block), their answers
+    (a JSON array, as the per-item path would write it for forwarded messages) and their number per
+    group; None when an item needs the per-item path (a reply, headers, dataBase64, a message over
+    max_payload, or a subject `describe` refuses). The reference of the C `frame_items`."""
     frames: list[bytes] = []
     answers: list[bytes] = []
-    groups: dict[tuple[str, Priority], int] = {}
-    counts: dict[str, int] = {}
-    # Per (subject, priority field): the group, the header block, the wire subject, the answer's start.
-    seen: dict[tuple[str, str | None], tuple[tuple[str, Priority], bytes | None, bytes, bytes]] = {}
-    # Per (answer start, size): the encoded rest of the answer.
-    tails: dict[tuple[bytes, int], bytes] = {}
+    groups: dict[Group, int] = {}
+    seen: dict[tuple[str, str | None], Described] = {}
     last_key: tuple[str, str | None] | None = None
     known: Any = None
     for index, item in enumerate(items):
@@ -118,13 +136,16 @@ def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> msgsp
         if key != last_key:
             known = seen.get(key)
             if known is None:
-                known = _describe(classify, item.subject, item.priority)
+                known = describe(item.subject, item.priority)
                 if known is None:
                     return None
                 seen[key] = known
             last_key = key
         group, block, subj, head = known
-        payload = item.data.encode("utf-8", "surrogateescape") if item.data else b""
+        try:
+            payload = item.data.encode("utf-8") if item.data else b""
+        except UnicodeEncodeError:  # a lone surrogate (not from JSON): the per-item path encodes it
+            return None
         size = len(payload)
         if block is None:
             frames.append(b"PUB %s %d\r\n%s\r\n" % (subj, size, payload))
@@ -135,27 +156,44 @@ def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> msgsp
         if size > max_payload:
             return None
         groups[group] = groups.get(group, 0) + 1
-        subject = group[0]
-        counts[subject] = counts.get(subject, 0) + 1
-        tail = tails.get((head, size))
-        if tail is None:
-            tail = tails[(head, size)] = head + b',"size":%d,"reason":null,"result":"forwarded"}' % size
-        answers.append(b'{"index":%d,"status":202,%s' % (index, tail))
+        answers.append(
+            b'{"index":%d,"status":202,%s,"size":%d,"reason":null,"result":"forwarded"}' % (index, head, size)
+        )
+    return b"".join(frames), b"[" + b",".join(answers) + b"]", groups
+
+
+frame_items: Callable[[list[BatchItem], Describe, int], tuple[bytes, bytes, dict[Group, int]] | None] = (
+    speedups.frame_items or frame_items_py
+)
+
+
+def publish_plain(sidecar: Sidecar, items: list[BatchItem], now: float) -> msgspec.Raw | None:
+    """Forward a batch of plain, non-critical messages in one engine call and one write; their results
+    (already encoded: a JSON array, as the per-item path would answer), or None (nothing done) when the
+    batch needs the per-message path."""
+    engine = sidecar.engine
+    classify = engine.classify
+    framed = frame_items(
+        items, lambda subject, priority: _describe(classify, subject, priority), sidecar.max_payload
+    )
+    if framed is None:
+        return None
+    data, answers, groups = framed
+    counts: dict[str, int] = {}
+    for (subject, _), k in groups.items():
+        counts[subject] = counts.get(subject, 0) + k
     upstream = sidecar.upstream
     batch = [(subject, k, priority, DATA) for (subject, priority), k in groups.items()]
     if not engine.forward_batch(
         batch, len(items), now, upstream.can_stream and not sidecar.flow.upstream_stalled
     ):
         return None
-    data = b"".join(frames)
     upstream.write(data)
     upstream.track(RunEntry(None, data, counts), len(data))
-    return msgspec.Raw(b"[" + b",".join(answers) + b"]")
+    return msgspec.Raw(answers)
 
 
-def _describe(
-    classify: Any, subject: str, priority: str | None
-) -> tuple[tuple[str, Priority], bytes | None, bytes, bytes] | None:
+def _describe(classify: Any, subject: str, priority: str | None) -> Described | None:
     """What every item of one (subject, priority) shares, or None when such an item needs the per-item
     path (an invalid subject, a reply or control subject, critical, an envelope rule)."""
     if not subject_ok(subject) or subject_role(subject) is not None:
