@@ -200,7 +200,9 @@ async def test_a_load_below_the_recovery_threshold_is_untouched_soon_after_a_bur
     await asyncio.gather(steady(t0 + 3.0 + 3.0 + 2 * delay_s + 5.0), burst())
     await settle(app)
     await asyncio.sleep(0.5)
-    before = [s for s, at in sent_at.items() if at < t0 + 3.0]
+    # Sent a second or more before the flood starts (at t0 + 3 s): a message sent just before it may
+    # be read after the flood's first messages (event loop lag on a busy machine) and shed with them.
+    before = [s for s, at in sent_at.items() if at < t0 + 2.0]
     window = [s for s, at in sent_at.items() if burst_end + 2 * delay_s <= at]
     assert window, "the steady publisher did not run long enough"
     assert all(s in received for s in before), "the steady load lost messages before the burst"
