@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,7 @@ class Bench:
         self.watcher: LevelWatcher | None = None
         self.results: dict[str, Any] = {"runs": []}
         # Level changes the shedding workloads (g) caused on purpose: not reported as the run's level.
-        self.shed_log: set[str] = set()
+        self.expected_changes: set[str] = set()
         assert topo.sidecar is not None and topo.leaf is not None
         self.pids = {"sidecar": topo.sidecar.pid, "leaf": topo.leaf.pid, "hub": topo.hub.pid}
 
@@ -409,8 +410,10 @@ class Bench:
         does not move with the traffic measured: the sidecar's RSS divided by it stays in the level's band
         (high: 150-200 %, critical: >= 200 %). Intake is what the publisher got taken in charge: messages
         sent over the time until the PONG that follows them (the sidecar forwards only part of them)."""
-        if self.watcher is not None:
-            self.watcher.paused.set()  # the level is not none here on purpose
+        with self.unwatched():  # the level is not none here on purpose
+            self._shedding(level, size)
+
+    def _shedding(self, level: str, size: int) -> None:
         self.restart_with(None)
         assert self.topo.sidecar is not None
         time.sleep(1.0)
@@ -442,8 +445,20 @@ class Bench:
                         shed=True,
                     )
         finally:
-            self.shed_log.update(self.topo.sidecar.level_changes())
             self.restart_with(None)
+
+    @contextlib.contextmanager
+    def unwatched(self, on_purpose: bool = True) -> Iterator[None]:
+        """The level watcher paused: for runs that raise the level on purpose (a frozen hub, a memory
+        limit under the RSS: the transitions they log are not findings either), and for latency runs (an
+        admin request would show in their p99; `on_purpose=False`, their transitions are)."""
+        if self.watcher is not None:
+            self.watcher.paused.set()
+        try:
+            yield
+        finally:
+            if on_purpose and self.topo.sidecar is not None:
+                self.expected_changes.update(self.topo.sidecar.level_changes())
             if self.watcher is not None:
                 self.watcher.paused.clear()
 
@@ -616,6 +631,11 @@ class Bench:
         publisher sends `count` messages through a fresh sidecar, which queues them once the upstream
         counts as stalled; RSS with the queue full, then the hub resumes and RSS is read again once the
         queue is empty (and a tick later)."""
+        # The frozen hub raises the level (upstream_latency) on purpose: not a finding of the run.
+        with self.unwatched():
+            self._queue_memory(size)
+
+    def _queue_memory(self, size: int) -> None:
         import signal as _signal
 
         count = 200_000 if self.s.rounds == 1 else 500_000
@@ -676,13 +696,8 @@ class Bench:
     # (c) ------------------------------------------------------------------------------------------
     def request_reply(self) -> None:
         # No admin-API polling meanwhile: an HTTP request handled by the sidecar would show in p99.
-        if self.watcher is not None:
-            self.watcher.paused.set()
-        try:
+        with self.unwatched(on_purpose=False):
             self._request_reply()
-        finally:
-            if self.watcher is not None:
-                self.watcher.paused.clear()
 
     def _request_reply(self) -> None:
         subject = "bench.rr"
@@ -1004,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
             "highest": watcher.highest,
             "at": watcher.highest_at,
             "poll_errors": watcher.errors,
-            "log": [line for line in topo.sidecar.level_changes() if line not in bench.shed_log],
+            "log": [line for line in topo.sidecar.level_changes() if line not in bench.expected_changes],
         }
         profiled = tuple(name for name, letter in PROFILED if letter in only)
         if not args.no_profile and profiled:
