@@ -76,15 +76,19 @@ def raw_connect(addr: str, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
-def pub_frame(subject: str, payload: bytes) -> bytes:
-    return b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+def pub_frame(subject: str, payload: bytes, reply: str | None = None) -> bytes:
+    head = subject if reply is None else f"{subject} {reply}"
+    return b"PUB %s %d\r\n%s\r\n" % (head.encode(), len(payload), payload)
 
 
-def hpub_frame(subject: str, headers: list[tuple[str, str]], payload: bytes) -> bytes:
-    """An HPUB frame with these headers (NATS/1.0 header block)."""
+def hpub_frame(
+    subject: str, headers: list[tuple[str, str]], payload: bytes, reply: str | None = None
+) -> bytes:
+    """An HPUB frame with these headers (NATS/1.0 header block), and a reply subject when given."""
     block = b"NATS/1.0\r\n" + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers) + b"\r\n"
+    head = subject if reply is None else f"{subject} {reply}"
     return b"HPUB %s %d %d\r\n%s%s\r\n" % (
-        subject.encode(),
+        head.encode(),
         len(block),
         len(block) + len(payload),
         block,
@@ -100,14 +104,15 @@ MIX_BLOCK: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def publish_frames(subject: str, size: int, kind: str) -> list[bytes]:
-    """The repeating frames of a publisher: plain PUBs, HPUBs with `KPI-Priority: <kind>`, or the mix."""
+def publish_frames(subject: str, size: int, kind: str, reply: str | None = None) -> list[bytes]:
+    """The repeating frames of a publisher: plain PUBs, HPUBs with `KPI-Priority: <kind>`, or the mix;
+    requests when `reply` is given."""
     payload = b"x" * size
     if kind == "plain":
-        return [pub_frame(subject, payload)]
+        return [pub_frame(subject, payload, reply)]
     if kind == "mix":
-        return [hpub_frame(subject, [("KPI-Priority", p)], payload) for p in MIX_BLOCK]
-    return [hpub_frame(subject, [("KPI-Priority", kind)], payload)]
+        return [hpub_frame(subject, [("KPI-Priority", p)], payload, reply) for p in MIX_BLOCK]
+    return [hpub_frame(subject, [("KPI-Priority", kind)], payload, reply)]
 
 
 # ------------------------------------------------------------------------------------------- subscriber
@@ -217,7 +222,7 @@ def cmd_pub(args: argparse.Namespace) -> None:
     if args.msg_id:
         cmd_pub_ids(args, sock)
         return
-    frames = publish_frames(args.subject, args.size, args.headers)
+    frames = publish_frames(args.subject, args.size, args.headers, args.reply)
     frame = b"".join(frames)
     emit("ready")
     monotonic = time.monotonic
@@ -593,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="plain",
         help="plain PUBs, or HPUBs with KPI-Priority: low|medium|high|critical|mix",
     )
+    p.add_argument("--reply", default=None, help="requests: every publish with this reply subject")
     p.add_argument("--msg-id", default="", help="HPUBs with Nats-Msg-Id <this>-<i>, --count of them")
     p.add_argument("--count", type=int, default=100_000)
     p.set_defaults(func=cmd_pub)

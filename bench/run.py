@@ -402,7 +402,7 @@ class Bench:
                 )
 
     # (g) ------------------------------------------------------------------------------------------
-    def shedding(self, level: str, size: int = 128) -> None:
+    def shedding(self, level: str, size: int = 128, requests: bool = False) -> None:
         """Intake while the sidecar sheds: HPUBs with a KPI-Priority mix (40/40/15/5 % low, medium, high,
         critical) from a pipelining publisher, through a sidecar held at `level`, against the leaf node.
 
@@ -411,9 +411,9 @@ class Bench:
         (high: 150-200 %, critical: >= 200 %). Intake is what the publisher got taken in charge: messages
         sent over the time until the PONG that follows them (the sidecar forwards only part of them)."""
         with self.unwatched():  # the level is not none here on purpose
-            self._shedding(level, size)
+            self._shedding(level, size, requests)
 
-    def _shedding(self, level: str, size: int) -> None:
+    def _shedding(self, level: str, size: int, requests: bool) -> None:
         self.restart_with(None)
         assert self.topo.sidecar is not None
         time.sleep(1.0)
@@ -429,12 +429,14 @@ class Bench:
                     publisher = ["pub", "--addr", self.topo.addr(path), "--subject", "{subject}"]
                     publisher += ["--end", "{end}", "--size", str(size), "--headers", "mix"]
                     publisher += ["--duration", str(self.s.duration)]
+                    if requests:  # nobody answers: the intake of requests is measured, not round trips
+                        publisher += ["--reply", f"bench.inbox.{next(self.ids)}"]
                     res = self.flow(path, publisher, self.s.duration)
                     pub = res["pub"]
                     rate = pub["sent"] / (pub["t_pong"] - pub["t_start"])
                     seen = self.topo.sidecar.level()["level"] if path == "sidecar" else level
                     self.record(
-                        f"shed_{level}",
+                        f"shed_{level}" + ("_req" if requests else ""),
                         path,
                         r,
                         rate,
@@ -999,9 +1001,13 @@ def main(argv: list[str] | None = None) -> int:
             say("(l) memory per queued message, and after the queue drains (hub frozen, then resumed)")
             bench.queue_memory()
         if "g" in only:
-            say("(g) intake while shedding: KPI-Priority mix 40/40/15/5, sidecar held at high, then critical")
+            say(
+                "(g) intake while shedding: KPI-Priority mix 40/40/15/5, sidecar held at high, then critical,"
+                " then requests at critical"
+            )
             bench.shedding("high")
             bench.shedding("critical")
+            bench.shedding("critical", requests=True)
         if "c" in only:
             say(f"(c) request-reply at {settings.rr_rate:,.0f} req/s")
             bench.request_reply()

@@ -14,7 +14,7 @@ from policies.circuit_breaker import BreakerState
 from policies.config import Priority
 from policies.queue import QueuedRun, lane_of
 from policies.roles import DATA, REPLY, Role
-from policies.sampling import APART, PARKED, SHARE_ONE, kept_of, phase_of, share_of
+from policies.sampling import APART, PARKED, REFUSED, SHARE_ONE, kept_of, phase_of, share_of
 from policies.verdicts import REASON_CIRCUIT_BREAKER, REASON_LOW_PRIORITY, REASON_SAMPLING
 
 CLOSED: Final = BreakerState.CLOSED
@@ -79,18 +79,19 @@ def decide_run(
     would decide them one by one, with one selection per group instead of one draw per message.
 
     Returns one (share, phase) per group (policies.sampling: kept_of, keeps): low messages shed at high
-    and critical (share 0), sampled data (a share of the level's rate, the phase drawn from the rng),
-    everything else kept (SHARE_ONE); a data group whose breaker is open is shed, and one whose breaker
-    is half-open keeps its trials, a `halfOpenFraction` share (BreakerBoard.gate_group: what gate()
-    passes, the rest counted circuit_breaker), then sampled or shed as any other; critical groups APART:
-    kept too, but the shell writes each on its own (Nats-Msg-Id, confirmation), ahead of the others. The
-    kept messages are counted forwarded: the shell writes them at once (and notes a half-open breaker's
-    trials). None, with nothing counted, when the run needs the per-message path: the upstream does not
-    take writes, messages are queued (they go first), a request's breaker is not closed or a request
-    would be shed (its 503 is sent one by one), critical messages for an open breaker have no room beside
-    the queue (with room, their group is PARKED: set apart, not counted, and the shell offers each, which
-    parks it), the tokens do not cover the kept messages, or fewer are kept than one batch (offer() would
-    queue them until a batch fills). A run that fills a batch is written whole, its last
+    and critical (share 0; REFUSED for requests: the shell answers each with a 503), sampled data (a
+    share of the level's rate, the phase drawn from the rng), everything else kept (SHARE_ONE); a data
+    group whose breaker is open is shed, and one whose breaker is half-open keeps its trials, a
+    `halfOpenFraction` share (BreakerBoard.gate_group: what gate() passes, the rest counted
+    circuit_breaker), then sampled or shed as any other; critical groups APART: kept too, but the shell
+    writes each on its own (Nats-Msg-Id, confirmation), ahead of the others. The kept messages are
+    counted forwarded: the shell writes them at once (and notes a half-open breaker's trials). None,
+    with nothing counted, when the run needs the per-message path: the upstream does not take writes,
+    messages are queued (they go first), a request's breaker is not closed, critical messages for an
+    open breaker have no room beside the queue (with room, their group is PARKED: set apart, not
+    counted, and the shell offers each, which parks it), the tokens do not cover the kept messages, or
+    fewer are kept than one batch (offer() would queue them until a batch fills). A run that fills a
+    batch is written whole, its last
     partial batch included, instead of waiting maxBatchDelayMs.
     """
     if not can_send or self._unheld_queued:
@@ -148,7 +149,8 @@ def decide_run(
                 group_share = share_of(rate)
             if group_shed and p <= LOW:
                 if role is not DATA:
-                    return None  # a shed request gets its 503 from the per-message path
+                    plan.append((REFUSED, 0))  # shed; the shell answers each request with its 503
+                    continue
                 plan.append((0, 0) if trial == SHARE_ONE else (0, phase_of(rng)))
                 continue
             if group_share < SHARE_ONE and p <= MEDIUM and role is DATA:
@@ -182,7 +184,13 @@ def decide_run(
             offered += count
             if track and priority < CRITICAL:
                 self._traffic.add_many(subject, count)
-        k = count if group_share == APART else kept_of(count, group_share, phase)
+        k = (
+            count
+            if group_share == APART
+            else 0
+            if group_share == REFUSED
+            else kept_of(count, group_share, phase)
+        )
         if k:
             forwarded.append((subject, k, priority, role))
             written.append(_Written(subject, role))
@@ -195,7 +203,7 @@ def decide_run(
                 acc.drop_many(subject, priority, REASON_CIRCUIT_BREAKER, role, count - passed)
                 shed = passed - k
             if shed:
-                reason = REASON_LOW_PRIORITY if group_share == 0 else REASON_SAMPLING
+                reason = REASON_LOW_PRIORITY if group_share <= 0 else REASON_SAMPLING
                 acc.drop_many(subject, priority, reason, role, shed)
                 if reason == REASON_SAMPLING:
                     acc.sampled += shed

@@ -44,6 +44,7 @@ def keep(rng: random.Random, rate: float) -> bool:
 SHARE_ONE = 1 << 32  # a share of 1.0: every message of the group is kept
 APART = -1  # the group is not decided in bulk: its messages are offered one by one
 PARKED = -2  # critical messages for an open breaker: set apart too, the shell offers each (it parks them)
+REFUSED = -3  # requests shed (counted low_priority): none kept, the shell answers each with a 503 status
 
 
 def share_of(rate: float) -> int:

@@ -483,19 +483,21 @@ typedef struct {
     int code;
     int request;
     long long share; /* 0..SELECT_ONE: keep frame j iff ((j+1)*share + phase) >> 32 > (j*share + phase) >> 32;
-                        -1: the frame goes to the second buffer (decided one by one) */
+                        -1: the frame goes to the second buffer (decided one by one);
+                        -3: not kept, its reply subject listed (a refused request) */
     unsigned long long phase;
     unsigned long long seen;
 } select_group;
 
 PyDoc_STRVAR(select_frames_doc,
-"select_frames(frames, plan) -> (kept, apart) | None\n\n"
+"select_frames(frames, plan) -> (kept, apart, refused) | None\n\n"
 "frames: the frames of a PubRun; plan: a list of (subject: bytes, code, request, share, phase) per\n"
 "group of the run, code and request as in PubRun.priorities (code 0: no KPI-Priority header). Frame j\n"
 "of a group (0-based, in order) is kept when ((j+1)*share + phase) >> 32 > (j*share + phase) >> 32\n"
-"(share 2**32 keeps all, 0 none); a group of share -1 goes to `apart`. Returns the kept frames and the\n"
-"frames apart, each in order, or None when a frame has no group or is not one the scanner reads (the\n"
-"pure-Python selection, proxy.pipeline.runs.select_frames, is the reference).");
+"(share 2**32 keeps all, 0 none); a group of share -1 goes to `apart`; of a group of share -3 (requests\n"
+"refused) only the reply subject is kept, in `refused`. Returns the kept frames and the frames apart,\n"
+"each in order, and the list of refused reply subjects, or None when a frame has no group or is not one\n"
+"the scanner reads (the pure-Python selection, proxy.pipeline.runs.select_frames_py, is the reference).");
 
 static PyObject *
 select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -523,8 +525,10 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             return NULL;
         }
-        if (share < -1 || share > (long long)SELECT_ONE || phase >= SELECT_ONE) {
-            PyErr_SetString(PyExc_ValueError, "select_frames(): share in -1..2**32, phase in 0..2**32-1");
+        if ((share < -1 && share != -3) || share > (long long)SELECT_ONE || phase >= SELECT_ONE ||
+            (share == -3 && !request)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "select_frames(): share in -1..2**32 or -3 (requests), phase in 0..2**32-1");
             return NULL;
         }
         groups[g].subj = PyBytes_AS_STRING(subj);
@@ -534,15 +538,17 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         groups[g].share = share;
         groups[g].phase = phase;
         groups[g].seen = 0;
-        any_apart |= share < 0;
+        any_apart |= share == -1;
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     PyObject *kept = PyBytes_FromStringAndSize(NULL, n);
     PyObject *apart = any_apart ? PyBytes_FromStringAndSize(NULL, n) : PyBytes_FromStringAndSize("", 0);
-    if (kept == NULL || apart == NULL) {
+    PyObject *refused = PyList_New(0);
+    if (kept == NULL || apart == NULL || refused == NULL) {
         Py_XDECREF(kept);
         Py_XDECREF(apart);
+        Py_XDECREF(refused);
         return NULL;
     }
     char *kd = PyBytes_AS_STRING(kept);
@@ -585,7 +591,15 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             last = g;
         }
         select_group *grp = &groups[g];
-        if (grp->share < 0) {
+        if (grp->share == -3) {
+            PyObject *reply = PyBytes_FromStringAndSize((const char *)toks[1], lens[1]);
+            if (reply == NULL || PyList_Append(refused, reply) < 0) {
+                Py_XDECREF(reply);
+                goto error;
+            }
+            Py_DECREF(reply);
+        }
+        else if (grp->share < 0) {
             memcpy(ad + an, p, (size_t)frame_len);
             an += frame_len;
         }
@@ -602,17 +616,25 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (_PyBytes_Resize(&kept, kn) < 0) {
         Py_DECREF(apart);
+        Py_DECREF(refused);
         return NULL;
     }
     if (any_apart && _PyBytes_Resize(&apart, an) < 0) {
         Py_DECREF(kept);
+        Py_DECREF(refused);
         return NULL;
     }
-    return Py_BuildValue("(NN)", kept, apart);
+    return Py_BuildValue("(NNN)", kept, apart, refused);
 refuse:
     Py_DECREF(kept);
     Py_DECREF(apart);
+    Py_DECREF(refused);
     Py_RETURN_NONE;
+error:
+    Py_DECREF(kept);
+    Py_DECREF(apart);
+    Py_DECREF(refused);
+    return NULL;
 }
 
 /* ---- the upstream direction: runs of plain MSG frames, routed to application buffers ---- */

@@ -26,6 +26,7 @@ from policies.config import BatchMode, Delivery, Level, Priority
 from policies.engine import Decision, Engine, Verdict
 from policies.roles import DATA, REPLY, Role, role_of
 from policies.sampling import PARKED, kept_of
+from policies.verdicts import REASON_LOW_PRIORITY
 from proxy.config.schema import SidecarConfig
 from proxy.nats.envelope import RECORD_OVERHEAD, envelope_headers, pack, record_of
 from proxy.nats.protocol import (
@@ -182,7 +183,9 @@ class Publisher:
         plan = engine.decide_run(found.groups, now, can_send)
         if plan is None:
             return RUN_TAKEN if self._queue_run(op, found, client, now) else RUN_SPLIT
-        kept, apart = select_frames(op.frames, found.plan_entries(plan))
+        kept, apart, refused = select_frames(op.frames, found.plan_entries(plan))
+        if refused:
+            self._refuse_replies(client, refused, REASON_LOW_PRIORITY)
         if apart and not self._write_stamped(apart, found.apart_subjects(plan), client, now):
             parked = {g[0] for g, (share, _) in zip(found.groups, plan, strict=True) if share == PARKED}
             self._write_critical(apart, client, now, parked)
@@ -463,6 +466,14 @@ class Publisher:
         for evicted in decision.evicted:
             self.refuse(evicted, "queue_full")
         return decision
+
+    def _refuse_replies(self, client: ClientConnection | None, replies: list[bytes], reason: str) -> None:
+        """`refuse` for the requests of a run the engine shed in bulk, given by their reply subjects."""
+        refused = self.refused
+        refused[reason] = refused.get(reason, 0) + len(replies)
+        if client is not None and not client.closed and client.headers:
+            for reply in replies:
+                client.send_status(reply.decode("utf-8", "surrogateescape"), 503, reason)
 
     def refuse(self, msg: OutMsg, reason: str) -> None:
         """A request the sidecar did not forward fails fast: a 503 status message on its reply subject."""

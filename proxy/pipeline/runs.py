@@ -18,7 +18,7 @@ from typing import Any, Final
 from policies.config import BatchMode, PolicyRule, Priority
 from policies.queue import QueuedRun
 from policies.roles import DATA, REPLY, REQUEST, Role, subject_role
-from policies.sampling import APART, PARKED, SHARE_ONE, keeps, kept_of
+from policies.sampling import APART, PARKED, REFUSED, SHARE_ONE, keeps, kept_of
 from proxy.nats import speedups
 from proxy.nats.parser import _header_priority
 from proxy.nats.protocol import (
@@ -77,10 +77,10 @@ class RunGroups:
         """The engine's (share, phase) per group as select_frames takes them: one entry per frame key.
 
         Only a reply or control subject's group covers two keys (with and without a reply subject), and
-        the engine never samples those (share 0, SHARE_ONE or APART): a sampled group is one key, so its
-        kept count is the selection's over that key alone."""
+        the engine never samples those (share 0, SHARE_ONE, APART or REFUSED): a sampled group is one
+        key, so its kept count is the selection's over that key alone."""
         assert all(
-            len(keys) == 1 or share in (0, SHARE_ONE, APART)
+            len(keys) == 1 or share in (0, SHARE_ONE, APART, REFUSED)
             for keys, (share, _) in zip(self.keys, plan, strict=True)
         ), "a sampled group has a single key"
         return [
@@ -163,17 +163,20 @@ def run_groups(op: PubRun, classify: Classify, replies: Any, now: float) -> RunG
     return out
 
 
-def select_frames_py(
-    frames: bytes, plan: list[tuple[bytes, int, int, int, int]]
-) -> tuple[bytes, bytes] | None:
-    """The frames of a run the plan keeps, and those it sets apart, each in order (the C select_frames'
-    reference): frame j of a key's group is kept when `keeps(j, share, phase)`."""
+Selected = tuple[bytes, bytes, list[bytes]]
+
+
+def select_frames_py(frames: bytes, plan: list[tuple[bytes, int, int, int, int]]) -> Selected | None:
+    """The frames of a run the plan keeps, those it sets apart, each in order, and the reply subjects of
+    the requests it refuses (the C select_frames' reference): frame j of a key's group is kept when
+    `keeps(j, share, phase)`; a REFUSED group's frames are not, their reply subjects are listed."""
     groups = {(subject, code, request): (share, phase) for subject, code, request, share, phase in plan}
     seen: dict[tuple[bytes, int, int], int] = {}
     parser = ClientParser(max_payload=-1)
     parser.headers = True  # HPUBs in a run were accepted already
     kept: list[bytes] = []
     apart: list[bytes] = []
+    refused: list[bytes] = []
     for op in parser.feed_data(frames):
         if type(op) is not Pub:
             return None
@@ -185,11 +188,13 @@ def select_frames_py(
         share, phase = selection
         j = seen.get(key, 0)
         seen[key] = j + 1
-        if share == APART:
+        if share == REFUSED:
+            refused.append(_wire(op.reply))  # type: ignore[arg-type]
+        elif share == APART:
             apart.append(op.frame)
         elif keeps(j, share, phase):
             kept.append(op.frame)
-    return b"".join(kept), b"".join(apart)
+    return b"".join(kept), b"".join(apart), refused
 
 
 def split_run(op: PubRun, k: int) -> tuple[PubRun, PubRun]:
@@ -257,7 +262,7 @@ stamp_critical: Callable[[bytes, bytes, int, bytes | None, int, int], Stamped | 
 )
 
 
-def select_frames(frames: bytes, plan: list[tuple[bytes, int, int, int, int]]) -> tuple[bytes, bytes]:
+def select_frames(frames: bytes, plan: list[tuple[bytes, int, int, int, int]]) -> Selected:
     """select_frames in C when built, else (or when C declines a frame) the Python reference."""
     fast = speedups.select_frames
     if fast is not None:

@@ -24,10 +24,10 @@ MIX = ("low", "medium", "low", "medium", "high", "low", "medium", "low", "medium
 MIX = (*MIX[:12], "critical", *MIX[13:])  # 40/40/15/5 per block of 20
 
 
-def hpub(subject: str, priority: str, payload: bytes) -> bytes:
+def hpub(subject: str, priority: str, payload: bytes, reply: str | None = None) -> bytes:
     block = b"NATS/1.0\r\nKPI-Priority: %s\r\n\r\n" % priority.encode()
     return b"HPUB %s %d %d\r\n%s%s\r\n" % (
-        subject.encode(),
+        (subject if reply is None else f"{subject} {reply}").encode(),
         len(block),
         len(block) + len(payload),
         block,
@@ -134,6 +134,48 @@ async def test_a_priority_mix_at_high_is_shed_sampled_and_kept_per_group(
     dropped = sum(status["droppedByReason"].values())
     queued = status["receivedMessages"] - status["forwardedMessages"] - dropped - status["spooledMessages"]
     assert queued >= 0 and status["droppedByReason"].get("low_priority", 0) >= sent["low"]
+    await direct.close()
+
+
+@pytest.mark.parametrize("level", ["high", "critical"])
+async def test_low_requests_of_a_run_get_their_503_and_the_rest_goes(
+    nats_server: NatsServer, sidecar_factory: Any, level: str
+) -> None:
+    # Before, one low request in a run sent the whole run message by message (requests at critical:
+    # 0.1x the leaf node's intake); now the run is decided in bulk and each shed request is answered
+    # with its 503 status (KPI-Refused: low_priority) on its own reply subject, in order.
+    proc: SidecarProcess = sidecar_factory(flooded_config(nats_server))
+    direct = await nats.connect(nats_server.url)
+    _, msgs = await collect(direct, "bulk.svc")
+    frames, low, others = [], [], []
+    for i in range(200):
+        priority = MIX[i % 20]
+        frames.append(hpub("bulk.svc", priority, b"%d" % i, f"inbox.{i}"))
+        (low if priority == "low" else others).append(i)
+    with Flood(proc.ports["nats"], "flood.bulk", 1600 if level == "high" else 2600):
+        deadline = time.monotonic() + 15
+        while proc.status()["degradationLevel"] != level:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # tokens for the run
+        sock = raw_client(proc.ports["nats"])
+        sock.sendall(b"SUB inbox.> 7\r\n" + b"".join(frames) + b"PING\r\n")
+        buf = b""
+        deadline = time.monotonic() + 10
+        while buf.count(b"HMSG inbox.") < len(low) or b"PONG" not in buf:
+            assert time.monotonic() < deadline, buf[-300:]
+            buf += sock.recv(65536)
+        sock.close()
+        assert proc.status()["degradationLevel"] == level
+    statuses = [line for line in buf.split(b"\r\n") if line.startswith(b"HMSG ")]
+    assert [line.split()[1] for line in statuses] == [b"inbox.%d" % i for i in low]
+    assert buf.count(b"NATS/1.0 503") == buf.count(b"KPI-Refused: low_priority") == len(low)
+    await asyncio.sleep(0.5)
+    await settle(direct)
+    forwarded = [int(m.data) for m in msgs]
+    assert sorted(forwarded) == others  # the medium, high and critical ones (requests are never sampled)
+    assert all(m.reply == f"inbox.{int(m.data)}" for m in msgs)  # requests still, replies kept
+    assert proc.status()["refusedRequests"].get("low_priority") == len(low)
     await direct.close()
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from policies.config import Level, Priority
 from policies.roles import Role
-from policies.sampling import APART, PARKED, SHARE_ONE, keeps, kept_of, share_of
+from policies.sampling import APART, PARKED, REFUSED, SHARE_ONE, keeps, kept_of, share_of
 from tests.policies.fakes import Clock, Msg, make_engine, reconciles, tick_load
 
 LOW, MEDIUM, HIGH, CRITICAL = Priority.LOW, Priority.MEDIUM, Priority.HIGH, Priority.CRITICAL
@@ -92,7 +92,6 @@ def test_over_many_runs_the_kept_share_is_the_sampling_rate() -> None:
         "too few tokens",
         "less than a batch",
         "a breaker parks more critical messages than there is room for",
-        "a shed request",
     ],
 )
 def test_the_per_message_path_when_a_run_cannot_be_decided_at_once(why: str) -> None:
@@ -108,8 +107,6 @@ def test_the_per_message_path_when_a_run_cannot_be_decided_at_once(why: str) -> 
         groups = [("s", 100_000, HIGH, DATA)]  # the burst is 0.1 s of 100 k/s
     if why == "less than a batch":
         groups = [("s", 19, HIGH, DATA)]  # batches of 20 at high
-    if why == "a shed request":
-        groups = [("s", 100, HIGH, DATA), ("s", 1, LOW, REQUEST)]  # its requester gets a 503, one by one
     if why.startswith("a breaker parks"):
         engine.open_breaker("s", clock.now)  # its critical messages wait beside the queue (10,000 at most)
         groups = [("s", 100, HIGH, DATA), ("s", 10_001, CRITICAL, DATA)]
@@ -138,6 +135,30 @@ def test_an_open_breaker_sheds_its_data_group_and_the_others_are_decided() -> No
     assert bulk.dropped_by_subject() == single.dropped_by_subject()
     # A request to an open breaker gets its 503 from the per-message path.
     assert bulk.decide_run([("broken", 1, MEDIUM, REQUEST)], clock.now, True) is None
+
+
+@pytest.mark.parametrize("level", [Level.HIGH, Level.CRITICAL])
+def test_shed_requests_are_refused_in_bulk_with_the_counts_of_offer(level: Level) -> None:
+    # Before, one low request in a run sent the whole run to the per-message path (requests at critical:
+    # 0.1x the leaf node's intake): now the group is REFUSED, the shell sends each its 503.
+    clock = Clock()
+    bulk = make_engine(clock, max_queue_size=10_000, max_publish_rate=1_000_000)
+    single = make_engine(clock, max_queue_size=10_000, max_publish_rate=1_000_000)
+    for engine in (bulk, single):
+        tick_load(engine, clock.now, 170 if level is Level.HIGH else 250)
+        assert engine.level is level
+    groups = [("s", 100, HIGH, DATA), ("s", 40, LOW, REQUEST), ("s", 30, HIGH, REQUEST)]
+    plan = bulk.decide_run(groups, clock.now, True)
+    assert plan == [(SHARE_ONE, 0), (REFUSED, 0), (SHARE_ONE, 0)]
+    for subject, n, priority, role in groups:
+        for _ in range(n):
+            decision = single.offer(Msg(subject, priority, role=role), clock.now, True)
+            assert decision.reason == ("low_priority" if priority is LOW else None)
+    for engine in (bulk, single):
+        assert (engine.received, engine.forwarded + engine.queue_size, engine.dropped) == (170, 130, 40)
+        assert engine.dropped_by_reason() == {"low_priority": 40}
+        assert reconciles(engine)
+    assert bulk.dropped_by_subject() == single.dropped_by_subject()
 
 
 def test_at_none_everything_is_kept_and_critical_set_apart() -> None:

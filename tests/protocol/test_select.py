@@ -2,7 +2,8 @@
 
 For random runs (PUBs, requests, HPUBs with and without KPI-Priority, odd subjects the parser accepts) and
 random plans, the C function and `select_frames_py` return the same bytes; the kept frames are exactly
-those `keeps` names, and their counts are what `RunGroups.kept_counts` (the journal) says.
+those `keeps` names, and their counts are what `RunGroups.kept_counts` (the journal) says; the requests
+of a REFUSED group are listed by their reply subjects, in order.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.config import Priority
-from policies.roles import DATA
-from policies.sampling import APART, SHARE_ONE
+from policies.roles import DATA, REQUEST
+from policies.sampling import APART, REFUSED, SHARE_ONE
 from proxy.nats import protocol as nats_protocol
 from proxy.nats.protocol import ClientParser, Pub, PubRun, encode_pub
-from proxy.pipeline.runs import run_groups, select_frames, select_frames_py
+from proxy.pipeline.runs import _header_priority, run_groups, select_frames, select_frames_py
 
 SELECT = nats_protocol.select_frames
 needs_c = pytest.mark.skipif(
@@ -29,7 +30,7 @@ needs_c = pytest.mark.skipif(
 frames_st = st.lists(
     st.tuples(
         st.sampled_from(["a", "b.c", "café", "_INBOX.r"]),
-        st.sampled_from([None, "inbox.1"]),
+        st.sampled_from([None, "inbox.1", "_INBOX.é.2"]),
         st.sampled_from(
             [None, b"", b"KPI-Priority: low\r\n", b"kpi-priority: HIGH\r\n", b"KPI-Priority: x\r\n"]
         ),
@@ -75,8 +76,9 @@ def test_c_and_python_select_the_same_frames(parts: list, seed: int) -> None:
         rng.choice(
             [(SHARE_ONE, 0), (0, 0), (APART, 0)]
             + ([(rng.randrange(SHARE_ONE), rng.randrange(SHARE_ONE))] if len(keys) == 1 else [])
+            + ([(REFUSED, 0)] * 2 if group[3] is REQUEST else [])
         )
-        for keys in found.keys
+        for keys, group in zip(found.keys, found.groups, strict=True)
     ]
     entries = found.plan_entries(plan)
     reference = select_frames_py(frames, entries)
@@ -84,13 +86,25 @@ def test_c_and_python_select_the_same_frames(parts: list, seed: int) -> None:
     if SELECT is not None:
         assert SELECT(frames, entries) == reference
     assert select_frames(frames, entries) == reference
-    kept, apart = reference
+    kept, apart, refused = reference
+    refused_keys = {
+        (subject, code, request) for subject, code, request, share, _ in entries if share == REFUSED
+    }
+    assert refused == [
+        pub.reply.encode()
+        for pub in feed(frames)
+        if (pub.subject.encode(), header_code(pub), int(pub.reply is not None)) in refused_keys
+    ]
     counts: dict[str, int] = {}
     for pub in feed(kept):
         counts[pub.subject] = counts.get(pub.subject, 0) + 1
     assert counts == found.kept_counts(plan)
     apart_groups = sum(g[1] for g, p in zip(found.groups, plan, strict=True) if p[0] == APART)
     assert len(feed(apart)) == apart_groups
+
+
+def header_code(pub: Pub) -> int:
+    return _header_priority(pub.frame, pub.body_start, pub.hdr_size) if pub.hdr_size > 0 else 0
 
 
 def feed(frames: bytes) -> list[Pub]:
@@ -125,8 +139,10 @@ def test_c_declines_what_it_does_not_read() -> None:
     frame = encode_pub("a", None, b"x")
     assert SELECT(frame, [(b"b", 0, 0, SHARE_ONE, 0)]) is None  # no group for it
     assert SELECT(frame + b"garbage", [(b"a", 0, 0, SHARE_ONE, 0)]) is None
-    assert SELECT(frame, [(b"a", 0, 0, SHARE_ONE, 0)]) == (frame, b"")
+    assert SELECT(frame, [(b"a", 0, 0, SHARE_ONE, 0)]) == (frame, b"", [])
     with pytest.raises(ValueError):
         SELECT(frame, [(b"a", 0, 0, SHARE_ONE + 1, 0)])
+    with pytest.raises(ValueError):  # only requests are refused
+        SELECT(frame, [(b"a", 0, 0, REFUSED, 0)])
     with pytest.raises(TypeError):
         SELECT(frame, [("a", 0, 0, SHARE_ONE, 0)])
