@@ -495,7 +495,8 @@ PyDoc_STRVAR(select_frames_doc,
 "group of the run, code and request as in PubRun.priorities (code 0: no KPI-Priority header). Frame j\n"
 "of a group (0-based, in order) is kept when ((j+1)*share + phase) >> 32 > (j*share + phase) >> 32\n"
 "(share 2**32 keeps all, 0 none); a group of share -1 goes to `apart`; of a group of share -3 (requests\n"
-"refused) only the reply subject is kept, in `refused`. Returns the kept frames and the frames apart,\n"
+"refused) only the reply subject is kept, in `refused`. The entry (b'', -1, -1, share, phase) is the\n"
+"group of every frame no other entry names. Returns the kept frames and the frames apart,\n"
 "each in order, and the list of refused reply subjects, or None when a frame has no group or is not one\n"
 "the scanner reads (the pure-Python selection, proxy.pipeline.runs.select_frames_py, is the reference).");
 
@@ -513,6 +514,7 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     select_group groups[SELECT_GROUPS];
     int any_apart = 0;
+    int any_frame = -1; /* the entry (b"", -1, -1) of the frames no other entry names */
     for (Py_ssize_t g = 0; g < ngroups; g++) {
         PyObject *item = PyList_GET_ITEM(plan, g);
         PyObject *subj;
@@ -539,6 +541,9 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         groups[g].phase = phase;
         groups[g].seen = 0;
         any_apart |= share == -1;
+        if (groups[g].len == 0 && code == -1 && request == -1) {
+            any_frame = (int)g;
+        }
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
@@ -586,7 +591,10 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             if (g < 0) {
-                goto refuse;
+                if (any_frame < 0) {
+                    goto refuse;
+                }
+                g = any_frame;
             }
             last = g;
         }

@@ -42,10 +42,20 @@ Key = tuple[str, int, int]
 Classify = Callable[[str, "str | None", bool], tuple[Priority, "PolicyRule | None"]]
 
 
-class RunGroups:
-    """The groups of one run, the frame keys each covers, and whether any is critical or enveloped."""
+# A select_frames entry for every frame no other entry names: the frames of the spread groups.
+ANY_FRAME: Final = (b"", -1, -1)
 
-    __slots__ = ("critical", "enveloped", "groups", "keys", "rules")
+
+class RunGroups:
+    """The groups of one run, the frame keys each covers, and whether any is critical or enveloped.
+
+    The reply and control subjects of a run below critical (each reply has its own inbox subject) are
+    one group per (priority, role, rule), not one per subject: the engine keeps them all (they finish
+    admitted work) and counts them per role, never per subject. Such a group of several subjects is
+    *spread*: its subjects and their counts in `spread`, its keys empty (select_frames matches its
+    frames by ANY_FRAME), so a responder's run of 1,000 replies is a few groups, not 1,000."""
+
+    __slots__ = ("_finishing", "critical", "enveloped", "groups", "keys", "rules", "spread")
 
     def __init__(self) -> None:
         self.groups: list[Group] = []
@@ -53,6 +63,31 @@ class RunGroups:
         self.rules: list[PolicyRule | None] = []
         self.critical = False
         self.enveloped = False
+        # Spread groups: index -> count per subject; the finishing groups by (priority, role, rule).
+        self.spread: dict[int, dict[str, int]] = {}
+        self._finishing: dict[tuple[Priority, Role, int], int] = {}
+
+    def add_finishing(
+        self, subject: str, count: int, priority: Priority, role: Role, rule: PolicyRule | None
+    ) -> None:
+        """A reply or control subject's messages (no KPI-Priority header): in its run's finishing group of
+        (priority, role, rule), critical ones in their own (they are set apart, by subject)."""
+        keys = ((subject, 0, 0), (subject, 0, 1))
+        if priority is CRITICAL:
+            self.add((subject, count, priority, role), keys, rule)
+            return
+        at = self._finishing.get((priority, role, id(rule)))
+        if at is None:
+            self._finishing[(priority, role, id(rule))] = len(self.groups)
+            self.add((subject, count, priority, role), keys, rule)
+            return
+        first, total, _, _ = self.groups[at]
+        self.groups[at] = (first, total + count, priority, role)
+        spread = self.spread.get(at)
+        if spread is None:
+            spread = self.spread[at] = {first: total}
+            self.keys[at] = ()
+        spread[subject] = spread.get(subject, 0) + count
 
     @property
     def all_critical(self) -> bool:
@@ -83,11 +118,16 @@ class RunGroups:
             len(keys) == 1 or share in (0, SHARE_ONE, APART, REFUSED)
             for keys, (share, _) in zip(self.keys, plan, strict=True)
         ), "a sampled group has a single key"
-        return [
+        entries = [
             (_wire(subject), code, request, APART if share == PARKED else share, phase)
             for keys, (share, phase) in zip(self.keys, plan, strict=True)
             for subject, code, request in keys
         ]
+        if self.spread:
+            # The engine keeps replies and control messages below critical (decide_run).
+            assert all(plan[at] == (SHARE_ONE, 0) for at in self.spread), "a spread group is kept whole"
+            entries.append((*ANY_FRAME, SHARE_ONE, 0))
+        return entries
 
     def apart_subjects(
         self, plan: list[tuple[int, int]]
@@ -109,7 +149,12 @@ class RunGroups:
     def kept_counts(self, plan: list[tuple[int, int]]) -> dict[str, int]:
         """Per subject, how many of the run's messages the plan keeps (the journal's counts)."""
         counts: dict[str, int] = {}
-        for (subject, count, _, _), (share, phase) in zip(self.groups, plan, strict=True):
+        spread = self.spread
+        for at, ((subject, count, _, _), (share, phase)) in enumerate(zip(self.groups, plan, strict=True)):
+            if at in spread:  # kept whole (plan_entries)
+                for one, k in spread[at].items():
+                    counts[one] = counts.get(one, 0) + k
+                continue
             if share >= 0:  # APART and PARKED: written on their own, with their own confirmation
                 k = kept_of(count, share, phase)
                 if k:
@@ -152,7 +197,7 @@ def run_groups(op: PubRun, classify: Classify, replies: Any, now: float) -> RunG
         role = _role(subject, replies, now)
         priority, rule = classify(subject, None, role is None)
         if role is not None:
-            out.add((subject, count, priority, role), ((subject, 0, 0), (subject, 0, 1)), rule)
+            out.add_finishing(subject, count, priority, role, rule)
             continue
         asked = requests.get(subject, 0) if requests else 0
         if asked:
@@ -183,6 +228,8 @@ def select_frames_py(frames: bytes, plan: list[tuple[bytes, int, int, int, int]]
         code = _header_priority(op.frame, op.body_start, op.hdr_size) if op.hdr_size > 0 else 0
         key = (_wire(op.subject), code, int(op.reply is not None))
         selection = groups.get(key)
+        if selection is None and code >= 0:
+            selection = groups.get(ANY_FRAME)
         if selection is None or code < 0:
             return None
         share, phase = selection

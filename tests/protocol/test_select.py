@@ -29,7 +29,7 @@ needs_c = pytest.mark.skipif(
 
 frames_st = st.lists(
     st.tuples(
-        st.sampled_from(["a", "b.c", "café", "_INBOX.r"]),
+        st.sampled_from(["a", "b.c", "café", "_INBOX.r", "_INBOX.s.1", "$JS.ACK.x"]),
         st.sampled_from([None, "inbox.1", "_INBOX.é.2"]),
         st.sampled_from(
             [None, b"", b"KPI-Priority: low\r\n", b"kpi-priority: HIGH\r\n", b"KPI-Priority: x\r\n"]
@@ -72,13 +72,16 @@ def test_c_and_python_select_the_same_frames(parts: list, seed: int) -> None:
     found = run_groups(op, classify, None, 0.0)
     rng = random.Random(seed)
     # A group of a reply subject covers two keys and is never sampled (the engine finishes replies).
+    # A spread group (replies to several inboxes) is kept whole, as the engine keeps replies.
     plan = [
-        rng.choice(
+        (SHARE_ONE, 0)
+        if at in found.spread
+        else rng.choice(
             [(SHARE_ONE, 0), (0, 0), (APART, 0)]
             + ([(rng.randrange(SHARE_ONE), rng.randrange(SHARE_ONE))] if len(keys) == 1 else [])
             + ([(REFUSED, 0)] * 2 if group[3] is REQUEST else [])
         )
-        for keys, group in zip(found.keys, found.groups, strict=True)
+        for at, (keys, group) in enumerate(zip(found.keys, found.groups, strict=True))
     ]
     entries = found.plan_entries(plan)
     reference = select_frames_py(frames, entries)
@@ -101,6 +104,30 @@ def test_c_and_python_select_the_same_frames(parts: list, seed: int) -> None:
     assert counts == found.kept_counts(plan)
     apart_groups = sum(g[1] for g, p in zip(found.groups, plan, strict=True) if p[0] == APART)
     assert len(feed(apart)) == apart_groups
+
+
+def test_the_replies_of_a_run_are_one_group_counted_per_subject() -> None:
+    # A responder's run answers many inboxes: one group per (priority, role, rule), not one per inbox,
+    # and select_frames matches their frames by ANY_FRAME; the journal still counts each subject.
+    parts = [(f"_INBOX.app.{i}", None, None, b"r%d" % i) for i in range(100)]
+    parts += [("svc.data", None, None, b"d"), ("$JS.ACK.s.c.1", None, None, b"")]
+    frames = build(parts)
+    found = run_groups(run_of(frames), classify, None, 0.0)
+    assert [(g[0][:7], g[1], g[3].label) for g in found.groups] == [
+        ("_INBOX.", 100, "reply"),
+        ("svc.dat", 1, "data"),
+        ("$JS.ACK", 1, "control"),
+        ("a", 1, "data"),  # the trailing blank-run frame
+    ]
+    assert list(found.spread) == [0] and found.keys[0] == ()
+    plan = [(SHARE_ONE, 0), (0, 0), (SHARE_ONE, 0), (SHARE_ONE, 0)]
+    entries = found.plan_entries(plan)
+    assert len(entries) == 5  # svc.data, $JS.ACK.* with and without a reply, a, ANY_FRAME
+    kept, apart, refused = select_frames(frames, entries)
+    assert (kept, apart, refused) == select_frames_py(frames, entries) and apart == b"" and refused == []
+    assert [p.subject for p in feed(kept)] == [f"_INBOX.app.{i}" for i in range(100)] + ["$JS.ACK.s.c.1", "a"]
+    counts = found.kept_counts(plan)
+    assert counts == {**{f"_INBOX.app.{i}": 1 for i in range(100)}, "$JS.ACK.s.c.1": 1, "a": 1}
 
 
 def header_code(pub: Pub) -> int:
