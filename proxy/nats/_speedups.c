@@ -474,7 +474,7 @@ parse_pub(const unsigned char *p, Py_ssize_t avail, pub_frame *f)
 
 /* ---- deciding a run in bulk: the kept frames of each group copied into one buffer ---- */
 
-#define SELECT_GROUPS 64
+#define SELECT_GROUPS 64 /* on the stack; more are allocated, and found through a hash table */
 #define SELECT_ONE ((unsigned long long)1 << 32) /* a keep share of 1.0 in 32-bit fixed point */
 
 typedef struct {
@@ -488,6 +488,18 @@ typedef struct {
     unsigned long long phase;
     unsigned long long seen;
 } select_group;
+
+/* FNV-1a over a group's key: subject bytes, KPI-Priority code, request flag. */
+static inline size_t
+select_hash(const unsigned char *subj, Py_ssize_t len, int code, int request)
+{
+    size_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        h = (h ^ subj[i]) * 1099511628211ULL;
+    }
+    h = (h ^ (size_t)(code & 0xff)) * 1099511628211ULL;
+    return (h ^ (size_t)(request & 1)) * 1099511628211ULL;
+}
 
 PyDoc_STRVAR(select_frames_doc,
 "select_frames(frames, plan) -> (kept, apart, refused) | None\n\n"
@@ -509,10 +521,28 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *plan = args[1];
     Py_ssize_t ngroups = PyList_GET_SIZE(plan);
-    if (ngroups > SELECT_GROUPS) {
+    if (ngroups > INT_MAX / 4) {
         Py_RETURN_NONE;
     }
-    select_group groups[SELECT_GROUPS];
+    select_group stack_groups[SELECT_GROUPS];
+    select_group *groups = stack_groups;
+    int *table = NULL; /* open addressing: group index + 1 by key hash, for runs of many groups */
+    size_t mask = 0;
+    if (ngroups > SELECT_GROUPS) {
+        size_t size = 1;
+        while (size < (size_t)ngroups * 2) {
+            size <<= 1;
+        }
+        groups = PyMem_Malloc(sizeof(select_group) * (size_t)ngroups);
+        table = PyMem_Calloc(size, sizeof(int));
+        if (groups == NULL || table == NULL) {
+            PyMem_Free(groups);
+            PyMem_Free(table);
+            return PyErr_NoMemory();
+        }
+        mask = size - 1;
+    }
+    PyObject *result = NULL;
     int any_apart = 0;
     int any_frame = -1; /* the entry (b"", -1, -1) of the frames no other entry names */
     for (Py_ssize_t g = 0; g < ngroups; g++) {
@@ -525,13 +555,13 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_TypeError, "select_frames(): a plan entry is (bytes, int, int, int, int)");
             }
-            return NULL;
+            goto done;
         }
         if ((share < -1 && share != -3) || share > (long long)SELECT_ONE || phase >= SELECT_ONE ||
             (share == -3 && !request)) {
             PyErr_SetString(PyExc_ValueError,
                             "select_frames(): share in -1..2**32 or -3 (requests), phase in 0..2**32-1");
-            return NULL;
+            goto done;
         }
         groups[g].subj = PyBytes_AS_STRING(subj);
         groups[g].len = PyBytes_GET_SIZE(subj);
@@ -544,6 +574,13 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (groups[g].len == 0 && code == -1 && request == -1) {
             any_frame = (int)g;
         }
+        else if (table != NULL) {
+            size_t h = select_hash((const unsigned char *)groups[g].subj, groups[g].len, code, request) & mask;
+            while (table[h] != 0) {
+                h = (h + 1) & mask;
+            }
+            table[h] = (int)g + 1;
+        }
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
@@ -554,7 +591,7 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(kept);
         Py_XDECREF(apart);
         Py_XDECREF(refused);
-        return NULL;
+        goto done;
     }
     char *kd = PyBytes_AS_STRING(kept);
     char *ad = any_apart ? PyBytes_AS_STRING(apart) : NULL;
@@ -581,6 +618,24 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (last >= 0 && groups[last].code == code && groups[last].request == request &&
             groups[last].len == lens[0] && memcmp(groups[last].subj, toks[0], (size_t)lens[0]) == 0) {
             g = last;
+        }
+        else if (table != NULL) {
+            size_t h = select_hash(toks[0], lens[0], code, request) & mask;
+            for (; table[h] != 0; h = (h + 1) & mask) {
+                select_group *c = &groups[table[h] - 1];
+                if (c->code == code && c->request == request && c->len == lens[0] &&
+                    memcmp(c->subj, toks[0], (size_t)lens[0]) == 0) {
+                    g = table[h] - 1;
+                    break;
+                }
+            }
+            if (g < 0) {
+                if (any_frame < 0) {
+                    goto refuse;
+                }
+                g = any_frame;
+            }
+            last = g;
         }
         else {
             for (Py_ssize_t k = 0; k < ngroups; k++) {
@@ -625,24 +680,31 @@ select_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (_PyBytes_Resize(&kept, kn) < 0) {
         Py_DECREF(apart);
         Py_DECREF(refused);
-        return NULL;
+        goto done;
     }
     if (any_apart && _PyBytes_Resize(&apart, an) < 0) {
         Py_DECREF(kept);
         Py_DECREF(refused);
-        return NULL;
+        goto done;
     }
-    return Py_BuildValue("(NNN)", kept, apart, refused);
+    result = Py_BuildValue("(NNN)", kept, apart, refused);
+    goto done;
 refuse:
     Py_DECREF(kept);
     Py_DECREF(apart);
     Py_DECREF(refused);
-    Py_RETURN_NONE;
+    result = Py_NewRef(Py_None);
+    goto done;
 error:
     Py_DECREF(kept);
     Py_DECREF(apart);
     Py_DECREF(refused);
-    return NULL;
+done:
+    if (groups != stack_groups) {
+        PyMem_Free(groups);
+    }
+    PyMem_Free(table);
+    return result;
 }
 
 /* ---- the upstream direction: runs of plain MSG frames, routed to application buffers ---- */

@@ -106,6 +106,35 @@ def test_c_and_python_select_the_same_frames(parts: list, seed: int) -> None:
     assert len(feed(apart)) == apart_groups
 
 
+@needs_c
+@settings(max_examples=50, deadline=None)
+@given(
+    subjects=st.lists(st.integers(0, 400), min_size=65, max_size=600),
+    seed=st.integers(0, 1 << 30),
+)
+def test_c_selects_among_many_groups_as_the_reference_does(subjects: list[int], seed: int) -> None:
+    # More groups than select_frames keeps on its stack (64): found through its hash table.
+    parts = [
+        (f"m.{k}", "inbox.1" if k % 7 == 0 else None, b"KPI-Priority: low\r\n" if k % 5 == 0 else None, b"x")
+        for k in subjects
+    ]
+    frames = build(parts)
+    found = run_groups(run_of(frames), classify, None, 0.0)
+    rng = random.Random(seed)
+    plan = [
+        (SHARE_ONE, 0) if at in found.spread else (rng.randrange(SHARE_ONE + 1), rng.randrange(SHARE_ONE))
+        for at in range(len(found.groups))
+    ]
+    entries = found.plan_entries(plan)
+    assert SELECT is not None
+    assert SELECT(frames, entries) == select_frames_py(frames, entries)
+    kept = SELECT(frames, entries)[0]  # type: ignore[index]
+    counts: dict[str, int] = {}
+    for pub in feed(kept):
+        counts[pub.subject] = counts.get(pub.subject, 0) + 1
+    assert counts == found.kept_counts(plan)
+
+
 def test_the_replies_of_a_run_are_one_group_counted_per_subject() -> None:
     # A responder's run answers many inboxes: one group per (priority, role, rule), not one per inbox,
     # and select_frames matches their frames by ANY_FRAME; the journal still counts each subject.
