@@ -42,11 +42,10 @@ from proxy.pipeline.confirmations import Confirmations
 from proxy.pipeline.deliveries import Deliveries
 from proxy.pipeline.flow import FlowControl
 from proxy.pipeline.message import OutMsg
+from proxy.pipeline.queued_runs import queued_runs, scan_run
 from proxy.pipeline.runs import (
     RunGroups,
-    queued_runs,
     run_groups,
-    scan_run,
     select_frames,
     split_run,
     stamp_critical,

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from policies.config import Priority
 from policies.roles import DATA
 from proxy.nats.protocol import ClientParser, Pub, encode_pub, header_value
-from proxy.pipeline.runs import queued_runs, run_groups, scan_run
+from proxy.pipeline.queued_runs import queued_runs, scan_run
+from proxy.pipeline.runs import run_groups
 from tests.protocol.test_select import run_of
 
 frames_st = st.lists(
