@@ -168,8 +168,8 @@ class Accounting:
         self.received_by_priority[priority] += k
         self.received_by_role[role] += k
 
-    def forward(self, subject: str, priority: Priority, role: Role = DATA) -> None:
-        """Count one message forwarded upstream."""
+    def forward(self, subject: str, priority: Priority, role: Role = DATA, count: int = 1) -> None:
+        """Count one message (or `count`) forwarded upstream."""
         if role < REPLY:
             counters = self._subjects.get(subject)
             if counters is None:
@@ -178,9 +178,9 @@ class Accounting:
                 counters.seen = self.epoch
         else:
             counters = self._role_counters[role]  # type: ignore[assignment]
-        counters.forwarded[role * _PRIORITIES + priority] += 1
-        self.forwarded += 1
-        self.forwarded_by_role[role] += 1
+        counters.forwarded[role * _PRIORITIES + priority] += count
+        self.forwarded += count
+        self.forwarded_by_role[role] += count
 
     def forward_many(self, groups: list[tuple[str, int, Priority, Role]], n: int) -> None:
         """Count `n` direct forwards given as (subject, count, priority, role): no time spent in the

@@ -27,11 +27,25 @@ MEDIUM: Final = Priority.MEDIUM
 CRITICAL: Final = Priority.CRITICAL
 
 
-class _Written(NamedTuple):
+class Written(NamedTuple):
     """A subject and role a bulk write carried (Accounting.record_batch reads these two)."""
 
     subject: str
     role: Role
+
+
+def forwards_at_once(self: Engine, can_send: bool) -> bool:
+    """Whether offer() would forward each non-critical message at once, given a rate token for it: the
+    upstream takes writes, no batching, an empty queue, no breaker records, no shedding or sampling."""
+    return not (
+        not can_send
+        or self._batch_size != 1
+        or self._unheld_queued
+        or self._breaker_records
+        or self._shed_low
+        or self._sampling_rate < 1.0
+        or self._class_raise
+    )
 
 
 def forward_batch(
@@ -43,15 +57,7 @@ def forward_batch(
     writes, no batching, an empty queue, no breaker records, no shedding or sampling, and `n` tokens.
     False: nothing was counted, offer them one by one.
     """
-    if (
-        not can_send
-        or self._batch_size != 1
-        or self._unheld_queued
-        or self._breaker_records
-        or self._shed_low
-        or self._sampling_rate < 1.0
-        or self._class_raise
-    ):
+    if not forwards_at_once(self, can_send):
         return False
     bucket = self._bucket
     if bucket.refill(now) < n:
@@ -172,7 +178,7 @@ def decide_run(
         bucket.spend(now)
     acc = self._acc
     forwarded: list[tuple[str, int, Priority, Role]] = []
-    written: list[_Written] = []
+    written: list[Written] = []
     offered = 0
     track = self._track_traffic
     for i, ((subject, count, priority, role), (group_share, phase)) in enumerate(
@@ -193,7 +199,7 @@ def decide_run(
         )
         if k:
             forwarded.append((subject, k, priority, role))
-            written.append(_Written(subject, role))
+            written.append(Written(subject, role))
         if k < count:
             shed = count - k
             gate = gated.get(i)
@@ -235,7 +241,8 @@ def queue_run(
 
     Only when offer() would have queued every kept message without a decision of its own: data only (no
     requests, replies, control or critical messages), no breaker that is not closed, no raised class, no
-    level check due, not the first message going at once, and room for all of them (sampling aside) below
+    level check due, not the first message going at once (a rate token for it, with nothing queued and no
+    batching: the rate ceiling queues the others), and room for all of them (sampling aside) below
     both the queue limit and the length that re-evaluates the level; sampling needs `order`. False:
     nothing was counted and nothing drawn, offer them one by one.
     """
@@ -268,8 +275,8 @@ def queue_run(
         sampled.append(draws)
         kept += count
     queue = self._queue
-    if not kept or (can_send and self._batch_size == 1 and not queue.size):
-        return False
+    if not kept or (can_send and self._batch_size == 1 and not queue.size and self._bucket.refill(now) >= 1):
+        return False  # the first message would go at once (offer(): _goes_now)
     held = queue.size + self._parked_count + kept
     if held > self._capacity or held >= self._escalate_queue_at:
         return False

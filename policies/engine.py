@@ -44,7 +44,7 @@ from policies.circuit_breaker import BreakerBoard, BreakerChange, BreakerSnapsho
 from policies.config import BackpressureConfig, Level, PolicyRule, Priority
 from policies.levels import HISTORY_SIZE, LevelTracker, Transition
 from policies.load import SIGNALS
-from policies.queue import CRITICAL_LANE, FINISH_LANE, PriorityQueue, lane_of
+from policies.queue import CRITICAL_LANE, FINISH_LANE, LANES, PriorityQueue, RunSlice, lane_of
 from policies.rate import RateMeter, TokenBucket
 from policies.roles import DATA, REPLY, Role, subject_role
 from policies.signal_board import SignalBoard
@@ -211,6 +211,7 @@ class Engine:
 
     # -- bound from their own modules (functions of this state, called as methods) ------------------------
     forward_batch = bulk.forward_batch
+    forwards_at_once = bulk.forwards_at_once
     decide_run = bulk.decide_run
     queue_run = bulk.queue_run
     tick = load.tick
@@ -456,10 +457,21 @@ class Engine:
             self._bucket.take(count)
             if self._hold:
                 out.extend(queue.pop_lane(CRITICAL_LANE) for _ in range(count))
-            elif self._hold_critical:
-                out.extend(queue.pop_below(CRITICAL_LANE) for _ in range(count))
             else:
-                out.extend(queue.pop() for _ in range(count))
+                # Messages of a run queued in bulk leave together (RunSlice), the others one by one.
+                below = CRITICAL_LANE if self._hold_critical else LANES + 1
+                pop_many = queue.pop_many
+                sliced = False
+                while count > 0:
+                    item = pop_many(count, below)
+                    out.append(item)
+                    if type(item) is RunSlice:
+                        count -= item.n
+                        sliced = True
+                    else:
+                        count -= 1
+                if sliced:
+                    return self._forward_sliced(out)
         return self._forward_all(out)
 
     def _forward_all(self, items: list[Any]) -> list[Any]:
@@ -468,6 +480,24 @@ class Engine:
             for item in items:
                 acc.forward(item.subject, item.priority, item.role)
             acc.record_batch(items, len(items))
+        return items
+
+    def _forward_sliced(self, items: list[Any]) -> list[Any]:
+        """_forward_all for items some of which are RunSlices (counted per group)."""
+        acc = self._acc
+        counted: list[Any] = []
+        total = 0
+        for item in items:
+            if type(item) is RunSlice:
+                for subject, k, priority, role in item.groups:
+                    acc.forward(subject, priority, role, k)
+                    counted.append(bulk.Written(subject, role))
+                total += item.n
+            else:
+                acc.forward(item.subject, item.priority, item.role)
+                counted.append(item)
+                total += 1
+        acc.record_batch(counted, total)
         return items
 
     def next_deadline(self) -> float | None:
@@ -518,6 +548,11 @@ class Engine:
     @hold_below_critical.setter
     def hold_below_critical(self, hold: bool) -> None:
         self._hold = hold
+
+    def tokens(self, now: float) -> int:
+        """Whole rate tokens in the bucket now: how many messages the ceiling lets go at once (as
+        forward_batch and decide_run count them)."""
+        return int(self._bucket.refill(now))
 
     def take_tokens(self, now: float, count: int) -> int:
         """Spend up to `count` rate tokens for messages sent outside the queue (spool replay): how many."""

@@ -29,18 +29,51 @@ _LANES_DESC = tuple(range(LANES, 0, -1))
 _EVICTABLE = (1, 2, 3, 4, 5, 6)
 
 
+# What `QueuedRun.slice_of(i, j)` gives for messages i..j-1: the shell's item for them, and their groups
+# (subject, count, priority, role) for the counters.
+Slice = tuple[Any, list[tuple[str, int, Priority, Role]]]
+
+
+class RunSlice:
+    """Several messages of a QueuedRun leaving the queue together (take()): `item` the shell's (their
+    frames, one buffer), `groups` (subject, count, priority, role), `n` messages, `size` bytes."""
+
+    __slots__ = ("groups", "item", "n", "size")
+
+    def __init__(self, item: Any, groups: list[tuple[str, int, Priority, Role]], n: int, size: int) -> None:
+        self.item = item
+        self.groups = groups
+        self.n = n
+        self.size = size
+
+
 class QueuedRun:
     """Messages `head..end-1` of one run, all of one lane: their sizes, and `make(i)`, which builds message
-    i as a queue item (the shell keeps the frames: one shared buffer and offsets, not one object each)."""
+    i as a queue item (the shell keeps the frames: one shared buffer and offsets, not one object each);
+    `slice_of(i, j)`, when given, makes messages i..j-1 one item (they leave together: `take_slice`)."""
 
-    __slots__ = ("end", "head", "make", "nbytes", "sizes")
+    __slots__ = ("end", "head", "make", "nbytes", "sizes", "slice_of")
 
-    def __init__(self, make: Callable[[int], Any], sizes: Any) -> None:
+    def __init__(
+        self, make: Callable[[int], Any], sizes: Any, slice_of: Callable[[int, int], Slice] | None = None
+    ) -> None:
         self.make = make
+        self.slice_of = slice_of
         self.sizes = sizes
         self.head = 0
         self.end = len(sizes)
         self.nbytes = sum(sizes)
+
+    def take_slice(self, k: int) -> RunSlice:
+        """Messages head..head+k-1 (at most what is left) as one RunSlice; the run keeps the rest."""
+        assert self.slice_of is not None
+        i = self.head
+        j = min(self.end, i + k)
+        size = sum(self.sizes[i:j])
+        self.head = j
+        self.nbytes -= size
+        item, groups = self.slice_of(i, j)
+        return RunSlice(item, groups, j - i, size)
 
     def __len__(self) -> int:
         return self.end - self.head
@@ -144,6 +177,32 @@ class PriorityQueue:
         self.size -= 1
         self.nbytes -= item.size
         return item
+
+    def _popleft_many(self, lane: int, k: int) -> Any:
+        """Up to `k` messages from the head of `lane`: a RunSlice of the QueuedRun there when it can make
+        one and more than one message is asked for and left, else one item (_popleft)."""
+        head = self._items[lane][0]
+        if type(head) is not QueuedRun or k < 2 or len(head) < 2 or head.slice_of is None:
+            return self._popleft(lane)
+        piece = head.take_slice(k)
+        if not head:
+            self._items[lane].popleft()
+            self._times[lane].popleft()
+        n = piece.n
+        self._by_priority[(lane + 1) // 2] -= n
+        self._counts[lane] -= n
+        self.size -= n
+        self.nbytes -= piece.size
+        return piece
+
+    def pop_many(self, k: int, below: int = LANES + 1) -> Any:
+        """pop() (or pop_below(below)), but up to `k` messages of a QueuedRun at the head leave as one
+        RunSlice (the queue is not empty below `below`)."""
+        items = self._items
+        for lane in _LANES_DESC:
+            if lane < below and items[lane]:
+                return self._popleft_many(lane, k)
+        raise IndexError(f"pop_many({k}, {below}): no item")
 
     def push_front(self, item: Any, priority: Priority, now: float, role: Role = Role.DATA) -> None:
         """Put `item` back at the head of its lane (it was received before what is queued there)."""

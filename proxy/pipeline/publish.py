@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from policies.circuit_breaker import BreakerState
 from policies.config import BatchMode, Delivery, Level, Priority
 from policies.engine import Decision, Engine, Verdict
+from policies.queue import RunSlice
 from policies.roles import DATA, REPLY, Role, role_of
 from policies.sampling import PARKED, kept_of
 from policies.verdicts import REASON_LOW_PRIORITY
@@ -51,7 +52,7 @@ from proxy.pipeline.runs import (
     stamp_critical,
 )
 from proxy.pipeline.spool_bridge import SpoolBridge
-from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN
+from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN, SplitFrom
 from proxy.ports.outbound import return_freed_memory
 from proxy.upstream.connection import Upstream
 from proxy.upstream.journal import RunEntry
@@ -138,7 +139,9 @@ class Publisher:
             msg = OutMsg(op.subject, op.reply, priority, op.size, frame, client, now, rule, role)
         return self.offer(msg, now).verdict is not BLOCK
 
-    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> int | PubRun:
+    def publish_run(
+        self, op: PubRun, now: float, client: ClientConnection | None = None
+    ) -> int | PubRun | SplitFrom:
         """Consecutive publishes (PubRun) decided per group and written as one slice (RUN_TAKEN); RUN_SPLIT:
         the caller offers them one by one (it re-parses the run); RUN_HOLD: the caller keeps the run and
         is not read until the PubAck window has room for its critical messages (`_window_full`); a PubRun:
@@ -161,6 +164,17 @@ class Publisher:
             upstream.write(frames)
             upstream.track(RunEntry(client, frames, op.counts), len(frames))
             return RUN_TAKEN
+        if not found.critical and engine.forwards_at_once(can_send):
+            # At the rate ceiling: the tokens there are take the run's first messages at once (as offer()
+            # forwards them one by one), the rest is queued in bulk behind them (_queue_run), or offered
+            # one by one.
+            tokens = engine.tokens(now)
+            if 0 < tokens < op.n:
+                head, tail = split_run(op, tokens)
+                if self.publish_run(head, now, client) != RUN_TAKEN:
+                    return RUN_SPLIT  # (the head has a token for each message: forward_batch takes it)
+                rest = self.publish_run(tail, now, client)
+                return SplitFrom(tail.frames) if rest == RUN_SPLIT else rest
         if found.critical:
             if (engine.level is Level.NONE and not found.all_critical) or self.spool_bridge.spool_mode:
                 # At none, a mixed run goes in order, message by message, as a leaf node would forward it
@@ -214,20 +228,26 @@ class Publisher:
         """A run of data that cannot be written now, queued in bulk (`Engine.queue_run`): its frames kept
         in one buffer per lane instead of one OutMsg each. False, with nothing done: offer them one by one.
 
-        Only while the upstream is away or stalled (past flowControlMs), when a queue builds up: a socket
-        backed up for a moment keeps the per-message path, whose slower intake lets the queue drain
-        sooner (the pump writes queued messages one by one, the level-none fast path only an empty
-        queue's runs: bench (a))."""
+        Only while the upstream is away or stalled (past flowControlMs), the rate ceiling holds the run
+        back (fewer tokens than messages) or messages wait in the queue: a socket backed up for a moment
+        keeps the per-message path, whose slower intake lets the queue drain sooner (the pump writes
+        queued messages one by one, the level-none fast path only an empty queue's runs: bench (a))."""
         upstream = self.upstream
-        if upstream.connected and not self.flow.upstream_stalled:
-            return False
         if found.critical or any(group[3] is not DATA for group in found.groups):
             return False
+        engine = self.engine
+        if (
+            upstream.connected
+            and not self.flow.upstream_stalled
+            and not engine.queue_size
+            and engine.tokens(now) >= op.n
+        ):
+            return False  # not held back by the upstream, the rate ceiling or messages queued before
         frames = op.frames
         scanned = scan_run(frames, found, self.max_payload)
         if scanned is None:
             return False
-        queued = self.engine.queue_run(
+        queued = engine.queue_run(
             found.groups,
             now,
             upstream.can_send,
@@ -498,14 +518,18 @@ class Publisher:
     def write_all(self, msgs: list[OutMsg], now: float) -> None:
         """`write` for each of `msgs`, in order, their frames in one upstream write (a slice the queue
         released, a run's critical messages)."""
-        if len(msgs) < 2:
+        if len(msgs) < 2 and not (msgs and type(msgs[0]) is RunSlice):
             for msg in msgs:
                 self.write(msg, now)
             return
         upstream = self.upstream
-        written: list[OutMsg] = []
+        written: list[Any] = []
         frames: list[bytes] = []
         for msg in msgs:
+            if type(msg) is RunSlice:
+                written.append(msg)
+                frames.append(msg.item.frames)
+                continue
             rule = msg.rule
             if (
                 rule is not None
@@ -521,9 +545,24 @@ class Publisher:
             return
         upstream.write(b"".join(frames))
         for msg in written:
+            if type(msg) is RunSlice:
+                self._written_slice(msg, now)
+                continue
             if msg.priority is not CRITICAL:
                 upstream.track(msg, len(msg.frame))
             self._written(msg, now)
+
+    def _written_slice(self, piece: RunSlice, now: float) -> None:
+        """`_written` for messages of a run queued in bulk that left the queue together: one journal
+        entry, one latency observation per group, a half-open breaker's trials noted."""
+        held = piece.item
+        self.upstream.track(RunEntry(held.client, held.frames, held.counts), len(held.frames))
+        engine = self.engine
+        waited = now - held.received_at
+        for subject, k, _, role in piece.groups:
+            engine.observe_latency(subject, waited, role, k)
+            if engine.has_breakers and engine.breaker_state(subject) is HALF_OPEN:
+                self.confirmations.note_trial(subject)
 
     def _written(self, msg: OutMsg, now: float) -> None:
         """What follows a message's upstream write: echo, latency, its PubAck or PONG confirmation."""
@@ -633,9 +672,17 @@ class Publisher:
                 count = PUMP_FIRST_SLICE if not mean else max(1, min(PUMP_SLICE, room // mean))
                 msgs = self.engine.take(now, count)
                 self.write_all(msgs, now)
-                if len(msgs) < count:
+                taken = nbytes = 0
+                for msg in msgs:
+                    if type(msg) is RunSlice:
+                        taken += msg.n
+                        nbytes += len(msg.item.frames)
+                    else:
+                        taken += 1
+                        nbytes += len(msg.frame)
+                if taken < count:
                     break
-                mean = max(1, sum(len(msg.frame) for msg in msgs) // len(msgs))
+                mean = max(1, nbytes // taken)
         self._released()
         self.flow.resume_held()
         deadline = self.engine.next_deadline()

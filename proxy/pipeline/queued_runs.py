@@ -6,10 +6,11 @@ made into the OutMsg the per-message path would have queued only as it leaves th
 from __future__ import annotations
 
 from array import array
+from collections import Counter
 from typing import Any
 
 from policies.config import PolicyRule, Priority
-from policies.queue import QueuedRun
+from policies.queue import QueuedRun, Slice
 from policies.roles import DATA
 from proxy.nats.parser import _header_priority
 from proxy.pipeline.message import OutMsg
@@ -49,6 +50,35 @@ class QueuedFrames:
         return OutMsg(
             subject, None, priority, self.sizes[i], frame, self.client, self.received_at, rule, DATA
         )
+
+    def slice(self, i: int, j: int) -> Slice:
+        """Messages i..j-1 as one QueuedSlice, and their groups (subject, count, priority, role)."""
+        metas = self.metas
+        groups = self.groups
+        if groups is None:
+            subject, priority, _ = metas[0]
+            counted = [(subject, j - i, priority, DATA)]
+        else:
+            counted = [(metas[g][0], k, metas[g][1], DATA) for g, k in Counter(groups[i:j]).items()]
+        counts: dict[str, int] = {}
+        for subject, k, _, _ in counted:
+            counts[subject] = counts.get(subject, 0) + k
+        offsets = self.offsets
+        frames = self.buf[offsets[i] : offsets[j]]
+        return QueuedSlice(frames, counts, self.client, self.received_at), counted
+
+
+class QueuedSlice:
+    """Messages of a QueuedFrames leaving the queue together: their frames (one buffer), count per
+    subject (the journal's RunEntry), the client that sent them and when they were received."""
+
+    __slots__ = ("client", "counts", "frames", "received_at")
+
+    def __init__(self, frames: bytes, counts: dict[str, int], client: Any, received_at: float) -> None:
+        self.frames = frames
+        self.counts = counts
+        self.client = client
+        self.received_at = received_at
 
 
 def scan_run(
@@ -122,7 +152,7 @@ def queued_runs(
             client,
             now,
         )
-        return [(lane, QueuedRun(held.make, sizes))]
+        return [(lane, QueuedRun(held.make, sizes, held.slice))]
     out: list[tuple[int, QueuedRun]] = []
     n = len(starts)
     for lane in sorted(used):
@@ -156,5 +186,5 @@ def queued_runs(
             client,
             now,
         )
-        out.append((lane, QueuedRun(held.make, lane_sizes)))
+        out.append((lane, QueuedRun(held.make, lane_sizes, held.slice)))
     return out

@@ -25,7 +25,18 @@ if TYPE_CHECKING:
 RUN_SPLIT: Final = 0  # not taken: the connection offers its messages one by one
 RUN_TAKEN: Final = 1  # decided and written
 RUN_HOLD: Final = 2  # not now: the connection keeps it and is not read until the sidecar has room
-# (or a PubRun: the part of the run not taken, which the connection keeps in the same way)
+# (or a PubRun: the part of the run not taken, which the connection keeps in the same way; or a
+# SplitFrom: the run's first messages taken, the rest to offer one by one)
+
+
+class SplitFrom:
+    """What `publish_run` returns when it took a run's first messages and the connection is to offer
+    the rest, `frames`, one by one (RUN_SPLIT for that part)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: bytes) -> None:
+        self.frames = frames
 
 
 class UpstreamLink(Protocol):
@@ -65,7 +76,9 @@ class ClientHost(Protocol):
 
     # -- publish path and flow control
     def publish(self, client: ClientConnection | None, op: Pub, now: float) -> bool: ...
-    def publish_run(self, op: PubRun, now: float, client: ClientConnection | None = None) -> int | PubRun: ...
+    def publish_run(
+        self, op: PubRun, now: float, client: ClientConnection | None = None
+    ) -> int | PubRun | SplitFrom: ...
     def after_ingest(self) -> None: ...
     def hold_client(self, client: ClientConnection) -> None: ...
     def flow_pause(self, client: ClientConnection) -> None: ...

@@ -33,7 +33,7 @@ from proxy.nats.protocol import (
     is_valid_subject,
     status_message_headers,
 )
-from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN
+from proxy.ports.host import RUN_HOLD, RUN_SPLIT, RUN_TAKEN, SplitFrom
 from proxy.ports.subscription import ClientSub
 
 if TYPE_CHECKING:
@@ -135,12 +135,14 @@ class ClientConnection(asyncio.Protocol):
                 taken = host.publish_run(op, now, self) if plain else RUN_SPLIT
                 if taken == RUN_TAKEN:
                     continue
-                if taken != RUN_SPLIT:  # the PubAck window is full: hold it (or its rest), as a PUB below
+                if taken != RUN_SPLIT and type(taken) is not SplitFrom:
+                    # The PubAck window is full: hold it (or its rest), as a PUB below.
                     self._hold(ops[i:] if taken == RUN_HOLD else [taken, *ops[i + 1 :]])
                     break
                 split = ClientParser(max_payload=-1)
                 split.headers = True  # HPUBs in a run were accepted already
-                self.process(split.feed_data(op.frames) + list(ops[i + 1 :]), now)
+                frames = taken.frames if type(taken) is SplitFrom else op.frames
+                self.process(split.feed_data(frames) + list(ops[i + 1 :]), now)
                 return
             if kind is Pub:
                 if not self.connect_received and host.client_auth_required:
