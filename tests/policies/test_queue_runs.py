@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from policies.config import Level, Priority
 from policies.engine import Engine
-from policies.queue import LANES, PriorityQueue, QueuedRun, lane_of
+from policies.queue import LANES, PriorityQueue, QueuedRun, RunSlice, lane_of
 from policies.roles import Role
 from tests.policies.fakes import Clock, Msg, make_engine, reconciles, tick_load
 
@@ -44,7 +44,11 @@ def groups_of(msgs: list[Msg]) -> list[tuple[str, int, Priority, Role]]:
     return [(s, k, p, DATA) for (s, p), k in counts.items()]
 
 
-def queue_run(engine: Engine, msgs: list[Msg], now: float, can_send: bool = False) -> bool:
+def queue_run(
+    engine: Engine, msgs: list[Msg], now: float, can_send: bool = False, slices: bool = False
+) -> bool:
+    """engine.queue_run of `msgs`; with `slices`, its QueuedRuns let messages leave together (RunSlice,
+    their item the list of those messages)."""
     groups = groups_of(msgs)
     index = {(s, p): g for g, (s, _, p, _) in enumerate(groups)}
 
@@ -55,10 +59,16 @@ def queue_run(engine: Engine, msgs: list[Msg], now: float, can_send: bool = Fals
         for lane in sorted({lane for lane in lanes if lane}):
             mine = [m for i, m in enumerate(msgs) if lanes[order[i]] == lane and (keep is None or keep[i])]
             if mine:
-                out.append((lane, QueuedRun(mine.__getitem__, [m.size for m in mine])))
+                cut = (lambda i, j, mine=mine: (mine[i:j], groups_of(mine[i:j]))) if slices else None
+                out.append((lane, QueuedRun(mine.__getitem__, [m.size for m in mine], cut)))
         return out
 
     return engine.queue_run(groups, now, can_send, build, order)
+
+
+def expand(items: list[Any]) -> list[Any]:
+    """The messages of take()'s items, RunSlices opened."""
+    return [m for item in items for m in (item.item if type(item) is RunSlice else [item])]
 
 
 def offer_all(engine: Engine, msgs: list[Msg], now: float, can_send: bool = False) -> list[Any]:
@@ -156,6 +166,52 @@ def test_the_rate_ceiling_takes_part_of_a_run_and_the_rest_stays_at_the_head() -
     assert out_bulk == out_one
     assert 0 < len(out_bulk) < len(MIXED)  # partly taken: the rest is still queued
     assert ids(list(bulk._queue)) == ids(list(one._queue))
+
+
+@pytest.mark.parametrize("hold_critical", [False, True])
+def test_queued_runs_leave_in_slices_with_the_counts_of_one_by_one(hold_critical: bool) -> None:
+    # The pump writes a RunSlice as one buffer and one journal entry instead of one OutMsg each: the
+    # same messages in the same order, the same counters (forwarded per subject and priority, batches).
+    clock, one, bulk = pair(max_queue_size=1000, max_publish_rate=10, rate_burst_seconds=1)
+    for engine in (one, bulk):
+        engine.take(clock.now)
+        engine.hold_critical = hold_critical  # (take() then pops below the critical lane)
+    offer_all(one, MIXED, clock.now)
+    assert queue_run(bulk, MIXED, clock.now, slices=True)
+    out_one: list[int] = []
+    out_bulk: list[int] = []
+    slices = 0
+    for _ in range(8):
+        taken = bulk.take(clock.now, limit=7)
+        slices += sum(type(item) is RunSlice for item in taken)
+        assert sum(item.n if type(item) is RunSlice else 1 for item in taken) <= 7
+        out_bulk += ids(expand(taken))
+        out_one += ids(one.take(clock.now, limit=7))
+        assert state(bulk) == state(one)
+        assert bulk.forwarded_by_subject_role() == one.forwarded_by_subject_role()
+        clock.advance(0.35)
+    assert out_bulk == out_one and 0 < len(out_bulk) < len(MIXED)
+    assert slices > 0
+    assert ids(list(bulk._queue)) == ids(list(one._queue))
+    assert ids(bulk.drain(clock.now)) == ids(one.drain(clock.now))
+    assert state(bulk) == state(one) and reconciles(bulk)
+
+
+def test_at_the_ceiling_a_run_with_no_token_for_its_first_message_is_queued_in_bulk() -> None:
+    # Before, queue_run refused at level none with nothing queued (offer() would forward the first
+    # message at once), even with no rate token for it: the ceiling sent every run message by message.
+    clock, one, bulk = pair(max_queue_size=1000, max_publish_rate=10, rate_burst_seconds=1)
+    for engine in (one, bulk):
+        engine.take_tokens(clock.now, 10)  # the bucket empty
+    msgs = run_of([("a", MEDIUM, 5), ("b", HIGH, 5)])
+    offer_all(one, msgs, clock.now, can_send=True)
+    assert queue_run(bulk, msgs, clock.now, can_send=True)
+    assert state(bulk) == state(one) and bulk.queue_size == 10
+    # With a token and nothing queued, the first message goes at once: not queued in bulk.
+    _, _, fresh = pair(max_queue_size=1000, max_publish_rate=10, rate_burst_seconds=1)
+    assert fresh.tokens(clock.now) >= 1
+    assert not queue_run(fresh, run_of([("a", MEDIUM, 3)]), clock.now, can_send=True)
+    assert fresh.queue_size == 0 and fresh.received == 1  # (the warm-up message)
 
 
 def test_take_back_goes_ahead_of_what_is_left_of_a_run() -> None:
