@@ -249,7 +249,7 @@ def cmd_pub(args: argparse.Namespace) -> None:
                 sent += due
             time.sleep(tick)
     t_sent = monotonic()
-    t_pong = finish(sock, args.end, critical=args.headers != "plain")
+    t_pong = finish(sock, args.end, critical=args.headers != "plain" or args.end_critical)
     emit("result", sent=sent, t_start=t_start, t_sent=t_sent, t_pong=t_pong)
 
 
@@ -599,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain PUBs, or HPUBs with KPI-Priority: low|medium|high|critical|mix",
     )
     p.add_argument("--reply", default=None, help="requests: every publish with this reply subject")
+    p.add_argument("--end-critical", action="store_true", help="the end marker is critical (never shed)")
     p.add_argument("--msg-id", default="", help="HPUBs with Nats-Msg-Id <this>-<i>, --count of them")
     p.add_argument("--count", type=int, default=100_000)
     p.set_defaults(func=cmd_pub)

@@ -123,6 +123,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 back < 2.0,
             )
         )
+    ceiling = results.get("ceiling")
+    if ceiling and ceiling["rounds"]:
+        share = statistics.median(p["forwarded"] for p in ceiling["rounds"]) / ceiling["rate"]
+        out["targets"].append(
+            ("forwarded / rate ceiling under a flood", f"{share:.2f}x", ">= 0.9x", share >= 0.9)
+        )
     http = [r for r in runs if r["workload"] == "http" and "batch_p99_us" in r]
     if http:
         p99 = statistics.median(r["batch_p99_us"] for r in http) / 1000
@@ -262,6 +268,13 @@ def render_markdown(summary: dict[str, Any], results: dict[str, Any]) -> str:
             f"<br>drained: {queue['rss_drained_mb']:.1f}"
         )
         lines.append(_row("(l) sidecar RSS with a queue, MB", "-", "-", text, "-", "-"))
+    ceiling = results.get("ceiling")
+    if ceiling and ceiling["rounds"]:
+        forwarded = statistics.median(p["forwarded"] for p in ceiling["rounds"])
+        intake = statistics.median(p["intake"] for p in ceiling["rounds"])
+        text = f"forwarded {forwarded:,.0f}<br>intake {intake:,.0f}"
+        title = f"(m) raw 128 B flood, rate ceiling {ceiling['rate']:,}/s, msg/s"
+        lines.append(_row(title, "-", "-", text, "-", "-"))
     distinct = results.get("distinct")
     if distinct:
         steps = "<br>".join(f"{p['step']}: {p['rss_mb']:.1f}" for p in distinct)

@@ -695,6 +695,37 @@ class Bench:
         )
         self.restart_with(None)
 
+    # (m) ------------------------------------------------------------------------------------------
+    def ceiling(self, rate: int = 200_000, size: int = 128) -> None:
+        """A raw publisher flooding a sidecar whose rate ceiling (maxPublishRate) is `rate`: the rate the
+        subscriber on the hub gets (the ceiling, when the sidecar keeps up with its own limit) and the
+        intake (what the publisher got taken in charge; the rest of the flood is queued, then sampled
+        as the queue raises the level)."""
+        points = []
+        try:
+            for r in range(self.s.rounds):
+                self.restart_with({"maxPublishRate": rate})  # each round from an empty queue, at none
+                publisher = ["pub", "--addr", self.topo.addr("sidecar"), "--subject", "{subject}"]
+                publisher += ["--end", "{end}", "--size", str(size), "--duration", str(self.s.duration)]
+                # The marker goes ahead of the queue (critical lane): the rate is over what came before.
+                publisher += ["--end-critical"]
+                with self.unwatched():  # the queue the ceiling builds raises the level on purpose
+                    res = self.flow("sidecar", publisher, self.s.duration)
+                pub, sub = res["pub"], res["sub"]
+                span = sub["t_last"] - sub["t_first"]
+                forwarded = (sub["count"] - sub["first_chunk"]) / span if span > 0 else float("nan")
+                intake = pub["sent"] / (pub["t_pong"] - pub["t_start"])
+                points.append(
+                    {"round": r, "forwarded": forwarded, "intake": intake, "loadavg": res["loadavg"]}
+                )
+                self.say(
+                    f"  ceiling {rate:,}/s round {r}: forwarded {forwarded:12,.0f} msg/s, intake "
+                    f"{intake:12,.0f} msg/s (sidecar CPU {res['resources']['sidecar']['cpu_percent']:.0f} %)"
+                )
+        finally:
+            self.restart_with(None)
+        self.results["ceiling"] = {"rate": rate, "rounds": points}
+
     # (c) ------------------------------------------------------------------------------------------
     def request_reply(self) -> None:
         # No admin-API polling meanwhile: an HTTP request handled by the sidecar would show in p99.
@@ -933,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     ap.add_argument(
-        "--only", default="a,b,c,d,e,f,g,h,i,j,k,l", help="comma-separated workloads to run (a..l)"
+        "--only", default="a,b,c,d,e,f,g,h,i,j,k,l,m", help="comma-separated workloads to run (a..m)"
     )
     ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths to measure")
     ap.add_argument("--out", type=Path, default=None, help="directory for results.json, profiles, logs")
@@ -1008,6 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.shedding("high")
             bench.shedding("critical")
             bench.shedding("critical", requests=True)
+        if "m" in only:
+            say("(m) a raw 128 B flood through a sidecar whose rate ceiling is 200,000 msg/s")
+            bench.ceiling()
         if "c" in only:
             say(f"(c) request-reply at {settings.rr_rate:,.0f} req/s")
             bench.request_reply()
