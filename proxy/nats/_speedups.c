@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <stdint.h>
 #include <structmember.h>
 
 static int
@@ -704,6 +705,133 @@ done:
         PyMem_Free(groups);
     }
     PyMem_Free(table);
+    return result;
+}
+
+PyDoc_STRVAR(scan_groups_doc,
+"scan_groups(frames, keys, max_payload) -> (starts, sizes, which) | None\n\n"
+"proxy/pipeline/queued_runs.scan_run_py in C: for each publish of a run of data (PUB or HPUB without a\n"
+"reply subject), where its frame starts and its size (uint32 each) and its group (uint16), the group\n"
+"named by keys: a list of (subject: bytes, code, group) with code the KPI-Priority code (0: none).\n"
+"None when a frame has a reply subject, no group, a size over max_payload, or is not one it reads.");
+
+static PyObject *
+scan_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan_groups(frames: bytes, keys: list, max_payload: int)");
+        return NULL;
+    }
+    long long max_payload = PyLong_AsLongLong(args[2]);
+    if (max_payload == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *keys = args[1];
+    Py_ssize_t nkeys = PyList_GET_SIZE(keys);
+    if (nkeys > INT_MAX / 4) {
+        Py_RETURN_NONE;
+    }
+    select_group *groups = PyMem_Malloc(sizeof(select_group) * (size_t)(nkeys > 0 ? nkeys : 1));
+    size_t size = 1;
+    while (size < (size_t)nkeys * 2) {
+        size <<= 1;
+    }
+    int *table = PyMem_Calloc(size, sizeof(int));
+    uint32_t *starts = NULL, *sizes = NULL;
+    uint16_t *which = NULL;
+    PyObject *result = NULL;
+    if (groups == NULL || table == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t mask = size - 1;
+    for (Py_ssize_t k = 0; k < nkeys; k++) {
+        PyObject *item = PyList_GET_ITEM(keys, k);
+        PyObject *subj;
+        int code;
+        long long group;
+        if (!PyTuple_CheckExact(item) || !PyArg_ParseTuple(item, "SiL", &subj, &code, &group)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "scan_groups(): a key is (bytes, int, int)");
+            }
+            goto done;
+        }
+        if (group < 0 || group > 0xffff) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        groups[k].subj = PyBytes_AS_STRING(subj);
+        groups[k].len = PyBytes_GET_SIZE(subj);
+        groups[k].code = code;
+        groups[k].request = 0;
+        groups[k].share = group; /* the group index, here */
+        size_t h = select_hash((const unsigned char *)groups[k].subj, groups[k].len, code, 0) & mask;
+        while (table[h] != 0) {
+            h = (h + 1) & mask;
+        }
+        table[h] = (int)k + 1;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t cap = n / 11 + 1; /* no frame is shorter than "PUB a 0\r\n\r\n" */
+    starts = PyMem_Malloc(sizeof(uint32_t) * (size_t)cap);
+    sizes = PyMem_Malloc(sizeof(uint32_t) * (size_t)cap);
+    which = PyMem_Malloc(sizeof(uint16_t) * (size_t)cap);
+    if (starts == NULL || sizes == NULL || which == NULL || n > 0xffffffffLL) {
+        if (n > 0xffffffffLL) {
+            result = Py_NewRef(Py_None);
+        }
+        else {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    Py_ssize_t count = 0, pos = 0;
+    int last = -1;
+    while (pos < n) {
+        const unsigned char *p = buf + pos;
+        pub_frame f;
+        if (!parse_pub(p, n - pos, &f) || f.ntok != 2 + f.hpub || f.size > max_payload || count >= cap) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        int code = f.hpub ? header_priority(p + f.line_len, (Py_ssize_t)f.hdr) : 0;
+        int g = -1;
+        if (code >= 0) {
+            if (last >= 0 && groups[last].code == code && groups[last].len == f.lens[0] &&
+                memcmp(groups[last].subj, f.toks[0], (size_t)f.lens[0]) == 0) {
+                g = last;
+            }
+            else {
+                size_t h = select_hash(f.toks[0], f.lens[0], code, 0) & mask;
+                for (; table[h] != 0; h = (h + 1) & mask) {
+                    select_group *c = &groups[table[h] - 1];
+                    if (c->code == code && c->len == f.lens[0] && memcmp(c->subj, f.toks[0], (size_t)f.lens[0]) == 0) {
+                        g = table[h] - 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if (g < 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        last = g;
+        starts[count] = (uint32_t)pos;
+        sizes[count] = (uint32_t)f.size;
+        which[count] = (uint16_t)groups[g].share;
+        count++;
+        pos += f.frame_len;
+    }
+    result = Py_BuildValue("(y#y#y#)", (const char *)starts, (Py_ssize_t)(count * 4), (const char *)sizes,
+                           (Py_ssize_t)(count * 4), (const char *)which, (Py_ssize_t)(count * 2));
+done:
+    PyMem_Free(groups);
+    PyMem_Free(table);
+    PyMem_Free(starts);
+    PyMem_Free(sizes);
+    PyMem_Free(which);
     return result;
 }
 
@@ -1693,6 +1821,7 @@ static PyMethodDef speedups_methods[] = {
     {"settle_acks", (PyCFunction)(void (*)(void))settle_acks, METH_FASTCALL, settle_acks_doc},
     {"stamp_critical", (PyCFunction)(void (*)(void))stamp_critical, METH_FASTCALL, stamp_critical_doc},
     {"frame_items", (PyCFunction)(void (*)(void))frame_items, METH_FASTCALL, frame_items_doc},
+    {"scan_groups", (PyCFunction)(void (*)(void))scan_groups, METH_FASTCALL, scan_groups_doc},
     {"ndjson_array", (PyCFunction)(void (*)(void))ndjson_array, METH_FASTCALL, ndjson_array_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -19,6 +19,7 @@ StampCritical = Callable[
 ]
 FrameItems = Callable[[list, Callable, int], "tuple[bytes, bytes, dict] | None"]
 NdjsonArray = Callable[[bytes], "tuple[bytes, int] | None"]
+ScanGroups = Callable[[bytes, list, int], "tuple[bytes, bytes, bytes] | None"]
 scan_pubs: ScanPubs | None = None
 scan_msgs: ScanMsgs | None = None
 route_msgs: RouteMsgs | None = None
@@ -27,12 +28,14 @@ settle_acks: SettleAcks | None = None
 stamp_critical: StampCritical | None = None
 frame_items: FrameItems | None = None
 ndjson_array: NdjsonArray | None = None
+scan_groups: ScanGroups | None = None
 if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
     try:
         from proxy.nats._speedups import (
             frame_items,
             ndjson_array,
             route_msgs,
+            scan_groups,
             scan_msgs,
             scan_pubs,
             select_frames,
@@ -41,5 +44,5 @@ if not os.environ.get("KPI_SIDECAR_NO_EXTENSIONS"):
         )
     except ImportError:  # not built (no C compiler at install time): the pure-Python parser alone
         scan_pubs = scan_msgs = route_msgs = select_frames = settle_acks = stamp_critical = None
-        frame_items = ndjson_array = None
+        frame_items = ndjson_array = scan_groups = None
 SPEEDUPS = scan_pubs is not None

@@ -12,9 +12,13 @@ from typing import Any
 from policies.config import PolicyRule, Priority
 from policies.queue import QueuedRun, Slice
 from policies.roles import DATA
+from proxy.nats import speedups
 from proxy.nats.parser import _header_priority
 from proxy.pipeline.message import OutMsg
 from proxy.pipeline.runs import RunGroups, _wire
+
+# The C scanner when built; its uint32 and uint16 arrays are those of array("I") and array("H").
+_scan_groups = speedups.scan_groups if array("I").itemsize == 4 and array("H").itemsize == 2 else None
 
 
 class QueuedFrames:
@@ -81,11 +85,33 @@ class QueuedSlice:
         self.received_at = received_at
 
 
-def scan_run(
-    frames: bytes, found: RunGroups, max_payload: int
-) -> tuple[array[int], array[int], array[int]] | None:
+Scanned = tuple["array[int]", "array[int]", "array[int]"]
+
+
+def scan_run(frames: bytes, found: RunGroups, max_payload: int) -> Scanned | None:
     """Each publish of a run of data (no reply subjects): where its frame starts, its size, and its
-    group in `found`; None when one is over `max_payload` or not plain data (the per-message path)."""
+    group in `found`; None when one is over `max_payload` or not plain data (the per-message path).
+    In C (`scan_groups`) when built, else `scan_run_py`."""
+    if _scan_groups is None:
+        return scan_run_py(frames, found, max_payload)
+    keys = [
+        (_wire(subject), code, g)
+        for g, group_keys in enumerate(found.keys)
+        for subject, code, request in group_keys
+        if not request
+    ]
+    scanned = _scan_groups(frames, keys, max_payload)
+    if scanned is None:
+        return None
+    starts, sizes, which = array("I"), array("I"), array("H")
+    starts.frombytes(scanned[0])
+    sizes.frombytes(scanned[1])
+    which.frombytes(scanned[2])
+    return starts, sizes, which
+
+
+def scan_run_py(frames: bytes, found: RunGroups, max_payload: int) -> Scanned | None:
+    """scan_run in Python: the reference of the C scan_groups."""
     groups: dict[tuple[bytes, int], int] = {}
     for g, keys in enumerate(found.keys):
         for subject, code, request in keys:
@@ -122,7 +148,7 @@ def scan_run(
 
 def queued_runs(
     frames: bytes,
-    scanned: tuple[array[int], array[int], array[int]],
+    scanned: Scanned,
     found: RunGroups,
     lanes: list[int],
     keep: bytearray | None,

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from policies.config import Priority
 from policies.roles import DATA
+from proxy.nats import speedups
 from proxy.nats.protocol import ClientParser, Pub, encode_pub, header_value
-from proxy.pipeline.queued_runs import queued_runs, scan_run
+from proxy.pipeline.queued_runs import queued_runs, scan_run, scan_run_py
 from proxy.pipeline.runs import run_groups
 from tests.protocol.test_select import run_of
 
@@ -78,3 +79,34 @@ def test_a_message_over_max_payload_or_with_a_reply_is_left_to_the_per_message_p
     found = run_groups(op, classify, None, 0.0)
     assert scan_run(op.frames, found, 100) is not None
     assert scan_run(op.frames, found, 99) is None
+
+
+@given(
+    parts=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b.c", "café", "d"]),
+            st.sampled_from([None, None, "inbox.1"]),
+            st.sampled_from([None, b"", b"KPI-Priority: low\r\n", b"KPI-Priority: x\r\n", b"X: 1\r\n"]),
+            st.binary(max_size=30),
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    max_payload=st.sampled_from([20, 1 << 20]),
+    drop_group=st.booleans(),
+)
+def test_the_c_scan_of_a_run_is_the_python_one(parts: list, max_payload: int, drop_group: bool) -> None:
+    # scan_groups (C) and scan_run_py: the same starts, sizes and groups, or both decline (a request,
+    # a size over max_payload, a frame whose key has no group).
+    frames = b"".join(
+        encode_pub(subject, reply, payload, None if block is None else b"NATS/1.0\r\n" + block + b"\r\n")
+        for subject, reply, block, payload in parts
+    )
+    found = run_groups(run_of(frames), classify, None, 0.0)
+    if drop_group and len(found.keys) > 1:
+        found.keys[0] = ()  # (a key with no group: both decline)
+    want = scan_run_py(frames, found, max_payload)
+    got = scan_run(frames, found, max_payload)
+    assert got == want
+    if speedups.scan_groups is not None and want is not None:
+        assert [a.typecode for a in got] == ["I", "I", "H"]  # type: ignore[union-attr]
