@@ -6,9 +6,11 @@ the per-message path gives (it passes these tests too); the speed is `make bench
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -69,6 +71,19 @@ def flooded_config(server: NatsServer) -> dict[str, Any]:
     )
 
 
+@contextlib.asynccontextmanager
+async def held_at(proc: SidecarProcess, level: str, rate: float) -> AsyncIterator[None]:
+    """A Flood at `rate` msg/s (flooded_config: 1,600 holds high, 2,600 critical, 0 none) until the
+    sidecar is at `level`, then 2 s for the rate tokens the flood leaves to build up."""
+    with Flood(proc.ports["nats"], "flood.bulk", rate):
+        deadline = time.monotonic() + 15
+        while proc.status()["degradationLevel"] != level:
+            assert time.monotonic() < deadline, proc.status()["degradationLevel"]
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)
+        yield
+
+
 async def collect(nc: nats.NATS, subject: str) -> tuple[Counter[str], list[Any]]:
     counts: Counter[str] = Counter()
     msgs: list[Any] = []
@@ -108,12 +123,7 @@ async def test_a_priority_mix_at_high_is_shed_sampled_and_kept_per_group(
     direct = await nats.connect(nats_server.url)
     counts, msgs = await collect(direct, "bulk.mix")
     sent: Counter[str] = Counter()
-    with Flood(proc.ports["nats"], "flood.bulk", 1600):  # 160 % of the ceiling: level high
-        deadline = time.monotonic() + 15
-        while proc.status()["degradationLevel"] != "high":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(2.0)  # the tokens the flood leaves build up
+    async with held_at(proc, "high", 1600):  # 160 % of the ceiling: level high
         for burst in range(5):
             # 200 messages at once: the rate stays under 200 % (critical)
             frames = [hpub("bulk.mix", MIX[i % 20], b"%d.%d" % (burst, i)) for i in range(200)]
@@ -152,12 +162,7 @@ async def test_low_requests_of_a_run_get_their_503_and_the_rest_goes(
         priority = MIX[i % 20]
         frames.append(hpub("bulk.svc", priority, b"%d" % i, f"inbox.{i}"))
         (low if priority == "low" else others).append(i)
-    with Flood(proc.ports["nats"], "flood.bulk", 1600 if level == "high" else 2600):
-        deadline = time.monotonic() + 15
-        while proc.status()["degradationLevel"] != level:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(2.0)  # tokens for the run
+    async with held_at(proc, level, 1600 if level == "high" else 2600):
         sock = raw_client(proc.ports["nats"])
         sock.sendall(b"SUB inbox.> 7\r\n" + b"".join(frames) + b"PING\r\n")
         buf = b""
@@ -194,12 +199,7 @@ async def test_critical_messages_of_a_run_wait_for_an_open_breaker_and_go_when_i
     for i in range(100):
         frames.append(hpub("bulk.broken", "critical" if i % 10 == 0 else "high", b"b%d" % i))
         frames.append(hpub("bulk.fine", "high", b"f%d" % i))
-    with Flood(proc.ports["nats"], "flood.bulk", 1600 if level == "high" else 0):
-        deadline = time.monotonic() + 15
-        while proc.status()["degradationLevel"] != level:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(2.0)  # tokens for the run
+    async with held_at(proc, level, 1600 if level == "high" else 0):
         before = proc.status()["droppedByReason"].get("circuit_breaker", 0)
         sock = raw_client(proc.ports["nats"])
         sock.sendall(b"".join(frames))
