@@ -701,6 +701,11 @@ class Bench:
         subscriber on the hub gets (the ceiling, when the sidecar keeps up with its own limit) and the
         intake (what the publisher got taken in charge; the rest of the flood is queued, then sampled
         as the queue raises the level)."""
+        # The queue the ceiling builds raises the level on purpose, until the sidecar is restarted.
+        with self.unwatched():
+            self._ceiling(rate, size)
+
+    def _ceiling(self, rate: int, size: int) -> None:
         points = []
         try:
             for r in range(self.s.rounds):
@@ -709,8 +714,7 @@ class Bench:
                 publisher += ["--end", "{end}", "--size", str(size), "--duration", str(self.s.duration)]
                 # The marker goes ahead of the queue (critical lane): the rate is over what came before.
                 publisher += ["--end-critical"]
-                with self.unwatched():  # the queue the ceiling builds raises the level on purpose
-                    res = self.flow("sidecar", publisher, self.s.duration)
+                res = self.flow("sidecar", publisher, self.s.duration)
                 pub, sub = res["pub"], res["sub"]
                 span = sub["t_last"] - sub["t_first"]
                 forwarded = (sub["count"] - sub["first_chunk"]) / span if span > 0 else float("nan")
