@@ -126,6 +126,10 @@ class Upstream:
         proto = self._proto
         if not self.connected or proto is None or proto.transport is None:
             return False
+        if hold and not proto.reading_held and self._ping_quiet:
+            # A PONG that waits in the unread socket measures the sidecar, not the server: the round
+            # trips of the PINGs in flight are no latency samples (nor is their age).
+            self._ping_quiet = deque(False for _ in self._ping_quiet)
         proto.hold_reading(hold)
         return True
 
@@ -206,7 +210,9 @@ class Upstream:
         self._pong_waiters.append(self._pending_callbacks or None)
         self._ping_sent_at.append(time.monotonic())
         # A PING behind megabytes measures throughput (the server reads them first), not latency.
-        self._ping_quiet.append(self.journal.nbytes + self.pending_bytes <= RTT_QUIET_BYTES)
+        # Nor is one whose PONG would wait while the upstream is not read (delivery flow).
+        quiet = not proto.reading_held and self.journal.nbytes + self.pending_bytes <= RTT_QUIET_BYTES
+        self._ping_quiet.append(quiet)
         self._pending_callbacks = []
         self._ping_requested = False
         self.pings_written += 1
