@@ -229,9 +229,9 @@ class Publisher:
         in one buffer per lane instead of one OutMsg each. False, with nothing done: offer them one by one.
 
         Only while the upstream is away or stalled (past flowControlMs), the rate ceiling holds the run
-        back (fewer tokens than messages) or messages wait in the queue: a socket backed up for a moment
-        keeps the per-message path, whose slower intake lets the queue drain sooner (the pump writes
-        queued messages one by one, the level-none fast path only an empty queue's runs: bench (a))."""
+        back (fewer tokens than messages) or messages wait in the queue (they go first; the pump writes
+        a queued run's messages in slices, RunSlice): with an empty queue and a socket backed up for a
+        moment, the per-message path's slower intake lets the socket drain (bench (a))."""
         upstream = self.upstream
         if found.critical or any(group[3] is not DATA for group in found.groups):
             return False
